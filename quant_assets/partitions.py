@@ -1,0 +1,60 @@
+"""The calendar as Dagster partitions: trading days, months, sweep trials.
+
+Built once at import from the settings (QUANT_START_DATE / QUANT_END_DATE /
+QUANT_FIRST_MODEL_MONTH), so the UI, schedules and backfills all see the same range.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import (
+    DynamicPartitionsDefinition,
+    MonthlyPartitionsDefinition,
+    TimeWindowPartitionsDefinition,
+)
+
+from quant_assets import calendar
+from quant_assets.settings import Settings, get_settings
+
+PARTITION_COLUMN = "date"  # daily and monthly tables alike are partitioned by a Date column
+
+
+def _holiday_exclusions(settings: Settings) -> list[dt.datetime]:
+    last = settings.end_date or dt.date(dt.date.today().year + 2, 12, 31)
+    return [
+        dt.datetime.combine(h, dt.time(0), tzinfo=dt.UTC)
+        for h in calendar.holiday_list(settings.start_date, last)
+    ]
+
+
+def build_trading_day_partitions(settings: Settings) -> TimeWindowPartitionsDefinition:
+    end = None
+    if settings.end_date is not None:
+        end = dt.datetime.combine(
+            settings.end_date + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC
+        )
+    return TimeWindowPartitionsDefinition(
+        cron_schedule="0 0 * * 1-5",  # weekdays; holidays excluded below
+        start=dt.datetime.combine(settings.start_date, dt.time(0), tzinfo=dt.UTC),
+        end=end,
+        fmt="%Y-%m-%d",
+        timezone="UTC",
+        exclusions=_holiday_exclusions(settings),
+    )
+
+
+def build_monthly_partitions(settings: Settings) -> MonthlyPartitionsDefinition:
+    end = calendar.next_month(settings.end_date) if settings.end_date else None
+    return MonthlyPartitionsDefinition(
+        start_date=settings.first_model_month.isoformat(),
+        end_date=end.isoformat() if end else None,
+        timezone="UTC",
+        fmt="%Y-%m-%d",
+    )
+
+
+SETTINGS = get_settings()
+trading_day_partitions = build_trading_day_partitions(SETTINGS)
+monthly_partitions = build_monthly_partitions(SETTINGS)
+sweep_trial_partitions = DynamicPartitionsDefinition(name="sweep_trials")

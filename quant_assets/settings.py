@@ -1,0 +1,123 @@
+"""One settings object for the whole platform, read from the environment.
+
+Every variable has an embedded default so that a fresh checkout runs locally with no
+configuration: everything a local run writes lives under QUANT_HOME (./.quant).
+
+| variable | default | meaning |
+|---|---|---|
+| QUANT_HOME | ./.quant | root of all local state |
+| QUANT_WAREHOUSE_URI | $QUANT_HOME/warehouse | Delta warehouse root (folder or s3://bucket/prefix) |
+| QUANT_MLFLOW_URI | sqlite:///$QUANT_HOME/mlflow.db | MLflow tracking URI |
+| QUANT_MLFLOW_ARTIFACTS | $QUANT_HOME/mlartifacts | default artifact root for new experiments |
+| DAGSTER_HOME | $QUANT_HOME/dagster | Dagster instance directory |
+| QUANT_ENV | local | local (multiprocess executor) or k8s (k8s_job_executor) |
+| QUANT_START_DATE | 2022-01-03 | first trading day of market data and daily partitions |
+| QUANT_END_DATE | 2024-12-31 | last day of the range ("" = open-ended, up to today) |
+| QUANT_FIRST_MODEL_MONTH | 2023-01 | first monthly partition (models, predictions, backtests) |
+| QUANT_N_INSTRUMENTS | 100 | simulated universe size |
+| QUANT_SEED | 7 | market simulator seed |
+| QUANT_MODEL_SEED | 11 | model training seed |
+| QUANT_CUTOFF_TIME | 21:00 | as-of cutoff time of day, UTC |
+| QUANT_LABEL_HORIZON | 5 | label horizon h in trading days |
+| QUANT_EMBARGO_DAYS | 5 | embargo, trading days, between training labels and the model month |
+| QUANT_LANDING_DIR | $QUANT_HOME/landing | landing folder of the file source |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None else value
+
+
+def _parse_date(name: str, value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}={value!r} is not an ISO date (YYYY-MM-DD)") from exc
+
+
+def _parse_int(name: str, value: str, minimum: int = 0) -> int:
+    try:
+        out = int(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}={value!r} is not an integer") from exc
+    if out < minimum:
+        raise ValueError(f"{name}={value!r} must be >= {minimum}")
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    quant_home: Path
+    warehouse_uri: str
+    mlflow_uri: str
+    mlflow_artifacts: str
+    dagster_home: Path
+    env: str
+    start_date: dt.date
+    end_date: dt.date | None
+    first_model_month: dt.date
+    n_instruments: int
+    seed: int
+    model_seed: int
+    cutoff_time: dt.time
+    label_horizon: int
+    embargo_days: int
+    landing_dir: Path
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(_env("QUANT_HOME", ".quant")).expanduser().resolve()
+        env = _env("QUANT_ENV", "local")
+        if env not in ("local", "k8s"):
+            raise ValueError(f"QUANT_ENV={env!r} must be 'local' or 'k8s'")
+        end_raw = _env("QUANT_END_DATE", "2024-12-31")
+        start = _parse_date("QUANT_START_DATE", _env("QUANT_START_DATE", "2022-01-03"))
+        end = _parse_date("QUANT_END_DATE", end_raw) if end_raw else None
+        if end is not None and end < start:
+            raise ValueError(f"QUANT_END_DATE={end} is before QUANT_START_DATE={start}")
+        fmm_raw = _env("QUANT_FIRST_MODEL_MONTH", "2023-01")
+        first_model_month = _parse_date("QUANT_FIRST_MODEL_MONTH", fmm_raw + "-01")
+        if first_model_month <= start:
+            raise ValueError(
+                f"QUANT_FIRST_MODEL_MONTH={fmm_raw} leaves no training history after "
+                f"QUANT_START_DATE={start}"
+            )
+        cutoff_raw = _env("QUANT_CUTOFF_TIME", "21:00")
+        try:
+            cutoff_time = dt.time.fromisoformat(cutoff_raw)
+        except ValueError as exc:
+            raise ValueError(f"QUANT_CUTOFF_TIME={cutoff_raw!r} is not HH:MM") from exc
+        warehouse = _env("QUANT_WAREHOUSE_URI", str(home / "warehouse"))
+        return cls(
+            quant_home=home,
+            warehouse_uri=warehouse,
+            mlflow_uri=_env("QUANT_MLFLOW_URI", f"sqlite:///{home / 'mlflow.db'}"),
+            mlflow_artifacts=_env("QUANT_MLFLOW_ARTIFACTS", str(home / "mlartifacts")),
+            dagster_home=Path(_env("DAGSTER_HOME", str(home / "dagster"))).resolve(),
+            env=env,
+            start_date=start,
+            end_date=end,
+            first_model_month=first_model_month,
+            n_instruments=_parse_int("QUANT_N_INSTRUMENTS", _env("QUANT_N_INSTRUMENTS", "100"), 2),
+            seed=_parse_int("QUANT_SEED", _env("QUANT_SEED", "7")),
+            model_seed=_parse_int("QUANT_MODEL_SEED", _env("QUANT_MODEL_SEED", "11")),
+            cutoff_time=cutoff_time,
+            label_horizon=_parse_int("QUANT_LABEL_HORIZON", _env("QUANT_LABEL_HORIZON", "5"), 1),
+            embargo_days=_parse_int("QUANT_EMBARGO_DAYS", _env("QUANT_EMBARGO_DAYS", "5")),
+            landing_dir=Path(_env("QUANT_LANDING_DIR", str(home / "landing"))).resolve(),
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,397 @@
+"""Portfolio backtest: a thin, validating API over the numba kernel in ``nb.py``.
+
+Conventions
+-----------
+Arrays are T x N: rows are trading days in order, columns are instruments.
+
+* ``prices``: total-return-adjusted closes, float64, NaN where an instrument has no price.
+  Finite prices must be > 0.
+* ``target_weights``: the weights decided at close t, as fractions of the equity at close t
+  (signed; negative is short; cash, ``1 - sum(w)``, earns zero). Read only where tradable;
+  they must be finite there and may be anything (NaN) elsewhere.
+* ``tradable``: bool, True where the instrument is listed and has a price at t. True with a
+  NaN price is an error.
+* ``volume`` (optional): shares traded at t, on the same adjustment basis as ``prices`` so
+  that ``price * volume`` is the day's traded value in currency. Only needed (and then
+  required, finite and > 0 where tradable) when ``CostModel.impact_coef > 0``. With dollar
+  volume at hand, pass ``volume = dollar_volume / price``.
+
+Timing of day t (row t), starting from the state after close t-1:
+
+1. Returns. The holdings of close t-1 earn over (t-1, t]:
+   ``ret_i = p_i,t / p_i,last - 1`` and ``gross_return_t = sum_i w_i * ret_i`` with ``w`` the
+   post-trade weights of close t-1 and ``p_i,last`` the last observed price of name i.
+   Weights drift: ``w_i <- w_i * (1 + ret_i) / (1 + gross_return_t)``.
+2. Rebalance at close t. Each name's target is
+   - ``target_weights[t, i]`` if tradable at t;
+   - 0 if it is held but has no price at t: a delisting (or any missing price while held).
+     Its return over the missing day is 0 and it is sold at its last price, paying the
+     usual commission and spread (no impact term: there is no volume);
+   - its drifted weight otherwise (untradable: the target is ignored, the position kept).
+   ``trade_i = |target_i - w_i|`` and ``turnover_t = sum_i trade_i`` (one-way).
+3. Costs, as a fraction of the equity just before the trade, ``E_t- = E_t-1 * (1 + gross)``:
+   ``c_t = turnover_t * (commission_bps + half_spread_bps) / 1e4
+   + impact_coef * sum_i trade_i * sqrt(trade_i * E_t- / (p_i,t * volume_i,t))``
+   (the square-root term over tradable names only, when ``impact_coef > 0``).
+   Costs are paid from cash at close t; the post-trade weights are the targets, read as
+   fractions of the post-cost equity.
+4. Reported per row, all as fractions of the equity at close t-1:
+   ``gross_return_t``, ``cost_t = c_t * (1 + gross_return_t)``,
+   ``net_return_t = gross_return_t - cost_t``; ``equity_t = equity_t-1 * (1 + net_return_t)``.
+   ``turnover_t``, ``gross_exposure_t = sum |w|`` and ``net_exposure_t = sum w`` describe the
+   post-trade weights of close t (the book held over (t, t+1]).
+   Per-instrument ``contributions[t, i] = w_i * ret_i - cost_i * (1 + gross_return_t)``
+   (net, same base), which sum to ``net_return_t`` up to rounding.
+
+A fresh run starts all in cash (zero weights, no last prices), so row 0 has no return and
+pays the cost of building the first book. Equity must stay > 0 (``1 + gross > 0`` and
+``1 + net > 0``); otherwise a ValueError names the row.
+
+Restartability: :class:`PortfolioState` carries post-trade weights, equity and last prices
+at a close. Running rows ``[a, b)`` from the ``end_state`` of rows ``[0, a)`` gives results
+bit-identical to the same rows of one run over ``[0, b)``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from quant_assets.backtest import nb
+
+__all__ = [
+    "BacktestResult",
+    "CostModel",
+    "PortfolioState",
+    "backtest_frame",
+    "run_backtest",
+    "to_matrix",
+]
+
+_RESULT_SERIES = (
+    "gross_return",
+    "cost",
+    "net_return",
+    "turnover",
+    "gross_exposure",
+    "net_exposure",
+    "equity",
+)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Trading costs. Basis points apply to traded fractions of equity (one-way).
+
+    ``impact_coef`` scales the square-root impact term: a trade of fraction ``x`` of equity
+    ``E`` in a name with traded value ``p * v`` costs ``impact_coef * x * sqrt(x * E / (p * v))``
+    of equity (so ``impact_coef`` plays the role of daily volatility times a constant).
+    """
+
+    commission_bps: float = 0.0
+    half_spread_bps: float = 0.0
+    impact_coef: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("commission_bps", "half_spread_bps", "impact_coef"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and np.isfinite(value) and value >= 0):
+                raise ValueError(f"CostModel.{name} must be a finite number >= 0, got {value!r}")
+
+    @property
+    def rate(self) -> float:
+        """Linear cost per unit of turnover (commission plus half spread), as a fraction."""
+        return (float(self.commission_bps) + float(self.half_spread_bps)) / 1e4
+
+
+@dataclass(frozen=True, eq=False)
+class PortfolioState:
+    """The book after the trade at a close: what a continuation run needs.
+
+    ``weights`` (N,) are post-trade fractions of ``equity``; ``last_prices`` (N,) the last
+    observed price of each name (NaN if none yet), needed for the next day's return.
+    Arrays are copied and made read-only.
+    """
+
+    weights: np.ndarray
+    equity: float
+    last_prices: np.ndarray
+
+    def __post_init__(self) -> None:
+        weights = np.array(self.weights, dtype=np.float64)
+        last_prices = np.array(self.last_prices, dtype=np.float64)
+        if weights.ndim != 1 or last_prices.shape != weights.shape:
+            raise ValueError(
+                "PortfolioState.weights and last_prices must be 1-D of the same length, got "
+                f"{weights.shape} and {last_prices.shape}"
+            )
+        if not np.all(np.isfinite(weights)):
+            raise ValueError("PortfolioState.weights must be finite")
+        equity = float(self.equity)
+        if not (np.isfinite(equity) and equity > 0):
+            raise ValueError(f"PortfolioState.equity must be finite and > 0, got {equity!r}")
+        held = weights != 0.0
+        bad = held & ~(np.isfinite(last_prices) & (last_prices > 0))
+        if bad.any():
+            raise ValueError(
+                "PortfolioState: held names need a finite last price > 0; missing for columns "
+                f"{np.flatnonzero(bad)[:10].tolist()}"
+            )
+        weights.flags.writeable = False
+        last_prices.flags.writeable = False
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "equity", equity)
+        object.__setattr__(self, "last_prices", last_prices)
+
+    @classmethod
+    def cash(cls, n_instruments: int, equity: float = 1.0) -> PortfolioState:
+        """All in cash: zero weights, no last prices."""
+        return cls(np.zeros(n_instruments), equity, np.full(n_instruments, np.nan))
+
+    @property
+    def n_instruments(self) -> int:
+        return int(self.weights.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class BacktestResult:
+    """Per-row series (T,) as documented in the module docstring, plus the end state.
+
+    ``contributions`` (T, N) is present only when asked for.
+    """
+
+    gross_return: np.ndarray
+    cost: np.ndarray
+    net_return: np.ndarray
+    turnover: np.ndarray
+    gross_exposure: np.ndarray
+    net_exposure: np.ndarray
+    equity: np.ndarray
+    end_state: PortfolioState
+    contributions: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.equity.shape[0])
+
+
+def _as_matrix(name: str, values: Any, shape: tuple[int, ...] | None) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (days x instruments) array, got shape {array.shape}")
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"{name} has shape {array.shape}, expected {shape} (the shape of prices)")
+    return array
+
+
+def _first_cells(mask: np.ndarray, limit: int = 5) -> list[tuple[int, int]]:
+    rows, cols = np.nonzero(mask)
+    return [(int(r), int(c)) for r, c in zip(rows[:limit], cols[:limit], strict=True)]
+
+
+def run_backtest(
+    prices: np.ndarray,
+    target_weights: np.ndarray,
+    tradable: np.ndarray,
+    costs: CostModel,
+    volume: np.ndarray | None = None,
+    initial_state: PortfolioState | None = None,
+    *,
+    initial_equity: float | None = None,
+    contributions: bool = False,
+) -> BacktestResult:
+    """Backtest target weights rebalanced at each close (conventions: module docstring).
+
+    ``initial_state`` continues from a previous run's ``end_state``; without it the run
+    starts in cash with ``initial_equity`` (default 1.0). Set ``contributions=True`` for the
+    (T, N) per-instrument net contributions.
+    """
+    if not isinstance(costs, CostModel):
+        raise TypeError(f"costs must be a CostModel, got {type(costs).__name__}")
+    price_matrix = _as_matrix("prices", prices, None)
+    if not np.issubdtype(price_matrix.dtype, np.number):
+        raise TypeError(f"prices must be numeric, got dtype {price_matrix.dtype}")
+    price_matrix = np.ascontiguousarray(price_matrix, dtype=np.float64)
+    shape = price_matrix.shape
+    n_instruments = shape[1]
+
+    weight_matrix = _as_matrix("target_weights", target_weights, shape)
+    if not np.issubdtype(weight_matrix.dtype, np.number):
+        raise TypeError(f"target_weights must be numeric, got dtype {weight_matrix.dtype}")
+    weight_matrix = np.ascontiguousarray(weight_matrix, dtype=np.float64)
+
+    tradable_matrix = _as_matrix("tradable", tradable, shape)
+    if tradable_matrix.dtype != np.bool_:
+        raise TypeError(f"tradable must be a boolean array, got dtype {tradable_matrix.dtype}")
+    tradable_matrix = np.ascontiguousarray(tradable_matrix)
+
+    has_price = np.isfinite(price_matrix)
+    if np.isinf(price_matrix).any():
+        raise ValueError(f"prices contain +-inf at (row, column) {_first_cells(np.isinf(price_matrix))}")
+    nonpositive = has_price & ~(price_matrix > 0)
+    if nonpositive.any():
+        raise ValueError(f"prices must be > 0; not so at (row, column) {_first_cells(nonpositive)}")
+    unpriced = tradable_matrix & ~has_price
+    if unpriced.any():
+        raise ValueError(
+            f"tradable is True where the price is NaN at (row, column) {_first_cells(unpriced)}"
+        )
+    bad_weight = tradable_matrix & ~np.isfinite(weight_matrix)
+    if bad_weight.any():
+        raise ValueError(
+            "target_weights must be finite on tradable names; NaN/inf at (row, column) "
+            f"{_first_cells(bad_weight)}"
+        )
+
+    if costs.impact_coef > 0:
+        if volume is None:
+            raise ValueError("CostModel.impact_coef > 0 needs volume (shares, T x N)")
+        volume_matrix = _as_matrix("volume", volume, shape)
+        if not np.issubdtype(volume_matrix.dtype, np.number):
+            raise TypeError(f"volume must be numeric, got dtype {volume_matrix.dtype}")
+        volume_matrix = np.ascontiguousarray(volume_matrix, dtype=np.float64)
+        bad_volume = tradable_matrix & ~(np.isfinite(volume_matrix) & (volume_matrix > 0))
+        if bad_volume.any():
+            raise ValueError(
+                "volume must be finite and > 0 on tradable names (impact cost); not so at "
+                f"(row, column) {_first_cells(bad_volume)}"
+            )
+    else:
+        if volume is not None:
+            _as_matrix("volume", volume, shape)
+        # Unused by the kernel without impact; an empty matrix keeps its signature stable.
+        volume_matrix = np.zeros((0, 0))
+
+    if initial_state is None:
+        equity0 = 1.0 if initial_equity is None else initial_equity
+        state = PortfolioState.cash(n_instruments, equity0)
+    else:
+        if initial_equity is not None:
+            raise ValueError("give either initial_state or initial_equity, not both")
+        if not isinstance(initial_state, PortfolioState):
+            raise TypeError(
+                f"initial_state must be a PortfolioState, got {type(initial_state).__name__}"
+            )
+        if initial_state.n_instruments != n_instruments:
+            raise ValueError(
+                f"initial_state has {initial_state.n_instruments} instruments, prices have "
+                f"{n_instruments}"
+            )
+        state = initial_state
+
+    (
+        gross_return,
+        cost,
+        net_return,
+        turnover,
+        gross_exposure,
+        net_exposure,
+        equity,
+        contribution_matrix,
+        end_weights,
+        end_last_prices,
+        end_equity,
+        failed_row,
+    ) = nb.simulate_nb(
+        price_matrix,
+        weight_matrix,
+        tradable_matrix,
+        volume_matrix,
+        costs.rate,
+        float(costs.impact_coef),
+        np.ascontiguousarray(state.weights),
+        np.ascontiguousarray(state.last_prices),
+        float(state.equity),
+        bool(contributions),
+    )
+    if failed_row >= 0:
+        raise ValueError(
+            f"portfolio equity is wiped out at row {failed_row} (1 + return <= 0); "
+            "check leverage, prices and costs"
+        )
+    return BacktestResult(
+        gross_return=gross_return,
+        cost=cost,
+        net_return=net_return,
+        turnover=turnover,
+        gross_exposure=gross_exposure,
+        net_exposure=net_exposure,
+        equity=equity,
+        end_state=PortfolioState(end_weights, float(end_equity), end_last_prices),
+        contributions=contribution_matrix if contributions else None,
+    )
+
+
+def _date_series(dates: Any, name: str = "date") -> pl.Series:
+    series = pl.Series(name, dates)
+    if series.dtype != pl.Date:
+        try:
+            series = series.cast(pl.Date)
+        except Exception as error:  # polars raises several error types for bad casts
+            raise TypeError(f"dates must be convertible to pl.Date, got {series.dtype}") from error
+    if series.null_count():
+        raise ValueError("dates contain nulls")
+    return series
+
+
+def to_matrix(
+    frame: pl.DataFrame,
+    value: str,
+    dates: Sequence[Any] | pl.Series | np.ndarray,
+    instruments: Sequence[str] | pl.Series | np.ndarray,
+    *,
+    date_column: str = "date",
+    instrument_column: str = "instrument_id",
+) -> np.ndarray:
+    """Pivot a long frame to a (len(dates), len(instruments)) float64 matrix.
+
+    Rows follow ``dates`` and columns ``instruments`` exactly as given; cells without a row
+    (or with a null) are NaN; frame rows outside ``dates`` x ``instruments`` are ignored.
+    Booleans become 1.0/0.0. Duplicate (date, instrument) rows are an error.
+    """
+    for column in (date_column, instrument_column, value):
+        if column not in frame.columns:
+            raise ValueError(f"frame has no column {column!r} (columns: {frame.columns})")
+    date_series = _date_series(dates)
+    instrument_series = pl.Series(instrument_column, instruments, dtype=pl.String)
+    if date_series.n_unique() != date_series.len():
+        raise ValueError("dates contain duplicates")
+    if instrument_series.n_unique() != instrument_series.len():
+        raise ValueError("instruments contain duplicates")
+    dtype = frame.schema[value]
+    if not (dtype.is_numeric() or dtype == pl.Boolean):
+        raise TypeError(f"column {value!r} must be numeric or boolean, got {dtype}")
+
+    row_index = pl.DataFrame({date_column: date_series}).with_row_index("_row")
+    column_index = pl.DataFrame({instrument_column: instrument_series}).with_row_index("_col")
+    cells = (
+        frame.select(
+            pl.col(date_column).cast(pl.Date),
+            pl.col(instrument_column).cast(pl.String),
+            pl.col(value).cast(pl.Float64),
+        )
+        .join(row_index, on=date_column, how="inner")
+        .join(column_index, on=instrument_column, how="inner")
+    )
+    if cells.select(pl.struct("_row", "_col").is_duplicated().any()).item():
+        raise ValueError(f"frame has duplicate ({date_column}, {instrument_column}) rows")
+    matrix = np.full((date_series.len(), instrument_series.len()), np.nan)
+    matrix[cells["_row"].to_numpy(), cells["_col"].to_numpy()] = cells[value].to_numpy()
+    return matrix
+
+
+def backtest_frame(
+    result: BacktestResult, dates: Sequence[Any] | pl.Series | np.ndarray
+) -> pl.DataFrame:
+    """The per-row series of ``result`` as a frame with a ``date`` (pl.Date) column."""
+    date_series = _date_series(dates)
+    if date_series.len() != len(result):
+        raise ValueError(f"{date_series.len()} dates for a result of {len(result)} rows")
+    return pl.DataFrame(
+        [date_series]
+        + [pl.Series(name, getattr(result, name), dtype=pl.Float64) for name in _RESULT_SERIES]
+    )

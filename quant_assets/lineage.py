@@ -1,0 +1,145 @@
+"""Lineage record of a materialisation: everything needed to rebuild the same result.
+
+Pure (no Dagster, no MLflow): assets build the record with `collect_lineage`, attach it as
+Dagster metadata, and hand it to `resources.tracking.MlflowTracking.run`, which logs
+`lineage_tags(record)` as run tags and the whole record as `lineage.json`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = (
+    "quant-assets",
+    "dagster",
+    "polars",
+    "deltalake",
+    "lightgbm",
+    "numpy",
+    "numba",
+    "mlflow",
+    "torch",
+    "pyarrow",
+)
+
+# Images built without .git carry the commit in the environment instead.
+GIT_COMMIT_ENV = "QUANT_GIT_COMMIT"
+
+_REPO_DIR = Path(__file__).resolve().parent
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of the canonical JSON of `config` (key order does not matter)."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(_REPO_DIR), *args],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout this package runs from; (None, None) if unknown."""
+    head = _git("rev-parse", "--verify", "HEAD")
+    if head is None:
+        return (os.environ.get(GIT_COMMIT_ENV) or None), None
+    status = _git("status", "--porcelain")
+    return head.strip(), (None if status is None else bool(status.strip()))
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def collect_lineage(
+    *,
+    asset_key: str,
+    partition_keys: list[str],
+    input_versions: dict[str, int],
+    config: dict,
+    seeds: dict[str, int],
+    feature_versions: dict[str, str] | None = None,
+    dagster_run_id: str | None = None,
+    extra: dict | None = None,
+) -> dict[str, Any]:
+    """The lineage record of one materialisation (JSON-serialisable with default=str)."""
+    commit, dirty = git_state()
+    return {
+        "asset_key": asset_key,
+        "partition_keys": list(partition_keys),
+        "input_versions": {k: int(v) for k, v in sorted(input_versions.items())},
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "feature_versions": dict(sorted((feature_versions or {}).items())),
+        "config": config,
+        "config_hash": config_hash(config),
+        "seeds": {k: int(v) for k, v in sorted(seeds.items())},
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "dagster_run_id": dagster_run_id,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "extra": extra or {},
+    }
+
+
+_TAG_KEY_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def _tag_key(*parts: str) -> str:
+    return ".".join(_TAG_KEY_BAD.sub("_", p.replace("/", ".")) for p in parts)
+
+
+def lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
+    """Flat `quant.*` string tags of a lineage record (for MLflow run tags / Dagster)."""
+    tags = {
+        "quant.asset_key": str(lineage.get("asset_key", "")),
+        "quant.partitions": ",".join(lineage.get("partition_keys") or []),
+        "quant.git_commit": str(lineage.get("git_commit") or "unknown"),
+        "quant.git_dirty": str(lineage.get("git_dirty")).lower()
+        if lineage.get("git_dirty") is not None
+        else "unknown",
+        "quant.config_hash": str(lineage.get("config_hash", "")),
+        "quant.dagster_run_id": str(lineage.get("dagster_run_id") or ""),
+        "quant.python": str(lineage.get("python", "")),
+        "quant.created_at": str(lineage.get("created_at", "")),
+    }
+    for table, version in (lineage.get("input_versions") or {}).items():
+        tags[_tag_key("quant.input_version", table)] = str(version)
+    for name, seed in (lineage.get("seeds") or {}).items():
+        tags[_tag_key("quant.seed", name)] = str(seed)
+    for name, version in (lineage.get("feature_versions") or {}).items():
+        tags[_tag_key("quant.feature_version", name)] = str(version)
+    for name, version in (lineage.get("packages") or {}).items():
+        if version is not None:
+            tags[_tag_key("quant.pkg", name)] = str(version)
+    return tags

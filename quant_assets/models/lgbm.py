@@ -1,0 +1,320 @@
+"""Deterministic LightGBM training with early stopping on a purged validation tail.
+
+Pure: polars, numpy and lightgbm only (no Dagster, no MLflow).
+
+The training frame holds the feature columns and the label columns (`t0`, `t1`, the target)
+joined on (date, instrument_id) -- see `walkforward.join_features_labels`. `train_lgbm`:
+
+1. drops rows whose target is null/NaN and sorts by (date, instrument_id);
+2. takes the last `valid_fraction` of the distinct training dates as the validation set;
+3. purges: a row before the validation period whose label interval (t0, t1] reaches into it
+   (`t1 >= first validation date`) is dropped from the fit set, so no fitted label shares
+   returns with a validation label;
+4. fits with early stopping on validation l2, with every source of randomness seeded and
+   threading fixed, so that equal inputs give a byte-identical model string.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+
+KEYS = ("date", "instrument_id")
+
+
+@dataclass(frozen=True)
+class LGBMConfig:
+    objective: str = "regression"
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_data_in_leaf: int = 100
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    bagging_freq: int = 1
+    lambda_l2: float = 1.0
+    num_boost_round: int = 300
+    early_stopping_rounds: int = 30
+    valid_fraction: float = 0.2
+    target: str = "fwd_return_rank"
+    seed: int = 11
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction={self.valid_fraction} must be in [0, 1)")
+        if self.num_boost_round < 1:
+            raise ValueError(f"num_boost_round={self.num_boost_round} must be >= 1")
+        if self.num_threads < 1:
+            raise ValueError(f"num_threads={self.num_threads} must be >= 1 (fixed for determinism)")
+
+    def as_params(self) -> dict[str, Any]:
+        """LightGBM parameters (booster + dataset), every seed derived from `seed`."""
+        return {
+            "objective": self.objective,
+            "metric": "l2",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": self.bagging_freq,
+            "lambda_l2": self.lambda_l2,
+            "seed": self.seed,
+            "bagging_seed": self.seed + 1,
+            "feature_fraction_seed": self.seed + 2,
+            "data_random_seed": self.seed + 3,
+            "extra_seed": self.seed + 4,
+            "drop_seed": self.seed + 5,
+            "objective_seed": self.seed + 6,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.num_threads,
+            "verbosity": -1,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _feature_matrix(frame: pl.DataFrame, feature_cols: list[str]) -> np.ndarray:
+    missing = [c for c in feature_cols if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame is missing feature columns {missing}")
+    if frame.height == 0:
+        return np.empty((0, len(feature_cols)), dtype=np.float64)
+    # nulls become NaN: LightGBM treats NaN as missing
+    return (
+        frame.select(pl.col(c).cast(pl.Float64).fill_null(float("nan")) for c in feature_cols)
+        .to_numpy()
+        .astype(np.float64, copy=False)
+    )
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2:
+        return float("nan")
+    out = pl.DataFrame({"a": a, "b": b}).select(pl.corr("a", "b", method="spearman")).item()
+    return float("nan") if out is None else float(out)
+
+
+def _daily_ic(dates: pl.Series, pred: np.ndarray, target: np.ndarray) -> float:
+    if len(pred) == 0:
+        return float("nan")
+    per_day = (
+        pl.DataFrame({"date": dates, "p": pred, "y": target})
+        .group_by("date")
+        .agg(pl.corr("p", "y", method="spearman").alias("ic"))
+        .filter(pl.col("ic").is_not_null() & pl.col("ic").is_not_nan())
+    )
+    return float(per_day["ic"].mean()) if per_day.height else float("nan")
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    model_str: str
+    sha256: str
+    best_iteration: int
+    feature_cols: list[str]
+    metrics: dict[str, float]
+    train_start: dt.date
+    train_end: dt.date
+    config: LGBMConfig
+    valid_start: dt.date | None = None
+
+    def booster(self) -> lgb.Booster:
+        """A fresh lightgbm.Booster rebuilt from `model_str`."""
+        return lgb.Booster(model_str=self.model_str)
+
+    @cached_property
+    def _booster(self) -> lgb.Booster:
+        return self.booster()
+
+    def predict(self, features: pl.DataFrame) -> np.ndarray:
+        """Scores (float64) for the rows of `features`, in the frame's row order."""
+        X = _feature_matrix(features, self.feature_cols)
+        if X.shape[0] == 0:
+            return np.empty(0, dtype=np.float64)
+        return np.asarray(
+            self._booster.predict(X, num_threads=self.config.num_threads), dtype=np.float64
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """A flat, JSON-friendly record (e.g. one row of the `lgbm_model` Delta table)."""
+        return {
+            "model_str": self.model_str,
+            "sha256": self.sha256,
+            "best_iteration": self.best_iteration,
+            "feature_cols": json.dumps(list(self.feature_cols)),
+            "metrics": json.dumps(self.metrics, sort_keys=True),
+            "train_start": self.train_start,
+            "train_end": self.train_end,
+            "valid_start": self.valid_start,
+            "config": json.dumps(self.config.to_dict(), sort_keys=True),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TrainedModel:
+        """Inverse of `to_record`; verifies the model string against its sha256."""
+        model_str = record["model_str"]
+        digest = hashlib.sha256(model_str.encode()).hexdigest()
+        if digest != record["sha256"]:
+            raise ValueError(f"model_str sha256 {digest} != recorded {record['sha256']}")
+
+        def _date(v: Any) -> dt.date | None:
+            return dt.date.fromisoformat(v) if isinstance(v, str) else v
+
+        return cls(
+            model_str=model_str,
+            sha256=digest,
+            best_iteration=int(record["best_iteration"]),
+            feature_cols=list(json.loads(record["feature_cols"])),
+            metrics=json.loads(record["metrics"]),
+            train_start=_date(record["train_start"]),
+            train_end=_date(record["train_end"]),
+            valid_start=_date(record.get("valid_start")),
+            config=LGBMConfig(**json.loads(record["config"])),
+        )
+
+
+def split_purged(
+    train: pl.DataFrame, valid_fraction: float
+) -> tuple[pl.DataFrame, pl.DataFrame, int, dt.date | None]:
+    """(fit, valid, n_purged, valid_start) for a frame sorted by (date, instrument_id).
+
+    valid = rows on the last `valid_fraction` of distinct dates; fit = earlier rows whose
+    label interval ends before the first validation date (t1 < valid_start).
+    """
+    if valid_fraction <= 0.0:
+        return train, train.clear(), 0, None
+    dates = train.get_column("date").unique().sort()
+    if dates.len() < 2:
+        raise ValueError(
+            f"need at least 2 distinct training dates for a validation tail, got {dates.len()}"
+        )
+    n_valid = min(dates.len() - 1, max(1, math.ceil(dates.len() * valid_fraction)))
+    valid_start = dates[dates.len() - n_valid]
+    before = train.filter(pl.col("date") < valid_start)
+    valid = train.filter(pl.col("date") >= valid_start)
+    fit = before.filter(pl.col("t1") < valid_start)
+    return fit, valid, before.height - fit.height, valid_start
+
+
+def train_lgbm(
+    train: pl.DataFrame, feature_cols: list[str], config: LGBMConfig | None = None
+) -> TrainedModel:
+    """Fit a LightGBM model on `train` (features + label columns); see the module docstring."""
+    config = config or LGBMConfig()
+    feature_cols = list(feature_cols)
+    if not feature_cols:
+        raise ValueError("feature_cols is empty")
+    needed = [*KEYS, "t0", "t1", config.target]
+    missing = [c for c in needed if c not in train.columns]
+    if missing:
+        raise ValueError(f"training frame is missing columns {missing}")
+    clean = train.filter(
+        pl.col(config.target).is_not_null() & pl.col(config.target).cast(pl.Float64).is_finite()
+    ).sort(list(KEYS))
+    if clean.select(pl.struct(list(KEYS)).is_duplicated().any()).item():
+        raise ValueError("training frame has duplicate (date, instrument_id) rows")
+    fit, valid, n_purged, valid_start = split_purged(clean, config.valid_fraction)
+    if fit.height == 0:
+        raise ValueError("no training rows left after dropping null targets and purging")
+
+    params = config.as_params()
+    X_fit = _feature_matrix(fit, feature_cols)
+    y_fit = fit.get_column(config.target).cast(pl.Float64).to_numpy()
+    dtrain = lgb.Dataset(X_fit, label=y_fit, feature_name=feature_cols, free_raw_data=False)
+    valid_sets, callbacks = [], []
+    X_val = y_val = None
+    if valid.height > 0:
+        X_val = _feature_matrix(valid, feature_cols)
+        y_val = valid.get_column(config.target).cast(pl.Float64).to_numpy()
+        valid_sets = [lgb.Dataset(X_val, label=y_val, reference=dtrain, free_raw_data=False)]
+        callbacks = [lgb.early_stopping(config.early_stopping_rounds, verbose=False)]
+    booster = lgb.train(
+        params,
+        dtrain,
+        num_boost_round=config.num_boost_round,
+        valid_sets=valid_sets,
+        valid_names=["valid"] if valid_sets else None,
+        callbacks=callbacks,
+    )
+    best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
+    model_str = booster.model_to_string(num_iteration=best)
+    # Predict with the model rebuilt from the string: exactly what is stored and served.
+    final = lgb.Booster(model_str=model_str)
+
+    pred_fit = final.predict(X_fit, num_threads=config.num_threads)
+    metrics: dict[str, float] = {
+        "train_l2": float(np.mean((pred_fit - y_fit) ** 2)),
+        "n_train": float(fit.height),
+        "n_purged": float(n_purged),
+        "n_valid": float(valid.height),
+        "best_iteration": float(best),
+    }
+    if X_val is not None:
+        pred_val = final.predict(X_val, num_threads=config.num_threads)
+        metrics["valid_l2"] = float(np.mean((pred_val - y_val) ** 2))
+        metrics["valid_ic"] = _spearman(pred_val, y_val)
+        metrics["valid_ic_daily_mean"] = _daily_ic(valid.get_column("date"), pred_val, y_val)
+
+    used_dates = clean.get_column("date")
+    return TrainedModel(
+        model_str=model_str,
+        sha256=hashlib.sha256(model_str.encode()).hexdigest(),
+        best_iteration=int(best),
+        feature_cols=feature_cols,
+        metrics=metrics,
+        train_start=used_dates.min(),
+        train_end=used_dates.max(),
+        config=config,
+        valid_start=valid_start,
+    )
+
+
+def _column_bytes(series: pl.Series) -> tuple[str, bytes]:
+    mask = series.is_null().to_numpy().astype(np.uint8).tobytes()
+    dtype = series.dtype
+    if dtype == pl.Utf8 or dtype == pl.Categorical or dtype == pl.Enum:
+        values = "\x1f".join(v if v is not None else "" for v in series.cast(pl.Utf8).to_list())
+        return "str", mask + values.encode()
+    if dtype.is_temporal():
+        phys = series.to_physical().cast(pl.Int64).fill_null(0).to_numpy()
+        return f"time:{dtype.__class__.__name__}", mask + phys.astype("<i8").tobytes()
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        arr = series.cast(pl.Float64).fill_null(0.0).to_numpy().astype("<f8")
+        arr = np.where(np.isnan(arr), np.nan, arr)  # one canonical NaN bit pattern
+        return "f64", mask + arr.tobytes()
+    raise TypeError(f"cannot hash column {series.name!r} of dtype {dtype}")
+
+
+def predictions_hash(
+    frame: pl.DataFrame, columns: tuple[str, ...] = ("date", "instrument_id", "score")
+) -> str:
+    """sha256 of the (date, instrument_id, score) content of `frame`, row order ignored.
+
+    Hand-written over raw column bytes instead of polars' `hash_rows` or Arrow IPC bytes:
+    those are not promised to be stable across library versions, this is.
+    """
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame is missing columns {missing}")
+    sort_by = [c for c in KEYS if c in columns] or list(columns)
+    canon = frame.select(columns).sort(sort_by)
+    h = hashlib.sha256()
+    h.update(f"rows={canon.height};".encode())
+    for name in columns:
+        col = canon.get_column(name)
+        kind, payload = _column_bytes(col)
+        h.update(f"{name}:{kind}:{len(payload)};".encode())
+        h.update(payload)
+    return h.hexdigest()

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from quant_assets.models.lgbm import (
+    LGBMConfig,
+    TrainedModel,
+    predictions_hash,
+    split_purged,
+    train_lgbm,
+)
+from quant_assets.models.walkforward import (
+    WalkForwardConfig,
+    join_features_labels,
+    month_rows,
+    select_training_rows,
+)
+
+FEATURES = ["f_signal", "f_noise1", "f_noise2", "f_noise3"]
+MONTH = dt.date(2022, 7, 1)
+CONFIG = LGBMConfig(num_boost_round=120, min_data_in_leaf=50)
+
+
+@pytest.fixture(scope="module")
+def train_frame(frames):
+    features, labels = frames
+    return select_training_rows(
+        join_features_labels(features, labels), MONTH, WalkForwardConfig(embargo_days=5)
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(train_frame) -> TrainedModel:
+    return train_lgbm(train_frame, FEATURES, CONFIG)
+
+
+def test_purge_drops_fit_rows_overlapping_validation(train_frame, trained):
+    clean = train_frame.sort(["date", "instrument_id"])
+    fit, valid, n_purged, valid_start = split_purged(clean, CONFIG.valid_fraction)
+    assert valid_start == trained.valid_start
+    assert valid["date"].min() == valid_start
+    # no fit row's label interval (t0, t1] overlaps the validation period
+    assert fit["t1"].max() < valid_start
+    assert fit["date"].max() < valid_start
+    # horizon 5: the last 5 dates before validation are purged
+    assert n_purged == 5 * 40
+    assert trained.metrics["n_purged"] == n_purged
+    assert trained.metrics["n_train"] + n_purged + trained.metrics["n_valid"] == clean.height
+    n_dates = clean["date"].n_unique()
+    assert valid["date"].n_unique() == int(np.ceil(n_dates * CONFIG.valid_fraction))
+
+
+def test_training_is_deterministic(train_frame, trained, frames):
+    shuffled = train_frame.sample(fraction=1.0, shuffle=True, seed=3)
+    again = train_lgbm(shuffled, FEATURES, CONFIG)
+    assert again.model_str == trained.model_str
+    assert again.sha256 == trained.sha256
+    assert again.best_iteration == trained.best_iteration
+    features, _ = frames
+    oos = month_rows(features, MONTH)
+    p1, p2 = trained.predict(oos), again.predict(oos)
+    assert p1.dtype == np.float64 and p1.shape == (oos.height,)
+    assert np.array_equal(p1, p2)
+    h1 = predictions_hash(oos.select("date", "instrument_id").with_columns(score=p1))
+    h2 = predictions_hash(oos.select("date", "instrument_id").with_columns(score=p2))
+    assert h1 == h2
+
+
+def test_signal_gives_positive_validation_ic(trained):
+    assert 0 < trained.best_iteration <= CONFIG.num_boost_round
+    assert trained.metrics["valid_ic"] > 0.1
+    assert trained.metrics["valid_ic_daily_mean"] > 0.1
+    assert np.isfinite(trained.metrics["valid_l2"]) and np.isfinite(trained.metrics["train_l2"])
+
+
+def test_out_of_sample_ic_is_positive(trained, frames):
+    features, labels = frames
+    oos = join_features_labels(month_rows(features, MONTH), labels)
+    score = trained.predict(oos)
+    ic = np.corrcoef(np.argsort(np.argsort(score)), oos["fwd_return_rank"].to_numpy())[0, 1]
+    assert ic > 0.1
+
+
+def test_model_string_and_record_round_trip(trained, frames):
+    features, _ = frames
+    oos = month_rows(features, MONTH)
+    assert trained.booster().current_iteration() == trained.best_iteration
+    back = TrainedModel.from_record(trained.to_record())
+    assert back == trained
+    assert np.array_equal(back.predict(oos), trained.predict(oos))
+    bad = trained.to_record() | {"model_str": trained.model_str + " "}
+    with pytest.raises(ValueError, match="sha256"):
+        TrainedModel.from_record(bad)
+
+
+def test_different_seed_changes_model(train_frame, trained):
+    other = train_lgbm(train_frame, FEATURES, dataclasses.replace(CONFIG, seed=12))
+    assert other.sha256 != trained.sha256
+
+
+def test_as_params_seeds_and_determinism():
+    params = LGBMConfig(seed=3).as_params()
+    assert params["deterministic"] is True and params["num_threads"] == 1
+    for key in ("seed", "bagging_seed", "feature_fraction_seed", "data_random_seed"):
+        assert isinstance(params[key], int)
+    with pytest.raises(ValueError):
+        LGBMConfig(valid_fraction=1.0)
+
+
+def test_no_validation_trains_full_rounds(train_frame):
+    model = train_lgbm(
+        train_frame, FEATURES, dataclasses.replace(CONFIG, valid_fraction=0.0, num_boost_round=20)
+    )
+    assert model.best_iteration == 20
+    assert model.metrics["n_valid"] == 0 and "valid_ic" not in model.metrics
+
+
+def test_bad_inputs(train_frame):
+    with pytest.raises(ValueError, match="missing"):
+        train_lgbm(train_frame.drop("t1"), FEATURES, CONFIG)
+    with pytest.raises(ValueError, match="duplicate"):
+        train_lgbm(pl.concat([train_frame, train_frame.head(1)]), FEATURES, CONFIG)
+
+
+def test_predictions_hash_is_order_free_and_content_sensitive():
+    frame = pl.DataFrame(
+        {
+            "date": [dt.date(2023, 1, 3), dt.date(2023, 1, 3), dt.date(2023, 1, 4)],
+            "instrument_id": ["B", "A", "A"],
+            "score": [0.5, -1.0, float("nan")],
+        }
+    )
+    h = predictions_hash(frame)
+    assert h == predictions_hash(frame.reverse())
+    assert h == predictions_hash(frame.with_columns(extra=pl.lit(1)))
+    assert h != predictions_hash(frame.with_columns(score=pl.Series([0.5, -1.0, 0.0])))
+    assert h != predictions_hash(frame.with_columns(instrument_id=pl.Series(["B", "A", "C"])))
+    assert h != predictions_hash(frame.head(2))

@@ -19,14 +19,19 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m quant_assets demo
 
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 ui: $(STAMP)
-	. ./scripts/env.sh && $(VENV)/bin/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/.quant/dagster} $(VENV)/bin/dagster dev -w workspace.yaml
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri $${QUANT_MLFLOW_URI:-sqlite:///$$PWD/.quant/mlflow.db} --host 127.0.0.1 --port 5000
 
 lock: $(STAMP)
 	{ echo "# Full pinned tree used by 'make' (pip constraints). Regenerate with: make lock"; \

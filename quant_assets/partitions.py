@@ -41,6 +41,9 @@ def build_trading_day_partitions(settings: Settings) -> TimeWindowPartitionsDefi
         fmt="%Y-%m-%d",
         timezone="UTC",
         exclusions=_holiday_exclusions(settings),
+        # open-ended (live): today's partition exists from its start so that the daily
+        # schedule can build it after today's cutoff
+        end_offset=0 if end is not None else 1,
     )
 
 

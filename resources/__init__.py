@@ -1,0 +1,38 @@
+"""Resources: the Delta warehouse (IO manager), MLflow tracking and the market source.
+
+``build_resources(settings)`` is the one place that turns settings into resources.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quant_assets.settings import Settings
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    from resources.io_manager import DeltaIOManager
+    from resources.market_source import MarketSource
+    from resources.tracking import MlflowTracking
+
+    end = settings.end_date.isoformat() if settings.end_date else ""
+    return {
+        "io_manager": DeltaIOManager(root=settings.warehouse_uri),
+        "tracking": MlflowTracking(
+            tracking_uri=settings.mlflow_uri,
+            artifact_location=settings.mlflow_artifacts,
+        ),
+        "market_source": MarketSource(
+            n_instruments=settings.n_instruments,
+            seed=settings.seed,
+            start=settings.start_date.isoformat(),
+            end=end or _today(),
+            landing_dir=str(settings.landing_dir),
+        ),
+    }
+
+
+def _today() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).date().isoformat()

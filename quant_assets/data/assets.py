@@ -7,7 +7,6 @@ naming the rule and the rows, then fails the step, so nothing is written and not
 downstream runs.
 """
 
-from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 

@@ -1,0 +1,34 @@
+"""Asset jobs, one per partitioning of the golden flow (a run covers one partitions
+definition): reference data, the daily stage, labels, the monthly stage, the report."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, define_asset_job
+
+reference_data_job = define_asset_job(
+    "reference_data_job",
+    selection=AssetSelection.assets("universe", "corporate_actions", "fundamentals"),
+    description="Unpartitioned raw tables: universe, corporate actions, fundamentals.",
+)
+daily_features_job = define_asset_job(
+    "daily_features_job",
+    selection=AssetSelection.assets("market_bars", "pit_features"),
+    description="A trading day (or a range): market bars, then point-in-time features.",
+)
+labels_job = define_asset_job(
+    "labels_job",
+    selection=AssetSelection.assets("labels"),
+    description="Forward-return labels; a day can only be built once D+h has bars.",
+)
+monthly_models_job = define_asset_job(
+    "monthly_models_job",
+    selection=AssetSelection.assets("lgbm_model", "oos_predictions", "backtest"),
+    description="A month (or a range): walk-forward model, out-of-sample predictions, backtest.",
+)
+validation_job = define_asset_job(
+    "validation_job",
+    selection=AssetSelection.assets("validation_report"),
+    description="Validation report over every backtest month.",
+)
+
+ALL_JOBS = [reference_data_job, daily_features_job, labels_job, monthly_models_job, validation_job]

@@ -233,3 +233,22 @@ def _check_inside(name: str, frame: pl.DataFrame, selection: Selection) -> None:
             f"{name}: {outside.height} rows fall outside the partition "
             f"{selection.describe()} (e.g. {bad}); nothing was written"
         )
+
+
+def content_hash(frame: pl.DataFrame, exclude: Sequence[str] = ()) -> str:
+    """sha256 of a table's content, independent of row order and file layout: rows are
+    sorted by every column, then each column's Arrow buffers are hashed in order."""
+    import hashlib
+
+    cols = [c for c in frame.columns if c not in set(exclude)]
+    frame = frame.select(cols)
+    sortable = [c for c in cols if frame.schema[c].is_numeric() or frame.schema[c] in (pl.String, pl.Date, pl.Boolean) or isinstance(frame.schema[c], pl.Datetime)]
+    if sortable:
+        frame = frame.sort(sortable, nulls_last=True)
+    digest = hashlib.sha256()
+    for name in cols:
+        digest.update(name.encode())
+        digest.update(str(frame.schema[name]).encode())
+        # JSON of a column is exact for floats (shortest repr round-trips) and stable
+        digest.update(frame.select(name).write_json().encode())
+    return digest.hexdigest()

@@ -31,8 +31,10 @@ def _holiday_exclusions(settings: Settings) -> list[dt.datetime]:
 def build_trading_day_partitions(settings: Settings) -> TimeWindowPartitionsDefinition:
     end = None
     if settings.end_date is not None:
+        # a weekday partition's window runs to the next trading day (Friday -> Monday),
+        # so the range must end there for the last day to count as a partition
         end = dt.datetime.combine(
-            settings.end_date + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC
+            calendar.shift_trading_days(settings.end_date, 1), dt.time(0), tzinfo=dt.UTC
         )
     return TimeWindowPartitionsDefinition(
         cron_schedule="0 0 * * 1-5",  # weekdays; holidays excluded below

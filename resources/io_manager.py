@@ -8,7 +8,8 @@ the stock dagster-deltalake manager).
 ``partition_expr`` comes from the asset's definition metadata (default ``date``).
 Each write records the committed Delta version as output metadata; each read records
 the version it read as input metadata, and an input annotated ``VersionedFrame`` gets
-the version along with the frame (for lineage).
+the version along with the frame (for lineage). An input whose metadata sets
+``allow_missing`` gets an empty frame when the table does not exist yet.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class DeltaIOManager(ConfigurableIOManager):
         if context.has_asset_partitions and not context.asset_partition_keys:
             # e.g. the first month of a self-dependent chain: nothing upstream yet
             frame = self._empty_like(key)
+            return VersionedFrame(frame, None, self.warehouse.uri(key)) if wants_version else frame
+        if (context.definition_metadata or {}).get("allow_missing") and not self.warehouse.exists(key):
+            # declared by the input (a chain's first run reads its own, not yet created, table)
+            frame = pl.DataFrame()
             return VersionedFrame(frame, None, self.warehouse.uri(key)) if wants_version else frame
         selection = _selection(context, column)
         loaded = self.warehouse.read(key, selection)

@@ -69,6 +69,7 @@ def previous_state(previous_months: pl.DataFrame, first_month, is_first_partitio
         "market_bars": AssetIn(partition_mapping=AllPartitionMapping()),
         "previous_months": AssetIn(
             key="backtest",
+            metadata={"allow_missing": True},
             partition_mapping=TimeWindowPartitionMapping(
                 start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
             ),

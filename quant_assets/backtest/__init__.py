@@ -23,3 +23,20 @@ __all__ = [
     "run_backtest",
     "to_matrix",
 ]
+from quant_assets.backtest.grid import (  # noqa: E402
+    GridResult,
+    ScenarioResult,
+    breakout_grid,
+    param_product,
+    scenario_backtest,
+    zmr_grid,
+)
+
+__all__ += [
+    "GridResult",
+    "ScenarioResult",
+    "breakout_grid",
+    "param_product",
+    "scenario_backtest",
+    "zmr_grid",
+]

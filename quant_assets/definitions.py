@@ -7,40 +7,33 @@ locally, one Kubernetes Job per step (dagster-k8s) when deployed.
 
 from __future__ import annotations
 
-from dagster import (
-    Definitions,
-    load_asset_checks_from_modules,
-    load_assets_from_modules,
-    multiprocess_executor,
-)
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from quant_assets import jobs
 from quant_assets.backtest import assets as backtest_assets
 from quant_assets.data import assets as data_assets
 from quant_assets.features import assets as feature_assets
 from quant_assets.models import assets as model_assets
+from quant_assets.instance import relax_local_sqlite
 from quant_assets.partitions import SETTINGS
+from quant_assets.placement import apply_placement, executor_for, load_policy
 from quant_assets.validation import assets as validation_assets
 from resources import build_resources
 from sensors import SCHEDULES, SENSORS
 
 STAGES = [data_assets, feature_assets, model_assets, backtest_assets, validation_assets]
 
-
-def _executor():
-    if SETTINGS.env == "k8s":
-        from dagster_k8s import k8s_job_executor
-
-        return k8s_job_executor
-    return multiprocess_executor.configured({"max_concurrent": 2})
+if SETTINGS.env == "local":
+    relax_local_sqlite(SETTINGS.quant_home)
 
 
 defs = Definitions(
-    assets=load_assets_from_modules(STAGES),
+    # placement (pool + dagster-k8s/config per asset) comes from deploy/pools.yaml only
+    assets=apply_placement(load_assets_from_modules(STAGES), load_policy()),
     asset_checks=load_asset_checks_from_modules(STAGES),
     jobs=jobs.ALL_JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources=build_resources(SETTINGS),
-    executor=_executor(),
+    executor=executor_for(SETTINGS.env),
 )

@@ -16,31 +16,17 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
-
-LOCAL_INSTANCE_YAML = """\
-# Local Dagster instance for quant-assets (SQLite under DAGSTER_HOME).
-telemetry:
-  enabled: false
-nux:
-  enabled: false
-"""
-
-
-def prepare_local_instance(dagster_home: Path) -> None:
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    cfg = dagster_home / "dagster.yaml"
-    if not cfg.exists():
-        cfg.write_text(LOCAL_INSTANCE_YAML)
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
-
 
 def main() -> int:
     t_start = time.perf_counter()
     from quant_assets.settings import Settings
 
+    from quant_assets.instance import prepare_local_instance, relax_local_sqlite
+    from quant_assets.placement import configure_local_instance, load_policy
+
     settings = Settings.from_env()
     prepare_local_instance(settings.dagster_home)
+    relax_local_sqlite(settings.quant_home)
     os.environ.setdefault("QUANT_HOME", str(settings.quant_home))
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("    %(message)s"))
@@ -63,6 +49,8 @@ def main() -> int:
     from quant_assets.definitions import defs
     from quant_assets.partitions import monthly_partitions, trading_day_partitions
 
+    # pool limits of deploy/pools.yaml on the local instance, before opening it
+    configure_local_instance(settings.dagster_home, load_policy())
     instance = DagsterInstance.get()
     days = trading_day_partitions.get_partition_keys()
     last_label_day = calendar.shift_trading_days(

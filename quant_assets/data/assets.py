@@ -100,7 +100,8 @@ class MarketBarsConfig(Config):
     partitions_def=trading_day_partitions,
     metadata={"partition_expr": "date"},
     check_specs=_specs("market_bars", quality.RULES_BY_TABLE["market_bars"]),
-    backfill_policy=BackfillPolicy.single_run(),
+    # same chunking as pit_features, so a daily job keeps one policy
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=400),
     retry_policy=IO_RETRY,
 )
 def market_bars(

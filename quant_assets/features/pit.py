@@ -1,0 +1,482 @@
+"""Point-in-time reads of the raw tables: the one as-of helper and what is built on it.
+
+Every read of `market_bars`, `corporate_actions` and `fundamentals` made for a feature of
+day D goes through `as_of`, which keeps, per key, the latest row version whose
+`knowledge_time <= cutoff(D)`. Nothing here looks at a row published after the cutoff, so a
+feature of D equals the feature computed from inputs truncated at cutoff(D), bit for bit.
+
+Conventions (shared by the feature engine and its tests)
+-------------------------------------------------------
+- Market days as of D: the dates <= D on which at least one bar is known at cutoff(D).
+  Windows count market days, not rows of one instrument: a 20-day statistic of an
+  instrument with a missing bar in the last 20 market days is null.
+- PIT adjustment as of D: a corporate action applies when it is known at cutoff(D) and
+  its ex_date <= D; it adjusts the bars dated before its ex_date. A split of ratio r
+  divides prices by r and multiplies volume by r; a cash dividend d (per share as traded on
+  the ex_date, i.e. per post-split share when a split goes ex the same day) multiplies prices
+  by (1 - d / p) where p is the last close before the ex_date in the same share basis
+  (close / r). A factor <= 0 is a data error: the prices it touches become null.
+- The bar of D itself is as traded (no action with ex_date in (D, D]), so the adjusted close
+  of D is the as-traded close.
+- Total-return index (labels and P&L only, never features): ex-post, all actions whatever
+  their knowledge time, dividends reinvested at the close of the ex-date:
+  gross return of bar s over the previous bar = r_s * (close_s + d_s) / close_prev.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import polars as pl
+
+from quant_assets.calendar import DEFAULT_CUTOFF
+
+UTC_TIME = pl.Datetime("us", "UTC")
+# Polars 2's default streaming engine aggregates floats in a run-dependent order (sums and
+# means differ in the last bits between runs); the in-memory engine is bit-reproducible.
+ENGINE = "in-memory"
+
+# Fundamentals older than this (period_end before D - max age) count as unknown: a stale
+# quarter of a company that stopped reporting must not look current.
+FUNDAMENTAL_MAX_AGE_DAYS = 200
+# Quarterly flows: summed over the trailing four quarters.
+FLOW_FIELDS: tuple[str, ...] = ("net_income", "revenue", "operating_cash_flow")
+# Balance-sheet stocks: the latest quarter's value.
+STOCK_FIELDS: tuple[str, ...] = ("book_equity", "total_assets", "shares_outstanding")
+FUNDAMENTAL_FIELDS: tuple[str, ...] = FLOW_FIELDS + STOCK_FIELDS
+# Four consecutive calendar quarters span ~273 days from the first to the last period_end.
+_TTM_MAX_SPAN_DAYS = 300
+# "The same quarter a year earlier": period_end 350-380 days before the latest one.
+_YEAR_AGO_DAYS = (350, 380)
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def as_date_frame(dates: Iterable[dt.date] | pl.Series) -> pl.DataFrame:
+    """Sorted unique as-of days as a one-column frame `as_of` (Date)."""
+    series = dates if isinstance(dates, pl.Series) else pl.Series(list(dates), dtype=pl.Date)
+    return pl.DataFrame({"as_of": series.cast(pl.Date)}).unique().sort("as_of")
+
+
+def cutoff_expr(day: str | pl.Expr = "as_of", cutoff_time: dt.time = DEFAULT_CUTOFF) -> pl.Expr:
+    """Polars version of `calendar.cutoff`: the day's date at `cutoff_time`, UTC."""
+    day = pl.col(day) if isinstance(day, str) else day
+    return day.dt.combine(cutoff_time, time_unit="us").dt.replace_time_zone("UTC")
+
+
+Frame = pl.DataFrame | pl.LazyFrame
+
+
+def with_utc(frame: Frame, col: str) -> pl.LazyFrame:
+    """`frame` as a LazyFrame with `col` as Datetime("us", "UTC") (naive times read as UTC)."""
+    frame = frame.lazy()
+    dtype = frame.collect_schema()[col]
+    if not isinstance(dtype, pl.Datetime):
+        raise ValueError(f"column {col!r} must be a Datetime, got {dtype}")
+    expr = pl.col(col)
+    expr = expr.dt.replace_time_zone("UTC") if dtype.time_zone is None else expr.dt.convert_time_zone("UTC")
+    return frame.with_columns(expr.cast(UTC_TIME))
+
+
+# --------------------------------------------------------------------------- the as-of join
+
+
+def _materialize(frame: pl.LazyFrame) -> pl.LazyFrame:
+    # a plan read several times below: compute it once (polars' subplan cache does not always)
+    return frame.collect(engine=ENGINE).lazy()
+
+
+def _like(out: pl.LazyFrame, first: Frame) -> Frame:
+    # public helpers answer in the kind of frame they were given
+    return out if isinstance(first, pl.LazyFrame) else out.collect(engine=ENGINE)
+
+
+def as_of(
+    frame: Frame,
+    dates: Iterable[dt.date] | pl.Series | None = None,
+    *,
+    by: str | Sequence[str] = "instrument_id",
+    keys: Frame | None = None,
+    knowledge_col: str = "knowledge_time",
+    cutoff_time: dt.time = DEFAULT_CUTOFF,
+) -> Frame:
+    """The rows of `frame` as known at the cutoff of each as-of day.
+
+    For each as-of day D and each key (the `by` columns, e.g. instrument_id + date for bars),
+    the latest row version with `knowledge_col <= cutoff(D)`; keys without such a version
+    are absent. Built on `join_asof` on knowledge time, by key.
+
+    Ask either for every key of `frame` on each of `dates`, or pass `keys`: a frame with an
+    `as_of` Date column, the `by` columns and any extra columns to carry along (used to ask
+    only for the keys a window needs). Output: the request columns (`as_of` first), then
+    the other columns of `frame`. Two versions of a key with the same knowledge time: the
+    later one in `frame` wins. Lazy in, lazy out.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if (dates is None) == (keys is None):
+        raise ValueError("as_of needs exactly one of `dates` or `keys`")
+    if keys is None:
+        keys = as_date_frame(dates).lazy().join(frame.lazy().select(by).unique(), how="cross")
+    keys = keys.lazy()
+    if "as_of" not in keys.collect_schema().names():
+        raise ValueError("`keys` needs an `as_of` Date column")
+    versions = (
+        with_utc(frame, knowledge_col)
+        .unique(subset=[*by, knowledge_col], keep="last", maintain_order=True)
+        .with_columns(pl.col(knowledge_col).alias("_known"))
+        .sort("_known", maintain_order=True)
+    )
+    requests = keys.with_columns(cutoff_expr("as_of", cutoff_time).alias("_cutoff")).sort("_cutoff")
+    out = requests.join_asof(
+        versions,
+        left_on="_cutoff",
+        right_on="_known",
+        by=by,
+        strategy="backward",
+        check_sortedness=False,  # both sides sorted on the time key just above
+    )
+    return _like(out.filter(pl.col("_known").is_not_null()).drop("_cutoff", "_known"), frame)
+
+
+# --------------------------------------------------------------------------- market days
+
+
+def market_days_as_of(
+    market_bars: Frame,
+    dates: Iterable[dt.date] | pl.Series,
+    *,
+    lookback: int | None = None,
+    cutoff_time: dt.time = DEFAULT_CUTOFF,
+) -> Frame:
+    """For each as-of day D, its last `lookback` market days (all when None).
+
+    Columns: as_of, date, lag (0 = D, 1 = the market day before, ...). A date counts as a
+    market day as of D when a bar dated on it is known at cutoff(D). As-of days without a
+    known bar of their own are left out (their universe is empty).
+    """
+    first_known = (
+        with_utc(market_bars, "knowledge_time")
+        .group_by("date")
+        .agg(pl.col("knowledge_time").min().alias("_first_known"))
+    )
+    days = (
+        as_date_frame(dates)
+        .lazy()
+        .with_columns(cutoff_expr("as_of", cutoff_time).alias("_cutoff"))
+        .join(first_known, how="cross")
+        .filter((pl.col("date") <= pl.col("as_of")) & (pl.col("_first_known") <= pl.col("_cutoff")))
+        .sort(["as_of", "date"], descending=[False, True])
+        .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over("as_of").alias("lag"))
+    )
+    if lookback is not None:
+        days = days.filter(pl.col("lag") < lookback)
+    has_today = days.filter((pl.col("lag") == 0) & (pl.col("date") == pl.col("as_of"))).select("as_of")
+    out = days.join(has_today, on="as_of", how="semi").select("as_of", "date", "lag").sort("as_of", "date")
+    return _like(out, market_bars)
+
+
+# --------------------------------------------------------------------------- universe
+
+
+def listed_on(day: str | pl.Expr) -> pl.Expr:
+    """True where the instrument (universe columns) is listed on `day`."""
+    day = pl.col(day) if isinstance(day, str) else day
+    return (pl.col("listed_from") <= day) & (pl.col("listed_until").is_null() | (day <= pl.col("listed_until")))
+
+
+def pit_universe(
+    universe: Frame,
+    market_bars: Frame,
+    dates: Iterable[dt.date] | pl.Series,
+    *,
+    cutoff_time: dt.time = DEFAULT_CUTOFF,
+) -> Frame:
+    """Universe of each day D: listed on D and a bar of D known at cutoff(D).
+
+    Columns: as_of, instrument_id, sector; sorted by (as_of, instrument_id).
+    """
+    bars = market_bars.lazy().select("instrument_id", "date", "knowledge_time")
+    keys = (
+        as_date_frame(dates)
+        .lazy()
+        .join(bars.select("instrument_id", "date").unique(), left_on="as_of", right_on="date")
+        .with_columns(pl.col("as_of").alias("date"))
+    )
+    known = as_of(bars, by=["instrument_id", "date"], keys=keys, cutoff_time=cutoff_time)
+    out = (
+        known.select("as_of", "instrument_id")
+        .join(universe.lazy().select("instrument_id", "sector", "listed_from", "listed_until"), on="instrument_id")
+        .filter(listed_on("as_of"))
+        .select("as_of", "instrument_id", "sector")
+        .sort("as_of", "instrument_id")
+    )
+    return _like(out, market_bars)
+
+
+# --------------------------------------------------------------------------- adjusted bars
+
+
+def _effective_actions(windows: pl.LazyFrame, corporate_actions: Frame, cutoff_time: dt.time) -> pl.LazyFrame:
+    """Actions known at cutoff(D) with ex_date in (window_start, D], per as-of day D."""
+    actions = corporate_actions.lazy()
+    keys = windows.join_where(
+        actions.select("instrument_id", "ex_date").unique(),
+        pl.col("ex_date") > pl.col("window_start"),
+        pl.col("ex_date") <= pl.col("as_of"),
+    ).select("as_of", "instrument_id", "ex_date")
+    return as_of(actions, by=["instrument_id", "ex_date"], keys=keys, cutoff_time=cutoff_time)
+
+
+def pit_panel(
+    market_bars: Frame,
+    corporate_actions: Frame,
+    dates: Iterable[dt.date] | pl.Series,
+    *,
+    universe: Frame | None = None,
+    lookback: int | None = None,
+    cutoff_time: dt.time = DEFAULT_CUTOFF,
+) -> Frame:
+    """PIT-adjusted bar history as of each D: the last `lookback` market days (all if None).
+
+    One row per (as_of, instrument with a known bar in the window, market day of the window),
+    gaps as null rows, sorted by (as_of, instrument_id, date). Columns: as_of, instrument_id,
+    date, lag, open, high, low, close, volume (adjusted as of `as_of`, see module doc),
+    ret (daily return of the adjusted close over the previous market day), market_ret
+    (equal-weighted mean `ret` of the instruments listed that day, needs `universe`; null
+    without it).
+    """
+    market = market_bars.lazy()
+    days = _materialize(market_days_as_of(market, dates, lookback=lookback, cutoff_time=cutoff_time))
+    group = ["as_of", "instrument_id"]
+    # 1. bar versions known at each cutoff, for the window's market days only
+    bar_keys = days.join(market.select("instrument_id", "date").unique(), on="date")
+    bars = _materialize(as_of(market, by=["instrument_id", "date"], keys=bar_keys, cutoff_time=cutoff_time))
+    grid = bars.select(group).unique().join(days, on="as_of")
+    panel = (
+        grid.join(bars.drop("lag", "knowledge_time"), on=[*group, "date"], how="left")
+        .sort([*group, "date"])
+        .with_columns(pl.col("close").forward_fill().shift(1).over(group).alias("_close_before"))
+    )
+    # 2. actions effective as of D that touch the window: ex_date in (oldest day, D]
+    windows = days.group_by("as_of").agg(pl.col("date").min().alias("window_start"))
+    actions = _effective_actions(windows, corporate_actions, cutoff_time).sort("ex_date")
+    # each action attaches to the first market day on or after its ex_date
+    actions = actions.join_asof(
+        days.select("as_of", pl.col("date").alias("_day")).sort("_day"),
+        left_on="ex_date",
+        right_on="_day",
+        by="as_of",
+        strategy="forward",
+        check_sortedness=False,
+    ).rename({"_day": "date"})
+    actions = actions.join(panel.select(*group, "date", "_close_before"), on=[*group, "date"], how="left")
+    ratio = pl.col("split_ratio")
+    dividend_part = (
+        pl.when(pl.col("cash_dividend") == 0.0)
+        .then(pl.lit(1.0))
+        .when(pl.col("_close_before").is_null())
+        .then(pl.lit(1.0))  # no earlier bar in the window: the factor touches no bar
+        .otherwise(1.0 - pl.col("cash_dividend") * ratio / pl.col("_close_before"))
+    )
+    price_factor = pl.when((dividend_part > 0.0) & (ratio > 0.0)).then(dividend_part / ratio)
+    steps = (
+        actions.sort([*group, "date", "ex_date"])
+        .group_by([*group, "date"], maintain_order=True)
+        .agg(
+            pl.when(price_factor.null_count() == 0).then(price_factor.product()).alias("_price_step"),
+            pl.when(ratio.null_count() == 0).then(ratio.product()).alias("_volume_step"),
+            pl.lit(True).alias("_has_action"),
+        )
+    )
+    panel = _materialize(panel.join(steps, on=[*group, "date"], how="left").sort([*group, "date"]))
+
+    def after(step: str) -> pl.Expr:
+        # product of the step factors of the later days of the window, null after a bad one
+        present = pl.col("_has_action").fill_null(False)
+        value = pl.when(present).then(pl.col(step)).otherwise(1.0)
+        later = value.shift(-1, fill_value=1.0)
+        product = later.fill_null(1.0).cum_prod(reverse=True)
+        poisoned = later.is_null().cum_max(reverse=True)
+        return pl.when(poisoned).then(None).otherwise(product).over(group)
+
+    panel = panel.with_columns(after("_price_step").alias("_pf"), after("_volume_step").alias("_vf"))
+    panel = panel.with_columns(
+        *(pl.col(c) * pl.col("_pf") for c in ("open", "high", "low", "close")),
+        pl.col("volume") * pl.col("_vf"),
+    ).with_columns((pl.col("close") / pl.col("close").shift(1) - 1.0).over(group).alias("ret"))
+    # 3. the market: equal-weighted mean return of the instruments listed that day
+    panel = _materialize(panel)
+    if universe is None:
+        panel = panel.with_columns(pl.lit(None, dtype=pl.Float64).alias("market_ret"))
+    else:
+        listing = universe.lazy().select("instrument_id", "listed_from", "listed_until")
+        market_ret = (
+            panel.select("as_of", "instrument_id", "date", "ret")
+            .join(listing, on="instrument_id")
+            .filter(listed_on("date") & pl.col("ret").is_not_null())
+            .sort("as_of", "date", "instrument_id")
+            .group_by(["as_of", "date"], maintain_order=True)
+            .agg(pl.col("ret").mean().alias("market_ret"))
+        )
+        panel = panel.join(market_ret, on=["as_of", "date"], how="left")
+    out = panel.select(
+        "as_of", "instrument_id", "date", "lag", "open", "high", "low", "close", "volume", "ret", "market_ret"
+    ).sort([*group, "date"])
+    return _like(out, market_bars)
+
+
+# --------------------------------------------------------------------------- fundamentals
+
+
+def fundamentals_as_of(
+    fundamentals: Frame,
+    corporate_actions: Frame,
+    dates: Iterable[dt.date] | pl.Series,
+    *,
+    cutoff_time: dt.time = DEFAULT_CUTOFF,
+    max_age_days: int = FUNDAMENTAL_MAX_AGE_DAYS,
+) -> Frame:
+    """Fundamentals as known at cutoff(D), one row per (as_of, instrument_id).
+
+    Per (instrument, field, period_end) the latest version known at the cutoff; per field
+    the most recent known quarter (null if its period_end is more than `max_age_days`
+    before D). Columns, for every field f of FUNDAMENTAL_FIELDS: `f` (latest quarter),
+    `f_year_ago` (the quarter ending 350-380 days before it), and for flows `f_ttm` (sum of
+    the four latest quarters, null unless four consecutive quarters are known).
+    `shares_outstanding` (and its year-ago value) is restated to D's share basis: multiplied
+    by the ratios of the splits effective as of D with ex_date after its period_end, so that
+    as-traded close * shares_outstanding is the market cap of D.
+    """
+    funds = fundamentals.lazy()
+    horizon = max_age_days + _YEAR_AGO_DAYS[1] + 1
+    windows = (
+        as_date_frame(dates).lazy().with_columns((pl.col("as_of") - pl.duration(days=horizon)).alias("window_start"))
+    )
+    keys = windows.join_where(
+        funds.select("instrument_id", "field", "period_end").unique(),
+        pl.col("period_end") <= pl.col("as_of"),
+        pl.col("period_end") > pl.col("window_start"),
+    ).drop("window_start")
+    known = as_of(funds, by=["instrument_id", "field", "period_end"], keys=keys, cutoff_time=cutoff_time)
+    pe, value = pl.col("period_end"), pl.col("value")
+    last_pe = pe.last()
+    year_ago = (pe >= last_pe - pl.duration(days=_YEAR_AGO_DAYS[1])) & (
+        pe <= last_pe - pl.duration(days=_YEAR_AGO_DAYS[0])
+    )
+    per_field = (
+        known.sort("as_of", "instrument_id", "field", "period_end")
+        .group_by(["as_of", "instrument_id", "field"], maintain_order=True)
+        .agg(
+            last_pe.alias("_period_end"),
+            value.last().alias("_value"),
+            pl.when(
+                (pl.len() >= 4)
+                & ((last_pe - pe.tail(4).first()).dt.total_days() <= _TTM_MAX_SPAN_DAYS)
+                & (value.tail(4).null_count() == 0)
+            )
+            .then(value.tail(4).sum())
+            .alias("_ttm"),
+            value.filter(year_ago).last().alias("_year_ago"),
+            pe.filter(year_ago).last().alias("_year_ago_period_end"),
+        )
+        .filter(pl.col("_period_end") >= pl.col("as_of") - pl.duration(days=max_age_days))
+    )
+    # split ratios effective as of D, for restating share counts to D's basis
+    splits = _effective_actions(windows, corporate_actions, cutoff_time).filter(pl.col("split_ratio") != 1.0)
+    shares = per_field.filter(pl.col("field") == "shares_outstanding")
+
+    def splits_after(period_col: str) -> pl.LazyFrame:
+        return (
+            shares.select("as_of", "instrument_id", period_col)
+            .join(splits, on=["as_of", "instrument_id"])
+            .filter(pl.col("ex_date") > pl.col(period_col))
+            .sort("as_of", "instrument_id", "ex_date")
+            .group_by(["as_of", "instrument_id"], maintain_order=True)
+            .agg(pl.col("split_ratio").product().alias(f"{period_col}_splits"))
+        )
+
+    group = ["as_of", "instrument_id"]
+    # one row per (as_of, instrument): pick each field's values out of the long frame
+    wide = []
+    for field in FUNDAMENTAL_FIELDS:
+        is_field = pl.col("field") == field
+        wide += [
+            pl.col("_value").filter(is_field).first().alias(field),
+            pl.col("_year_ago").filter(is_field).first().alias(f"{field}_year_ago"),
+        ]
+        if field in FLOW_FIELDS:
+            wide.append(pl.col("_ttm").filter(is_field).first().alias(f"{field}_ttm"))
+    out = per_field.group_by(group).agg(wide)
+    for period_col, col in (
+        ("_period_end", "shares_outstanding"),
+        ("_year_ago_period_end", "shares_outstanding_year_ago"),
+    ):
+        out = (
+            out.join(splits_after(period_col), on=group, how="left")
+            .with_columns((pl.col(col) * pl.col(f"{period_col}_splits").fill_null(1.0)).alias(col))
+            .drop(f"{period_col}_splits")
+        )
+    return _like(out.sort(group), fundamentals)
+
+
+# --------------------------------------------------------------------------- total return
+
+
+def _latest_versions(frame: Frame, by: list[str]) -> pl.LazyFrame:
+    """Ex-post view: the latest version of every key (ties: the later row wins)."""
+    return (
+        with_utc(frame, "knowledge_time")
+        .with_row_index("_row")
+        .sort([*by, "knowledge_time", "_row"])
+        .unique(subset=by, keep="last", maintain_order=True)
+        .drop("_row")
+    )
+
+
+def total_return_steps(market_bars: Frame, corporate_actions: Frame) -> Frame:
+    """Ex-post bars with their corporate-action step: date, instrument_id, close, step.
+
+    `step` of bar s = (close_s / close_prev) / gross total return of s, i.e.
+    1 / (r * (1 + d / close_s)) for the actions with ex_date in (previous bar, s]; exactly
+    1.0 where there is none. Sorted by (instrument_id, date).
+    """
+    bars = (
+        _latest_versions(market_bars, ["instrument_id", "date"])
+        .select("date", "instrument_id", "close")
+        .sort("instrument_id", "date")
+    )
+    actions = _latest_versions(corporate_actions, ["instrument_id", "ex_date"]).sort("ex_date")
+    attached = actions.join_asof(
+        bars.select("instrument_id", pl.col("date").alias("_bar")).sort("_bar"),
+        left_on="ex_date",
+        right_on="_bar",
+        by="instrument_id",
+        strategy="forward",
+        check_sortedness=False,
+    ).filter(pl.col("_bar").is_not_null())
+    steps = (
+        attached.sort("instrument_id", "_bar", "ex_date")
+        .group_by(["instrument_id", "_bar"], maintain_order=True)
+        .agg(pl.col("split_ratio").product().alias("_ratio"), pl.col("cash_dividend").sum().alias("_dividend"))
+    )
+    out = bars.join(steps, left_on=["instrument_id", "date"], right_on=["instrument_id", "_bar"], how="left")
+    step = pl.when(pl.col("_ratio").is_null()).then(1.0).otherwise(
+        1.0 / (pl.col("_ratio") * (1.0 + pl.col("_dividend") / pl.col("close")))
+    )
+    out = out.select("date", "instrument_id", "close", step.alias("step")).sort("instrument_id", "date")
+    return _like(out, market_bars)
+
+
+def total_return_index(market_bars: Frame, corporate_actions: Frame) -> Frame:
+    """Ex-post split- and dividend-adjusted total-return closes: date, instrument_id, tr_close.
+
+    Uses every action whatever its knowledge time: for labels and backtest P&L, never for
+    features. Back-adjusted: the last tr_close of an instrument is its last as-traded close,
+    and tr_close_s / tr_close_prev - 1 is the total return of bar s (module doc).
+    """
+    steps = total_return_steps(market_bars.lazy(), corporate_actions)
+    later = pl.col("step").shift(-1, fill_value=1.0).cum_prod(reverse=True).over("instrument_id")
+    out = steps.select("date", "instrument_id", (pl.col("close") * later).alias("tr_close"))
+    return _like(out.sort("date", "instrument_id"), market_bars)

@@ -21,7 +21,9 @@ PARTITION_COLUMN = "date"  # daily and monthly tables alike are partitioned by a
 
 
 def _holiday_exclusions(settings: Settings) -> list[dt.datetime]:
-    last = settings.end_date or dt.date(dt.date.today().year + 2, 12, 31)
+    # through the partition range's end (a few days past end_date), so that a holiday
+    # right after the last day cannot become a partition
+    last = (settings.end_date + dt.timedelta(days=10)) if settings.end_date else dt.date(dt.date.today().year + 2, 12, 31)
     return [
         dt.datetime.combine(h, dt.time(0), tzinfo=dt.UTC)
         for h in calendar.holiday_list(settings.start_date, last)

@@ -13,8 +13,8 @@ from quant_assets import jobs
 from quant_assets.backtest import assets as backtest_assets
 from quant_assets.data import assets as data_assets
 from quant_assets.features import assets as feature_assets
-from quant_assets.models import assets as model_assets
 from quant_assets.instance import relax_local_sqlite
+from quant_assets.models import assets as model_assets
 from quant_assets.partitions import SETTINGS
 from quant_assets.placement import apply_placement, executor_for, load_policy
 from quant_assets.validation import assets as validation_assets

@@ -17,12 +17,12 @@ import os
 import sys
 import time
 
+
 def main() -> int:
     t_start = time.perf_counter()
-    from quant_assets.settings import Settings
-
     from quant_assets.instance import prepare_local_instance, relax_local_sqlite
     from quant_assets.placement import configure_local_instance, load_policy
+    from quant_assets.settings import Settings
 
     settings = Settings.from_env()
     prepare_local_instance(settings.dagster_home)

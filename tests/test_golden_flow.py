@@ -115,8 +115,8 @@ def test_rerun_of_one_day_replaces_exactly_that_day(demo_runs):
     (home, _), _ = demo_runs
     from quant_assets.data.assets import market_bars, universe
     from quant_assets.features.assets import pit_features
-    from resources import build_resources
     from quant_assets.settings import Settings
+    from resources import build_resources
 
     os.environ["QUANT_HOME"], old_home = str(home), os.environ["QUANT_HOME"]
     try:

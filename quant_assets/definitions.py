@@ -18,6 +18,7 @@ from quant_assets.models import assets as model_assets
 from quant_assets.partitions import SETTINGS
 from quant_assets.placement import apply_placement, executor_for, load_policy
 from quant_assets.validation import assets as validation_assets
+from quant_assets.validation import checks as validation_checks
 from resources import build_resources
 from sensors import SCHEDULES, SENSORS
 
@@ -30,7 +31,7 @@ if SETTINGS.env == "local":
 defs = Definitions(
     # placement (pool + dagster-k8s/config per asset) comes from deploy/pools.yaml only
     assets=apply_placement(load_assets_from_modules(STAGES), load_policy()),
-    asset_checks=load_asset_checks_from_modules(STAGES),
+    asset_checks=[*load_asset_checks_from_modules(STAGES), *validation_checks.CHECKS],
     jobs=jobs.ALL_JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,

@@ -27,8 +27,21 @@ monthly_models_job = define_asset_job(
 )
 validation_job = define_asset_job(
     "validation_job",
-    selection=AssetSelection.assets("validation_report"),
-    description="Validation report over every backtest month.",
+    # the promotion gate is a blocking check that fails its run: it belongs to promotion
+    selection=AssetSelection.assets("validation_report").without_checks(),
+    description="Validation report over every backtest month (no gate).",
+)
+promotion_job = define_asset_job(
+    "promotion_job",
+    selection=AssetSelection.assets("validation_report", "champion_model"),
+    description="Validation report, its blocking promotion gate, then the champion alias.",
 )
 
-ALL_JOBS = [reference_data_job, daily_features_job, labels_job, monthly_models_job, validation_job]
+ALL_JOBS = [
+    reference_data_job,
+    daily_features_job,
+    labels_job,
+    monthly_models_job,
+    validation_job,
+    promotion_job,
+]

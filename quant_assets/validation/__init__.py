@@ -1,2 +1,7 @@
-"""Validation stage: statistics (PSR, DSR, PBO, bootstrap, performance metrics), purged CV and
-the validation report. ``stats`` is a pure core (numpy/scipy only)."""
+"""Validation stage: statistics (PSR, DSR, PBO, bootstrap, performance metrics), purged CV,
+regimes, stress windows and factor exposures, the validation report and its HTML tear sheet,
+the promotion gate and the champion promotion.
+
+Pure cores: ``stats``, ``cv``, ``regimes``, ``report``, ``trials``, ``gate``, ``tearsheet``
+(no Dagster, no MLflow). ``promotion`` is the registry side (MlflowClient). ``assets`` and
+``checks`` wire them into Dagster."""

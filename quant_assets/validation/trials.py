@@ -1,0 +1,89 @@
+"""The trial set of the validation report: the strategy variants evaluated on the same
+predictions, plus a sweep's trials when a sweep has run. Pure (polars and numpy).
+
+Sweep tables (written by the sweep stage, ``models/assets.py``; both optional):
+
+* the trial registry ``sweep_trials`` (or a table named ``trial_registry``): one row per trial,
+  ``trial_id`` and its per-period Sharpe ratio of daily net returns, ``sharpe_per_period``
+  when the table has that column, else ``sharpe``. Every row, of every sweep run so far,
+  counts as a trial in the DSR (count and Sharpe variance): all trials tried, not only the
+  last sweep's, are what deflates the Sharpe ratio.
+* ``trial_returns``: ``date``, ``trial_id``, ``net_return``. The trials' daily returns join
+  the variants' as columns of the PBO matrix, over the days all of them have.
+
+If the common days are too few for CSCV (``report.PBO_SPLITS`` blocks of at least
+``report.PBO_MIN_ROWS_PER_BLOCK`` days), PBO falls back to the variants alone, which always
+share the backtest's days; ``pbo_n_trials`` in the report says which set was used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from quant_assets.validation.report import PBO_MIN_ROWS_PER_BLOCK, PBO_SPLITS
+
+SWEEP_PREFIX = "sweep:"
+REGISTRY_COLUMNS = ("trial_id",)
+PER_PERIOD_SHARPE_COLUMNS = ("sharpe_per_period", "sharpe")  # first present wins
+RETURNS_COLUMNS = ("date", "trial_id", "net_return")
+
+
+@dataclass(frozen=True)
+class TrialSet:
+    extra_sharpes: dict[str, float]  # sweep trials, named "sweep:<trial_id>"
+    pbo_returns: np.ndarray  # (T x N) on common days
+    pbo_names: tuple[str, ...]  # the N column names
+
+
+def _check(frame: pl.DataFrame, name: str, cols: tuple[str, ...]) -> None:
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} is missing columns {missing} (has {frame.columns})")
+
+
+def build_trial_set(
+    dates: pl.Series,
+    variant_returns: dict[str, np.ndarray],
+    registry: pl.DataFrame | None = None,
+    sweep_returns: pl.DataFrame | None = None,
+) -> TrialSet:
+    """``dates``: the backtest days the variants' returns are aligned with."""
+    if any(len(v) != len(dates) for v in variant_returns.values()):
+        raise ValueError("every variant's returns must be aligned with the backtest dates")
+    extra: dict[str, float] = {}
+    if registry is not None and registry.height:
+        _check(registry, "trial_registry", REGISTRY_COLUMNS)
+        sharpe_col = next((c for c in PER_PERIOD_SHARPE_COLUMNS if c in registry.columns), None)
+        if sharpe_col is None:
+            raise ValueError(
+                f"trial_registry has none of the Sharpe columns {PER_PERIOD_SHARPE_COLUMNS} "
+                f"(has {registry.columns})"
+            )
+        dup = registry.filter(pl.col("trial_id").is_duplicated())["trial_id"].unique().sort()
+        if dup.len():
+            raise ValueError(f"trial_registry has duplicated trial_id values: {dup.to_list()[:5]}")
+        for trial_id, sharpe in registry.select("trial_id", sharpe_col).sort("trial_id").iter_rows():
+            extra[f"{SWEEP_PREFIX}{trial_id}"] = float(sharpe) if sharpe is not None else float("nan")
+
+    names = tuple(variant_returns)
+    base = pl.DataFrame({"date": dates, **{n: np.asarray(v, dtype=float) for n, v in variant_returns.items()}})
+    matrix = base
+    if sweep_returns is not None and sweep_returns.height:
+        _check(sweep_returns, "trial_returns", RETURNS_COLUMNS)
+        wide = (
+            sweep_returns.select(
+                "date",
+                (pl.lit(SWEEP_PREFIX) + pl.col("trial_id").cast(pl.Utf8)).alias("trial_id"),
+                pl.col("net_return").cast(pl.Float64),
+            )
+            .pivot(on="trial_id", index="date", values="net_return", sort_columns=True)
+        )
+        joined = base.join(wide, on="date", how="inner").sort("date")
+        if joined.height >= PBO_SPLITS * PBO_MIN_ROWS_PER_BLOCK:
+            matrix = joined
+            names = tuple(c for c in joined.columns if c != "date")
+    matrix = matrix.sort("date")
+    return TrialSet(extra, matrix.select(list(names)).to_numpy().astype(float), names)

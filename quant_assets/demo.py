@@ -102,12 +102,18 @@ def print_summary(settings, elapsed: float) -> None:
     print("Headline statistics (out of sample, net of costs):")
     for label, key in (
         ("Sharpe", "sharpe"), ("CAGR", "cagr"), ("Max drawdown", "max_drawdown"),
-        ("PSR", "psr"), ("DSR", "dsr"), ("Trials", "n_trials"),
+        ("PSR", "psr"), ("DSR", "dsr"), ("PBO", "pbo"), ("Trials", "n_trials"),
         ("Mean daily turnover", "mean_turnover"), ("Mean rank IC", "rank_ic_mean"),
     ):
         print(f"  {label:<22} {format_metric(key, report.get(key, float('nan')))}")
+    gate = {k[len("gate_"):-len("_passed")]: v for k, v in report.items()
+            if k.startswith("gate_") and k.endswith("_passed") and k != "gate_passed"}
+    verdict = "PASSED" if report.get("gate_passed") == 1.0 else "FAILED (no promotion)"
+    shown = ", ".join(f"{k} {'ok' if v == 1.0 else ('n/a' if v != v else 'fail')}" for k, v in gate.items())
+    print(f"Promotion gate:          {verdict}" + (f"  [{shown}]" if shown else ""))
     print(f"\nDelta warehouse: {settings.warehouse_uri}")
     print(f"MLflow:          {settings.mlflow_uri}  (experiment 'quant-assets')")
     print(f"Dagster:         DAGSTER_HOME={settings.dagster_home}")
-    print("Report:          validation_report asset (Markdown in its metadata; report.md in MLflow)")
+    print("Report:          validation_report asset (Markdown in its metadata); report.html tear")
+    print("                 sheet and report.md in the MLflow run 'validation_report'")
     print(f"Demo wall time:  {elapsed:.1f}s")

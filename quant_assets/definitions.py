@@ -17,12 +17,21 @@ from quant_assets.instance import relax_local_sqlite
 from quant_assets.models import assets as model_assets
 from quant_assets.partitions import SETTINGS
 from quant_assets.placement import apply_placement, executor_for, load_policy
+from quant_assets.serving import assets as serving_assets
 from quant_assets.validation import assets as validation_assets
 from quant_assets.validation import checks as validation_checks
 from resources import build_resources
 from sensors import SCHEDULES, SENSORS
+from sensors.monitoring import JOBS as MONITORING_JOBS
 
-STAGES = [data_assets, feature_assets, model_assets, backtest_assets, validation_assets]
+STAGES = [
+    data_assets,
+    feature_assets,
+    model_assets,
+    backtest_assets,
+    validation_assets,
+    serving_assets,
+]
 
 if SETTINGS.env == "local":
     relax_local_sqlite(SETTINGS.quant_home)
@@ -32,7 +41,7 @@ defs = Definitions(
     # placement (pool + dagster-k8s/config per asset) comes from deploy/pools.yaml only
     assets=apply_placement(load_assets_from_modules(STAGES), load_policy()),
     asset_checks=[*load_asset_checks_from_modules(STAGES), *validation_checks.CHECKS],
-    jobs=jobs.ALL_JOBS,
+    jobs=[*jobs.ALL_JOBS, *MONITORING_JOBS],
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources=build_resources(SETTINGS),

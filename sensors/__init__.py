@@ -1,7 +1,11 @@
-"""Sensors and schedules: the daily feature schedule and the landing-zone sensor."""
+"""Sensors and schedules: the daily feature schedule, the landing-zone sensor, and the
+serving monitors (drift / realised-Sharpe alarm with rollback, daily scoring, nightly
+revalidation)."""
 
 from sensors.landing import landing_files_sensor
+from sensors.monitoring import SCHEDULES as MONITORING_SCHEDULES
+from sensors.monitoring import SENSORS as MONITORING_SENSORS
 from sensors.schedules import daily_features_schedule
 
-SCHEDULES = [daily_features_schedule]
-SENSORS = [landing_files_sensor]
+SCHEDULES = [daily_features_schedule, *MONITORING_SCHEDULES]
+SENSORS = [landing_files_sensor, *MONITORING_SENSORS]

@@ -1,0 +1,3 @@
+"""Serving: daily scores by the registry's champion, the low-latency scorer, drift and
+realised-vs-backtest monitoring (pure cores: scoring, drift, monitor; MLflow registry
+access: registry; Dagster wiring: assets; HTTP: scorer_app)."""

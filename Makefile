@@ -20,8 +20,10 @@ demo: $(STAMP)
 	$(PY) -m quant_assets demo
 
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+# --dist loadfile: a test file (and its module-scoped servers/flows) stays on one worker;
+# pytest-xdist 3.8 with pytest 9.2 ignores xdist_group under --dist loadgroup.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
 
 lint: $(STAMP)

@@ -15,8 +15,10 @@ Compared on the same synthetic data (a geometric random walk), medians of ``--re
 
 Timings are ns per bar-parameter per core (wall time x threads / (bars x parameter sets)).
 Peak memory is measured in a fresh subprocess (ru_maxrss increase during the call over the
-input bytes). The portfolio part runs ``scenario_backtest`` (``nb.step_nb`` over many weight
-scenarios under prange) and reports instrument-days per second per core.
+input bytes). The portfolio part runs ``scenario_backtest`` (``step_nb``'s arithmetic over
+many weight scenarios, four at a time under prange) and reports instrument-days per second
+per core. The machine may be shared: the 1-minute load average is printed next to each part
+(a load above the core count inflates every timing, the 2-thread ones most).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def walk(n_instruments: int, n_bars: int, seed: int = 0) -> np.ndarray:
     np.exp(close, out=close)
     close *= 100.0
     return close
+
+
+def load_average() -> str:
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def median_time(fn, repeats: int) -> float:
@@ -280,6 +286,7 @@ def main() -> None:
     g = param_product(**GRID)
     n_params = g["lookback"].shape[0]
     print(f"cpu threads available: {os.cpu_count()}, numba threads: {numba.config.NUMBA_NUM_THREADS}")
+    print(f"load average at start (1/5/15 min): {load_average()}")
     print(f"grid: {n_params} parameter sets {GRID}; cost {COST_BPS} bps\n")
 
     single = walk(1, bars)[0]
@@ -312,6 +319,8 @@ def main() -> None:
     print("(vectorbt and pandas rows: measured on the subset shown; their ns/bar-param is the "
           "extrapolation to the full sizes)")
 
+    print(f"load average after the grid timings: {load_average()}")
+
     # Peak memory of zmr_grid (fresh interpreter each).
     print()
     for shape in ((1, bars), (n_inst, panel_bars)):
@@ -339,6 +348,7 @@ def main() -> None:
         print(f"portfolio {n_names} x {n_days} days x {scenarios} scenarios, {threads} thread(s): "
               f"{t:.2f} s, {speeds[threads] / 1e6:.0f} M instrument-days/s/core")
     print(f"portfolio 2-thread speed-up: {2 * speeds[2] / speeds[1]:.2f}x")
+    print(f"load average after the portfolio timings: {load_average()}")
 
     # Extrapolation: 5 years of 1-minute bars x 500 instruments x 1,000 parameter sets.
     total = 98_000 * 5 * 500 * 1000

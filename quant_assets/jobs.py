@@ -31,6 +31,11 @@ validation_job = define_asset_job(
     selection=AssetSelection.assets("validation_report").without_checks(),
     description="Validation report over every backtest month (no gate).",
 )
+strategy_grid_job = define_asset_job(
+    "strategy_grid_job",
+    selection=AssetSelection.assets("strategy_grid"),
+    description="A month (or a range): the strategy parameter grid (trials for DSR/PBO).",
+)
 promotion_job = define_asset_job(
     "promotion_job",
     selection=AssetSelection.assets("validation_report", "champion_model"),
@@ -43,5 +48,6 @@ ALL_JOBS = [
     labels_job,
     monthly_models_job,
     validation_job,
+    strategy_grid_job,
     promotion_job,
 ]

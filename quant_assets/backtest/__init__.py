@@ -28,6 +28,7 @@ from quant_assets.backtest.grid import (  # noqa: E402
     ScenarioResult,
     breakout_grid,
     param_product,
+    returns_matrix,
     scenario_backtest,
     zmr_grid,
 )
@@ -37,6 +38,7 @@ __all__ += [
     "ScenarioResult",
     "breakout_grid",
     "param_product",
+    "returns_matrix",
     "scenario_backtest",
     "zmr_grid",
 ]

@@ -1,6 +1,7 @@
 """The ``backtest`` asset: one partition per month, each starting from the previous
 month's end state (a self-dependency), so a failed month k leaves months < k intact and
-a rerun resumes at k."""
+a rerun resumes at k. The ``strategy_grid`` asset: a parameter grid of single-instrument
+strategies per month (``monthly_grid``), the trials of the sweep statistics."""
 
 
 import polars as pl
@@ -10,12 +11,14 @@ from dagster import (
     AssetIn,
     BackfillPolicy,
     Config,
+    MetadataValue,
     Output,
     TimeWindowPartitionMapping,
     asset,
 )
 
 from quant_assets import calendar
+from quant_assets.backtest.monthly_grid import GridSpec, evaluate_month
 from quant_assets.backtest.strategy import StrategySpec, StrategyState, run_long_short
 from quant_assets.features import total_return_index
 from quant_assets.models.assets import months_in
@@ -96,9 +99,15 @@ def backtest(
     for month in months:
         end = calendar.next_month(month)
         in_month = (pl.col("date") >= month) & (pl.col("date") < end)
-        daily, state = run_long_short(
-            oos_predictions.frame.filter(in_month), prices.filter(in_month), spec, state
-        )
+        scores = oos_predictions.frame.filter(in_month)
+        if scores.is_empty():
+            # a month without scores would silently hold the previous book: refuse instead,
+            # before anything is written, so the months before it stay as committed
+            raise ValueError(
+                f"backtest {month:%Y-%m}: no out-of-sample predictions for the month; "
+                "materialise oos_predictions for it first"
+            )
+        daily, state = run_long_short(scores, prices.filter(in_month), spec, state)
         last = daily.height - 1
         parts.append(
             daily.with_columns(
@@ -131,5 +140,75 @@ def backtest(
             "max_drawdown": float(summary.get("max_drawdown", float("nan"))),
             "end_equity": float(frame["equity"][-1]),
             **lineage_metadata(lineage, [run.info.run_id]),
+        },
+    )
+
+
+class StrategyGridConfig(Config):
+    """Parameter axes per family; their products are the trials (``monthly_grid.GridSpec``)."""
+
+    families: list[str] = ["zmr", "breakout"]
+    lookbacks: list[int] = [10, 20, 40]
+    zmr_entry: list[float] = [1.0, 1.5, 2.0]
+    zmr_exit: list[float] = [0.0, 0.5]
+    zmr_stop: list[float] = [3.0, 4.0]
+    breakout_entry: list[float] = [0.8, 1.0]
+    breakout_exit: list[float] = [0.0, 1.0]
+    breakout_stop: list[float] = [0.05, 0.1]
+    cost_bps: float = 5.0
+    bars_per_year: float = 252.0
+
+    def spec(self) -> GridSpec:
+        return GridSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump().items()})
+
+
+def listed_in(universe: pl.DataFrame, month, end) -> list[str]:
+    """Instruments listed at some point of [month, end) (point in time: delisted ones count
+    for the months they traded)."""
+    listed = universe.filter(
+        (pl.col("listed_from") < end)
+        & (pl.col("listed_until").is_null() | (pl.col("listed_until") >= month))
+    )
+    return sorted(listed["instrument_id"].to_list())
+
+
+@asset(
+    group_name=GROUP,
+    partitions_def=monthly_partitions,
+    metadata={"partition_expr": "date"},
+    backfill_policy=BackfillPolicy.single_run(),
+    code_version="strategy-grid-v1",
+    # all bars: a month needs the max-lookback bars before it as warm-up (monthly_grid)
+    ins={"market_bars": AssetIn(partition_mapping=AllPartitionMapping())},
+)
+def strategy_grid(
+    context: AssetExecutionContext,
+    config: StrategyGridConfig,
+    universe: pl.DataFrame,
+    market_bars: VersionedFrame,
+    corporate_actions: VersionedFrame,
+):
+    """Every (instrument, parameter set) of the configured families over each month's
+    total-return closes: total return, Sharpe, max drawdown and trade count."""
+    spec = config.spec()
+    prices = total_return_index(market_bars.frame, corporate_actions.frame)
+    parts = []
+    for month in months_in(context):
+        end = calendar.next_month(month)
+        parts.append(evaluate_month(prices, month, end, spec, listed_in(universe, month, end)))
+    frame = pl.concat(parts)
+    sharpe = frame["sharpe"].to_numpy()
+    return Output(
+        frame,
+        metadata={
+            # per instrument and month; the validation statistics count trials from here
+            "n_trials": spec.n_trials,
+            "families": ", ".join(spec.families),
+            "warmup_bars": spec.warmup,
+            "instruments": frame["instrument_id"].n_unique(),
+            "trial_sharpe_var": float(sharpe.var()) if sharpe.size else float("nan"),
+            "input_versions": MetadataValue.json(
+                {"market_bars": market_bars.version, "corporate_actions": corporate_actions.version}
+            ),
         },
     )

@@ -38,6 +38,13 @@ no channel signal, when ``hi = lo``). flat -> +1 when ``u > entry``; flat -> -1 
 ``close_t >= close_entry * (1 + stop)``, with ``close_entry`` the close of the entry bar
 (``stop`` is a fractional stop-loss). Nothing happens before bar L.
 
+``start`` (keyword, default 1) evaluates from a later bar: the bars before it only warm up
+the rolling statistic (positions flat through bar ``start - 1``), and the statistics above
+are taken over the ``T - start`` returns of bars ``start..T-1``. ``return_series=True`` also
+returns the per-bar returns ``r_t`` (P, T) (equal-weight mean over instruments for a 2-D
+``close``); :func:`returns_matrix` turns them into the (bars x trials) matrix of
+``validation.stats.pbo_cscv``.
+
 Results do not depend on the number of numba threads (no reductions across threads).
 """
 
@@ -59,13 +66,15 @@ __all__ = [
     "ScenarioResult",
     "breakout_grid",
     "param_product",
+    "returns_matrix",
     "scenario_backtest",
     "zmr_grid",
 ]
 
-# Smallest chunk of parameter sets per task (lanes are padded to a multiple of LANES, so a
-# smaller chunk would run padding lanes and repeat the per-bar statistic for nothing).
-_MIN_CHUNK = grid_nb.LANES
+# Chunks of a lookback group are cut at multiples of LANES (the kernels pad every chunk to a
+# multiple of it), so splitting a group never adds padding lanes: 27 sets split as 16 + 11,
+# two 16-lane tasks, the same 32 lanes of work as one unsplit task. That keeps 1 instrument x
+# 5 lookbacks balanced on 2 threads (10 equal tasks instead of 5).
 # Aim for this many tasks per thread so that static prange scheduling balances well.
 _TASKS_PER_THREAD = 4
 
@@ -174,8 +183,10 @@ def _tasks(sorted_lookback: np.ndarray, n_instruments: int) -> tuple[np.ndarray,
     splits = max(1, math.ceil(target / (n_instruments * starts.shape[0])))
     lookbacks, k0s, k1s = [], [], []
     for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-        parts = max(1, min(splits, (b - a) // _MIN_CHUNK))
-        edges = np.linspace(a, b, parts + 1).round().astype(np.int64)
+        blocks = -(-(b - a) // grid_nb.LANES)
+        parts = max(1, min(splits, blocks))
+        cuts = np.linspace(0, blocks, parts + 1).round().astype(np.int64) * grid_nb.LANES
+        edges = np.minimum(a + cuts, b)
         for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
             lookbacks.append(int(sorted_lookback[a]))
             k0s.append(lo)
@@ -187,25 +198,42 @@ def _tasks(sorted_lookback: np.ndarray, n_instruments: int) -> tuple[np.ndarray,
     )
 
 
-def _run_grid(kernel, close, lookback, entry, exit, stop, cost_bps, bars_per_year) -> GridResult:
+def _check_start(start: Any, n_bars: int) -> int:
+    if isinstance(start, bool) or not isinstance(start, numbers.Integral):
+        raise ValueError(f"start must be an integer bar index, got {start!r}")
+    if not 1 <= int(start) <= n_bars - 1:
+        raise ValueError(f"start must be in [1, {n_bars - 1}] (at least one return), got {start}")
+    return int(start)
+
+
+def _run_grid(
+    kernels, close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, return_series
+):
     matrix, one_d = _close_matrix(close)
     look, ent, ext, stp = _params(lookback, entry, exit, stop)
     cost = _check_number("cost_bps", cost_bps, positive=False) / 1e4
     ann = math.sqrt(_check_number("bars_per_year", bars_per_year, positive=True))
+    first = _check_start(start, matrix.shape[1])
     order = np.argsort(look, kind="stable")
-    task_lookback, task_k0, task_k1 = _tasks(look[order], matrix.shape[0])
     n, p = matrix.shape[0], look.shape[0]
     out_total = np.empty((n, p))
     out_sharpe = np.empty((n, p))
     out_mdd = np.empty((n, p))
     out_trades = np.empty((n, p), dtype=np.int64)
-    kernel(
-        matrix, task_lookback, task_k0, task_k1, ent[order], ext[order], stp[order],
-        order.astype(np.int64), cost, ann, out_total, out_sharpe, out_mdd, out_trades,
-    )
+    args = (ent[order], ext[order], stp[order], order.astype(np.int64), cost, ann, first,
+            out_total, out_sharpe, out_mdd, out_trades)
+    if return_series:
+        # Series mode parallelises over parameter chunks only (instruments run in order
+        # inside a task), so chunk as if there were one instrument.
+        series = np.zeros((p, matrix.shape[1]))
+        kernels[1](matrix, *_tasks(look[order], 1), *args, series)
+        series /= n  # equal weight across instruments
+    else:
+        kernels[0](matrix, *_tasks(look[order], n), *args)
+    result = GridResult(out_total, out_sharpe, out_mdd, out_trades)
     if one_d:
-        return GridResult(out_total[0], out_sharpe[0], out_mdd[0], out_trades[0])
-    return GridResult(out_total, out_sharpe, out_mdd, out_trades)
+        result = GridResult(out_total[0], out_sharpe[0], out_mdd[0], out_trades[0])
+    return (result, series) if return_series else result
 
 
 def zmr_grid(
@@ -216,15 +244,25 @@ def zmr_grid(
     stop: Any,
     cost_bps: float = 5.0,
     bars_per_year: float = 252 * 390,
-) -> GridResult:
+    *,
+    start: int = 1,
+    return_series: bool = False,
+) -> GridResult | tuple[GridResult, np.ndarray]:
     """Z-score mean reversion over P parameter sets (conventions: module docstring).
 
     ``lookback`` (int >= 2), ``entry``, ``exit``, ``stop`` (finite; their ordering is not
     required) are 1-D of length P. The rolling z-score stays within ~1e-12 of an exact
     two-pass computation (shifted sums, recomputed exactly every L bars).
+
+    ``start`` (default 1): bars before it only warm up the rolling statistic; positions are
+    flat through bar ``start - 1`` and the statistics cover the ``T - start`` returns of
+    bars ``start..T-1`` (``start = 1`` is the plain convention). ``return_series=True``
+    also returns the per-bar returns (P, T) -- for a 2-D ``close`` their equal-weight mean
+    over the instruments, so memory stays P x T whatever N -- as ``(result, returns)``.
     """
     return _run_grid(
-        grid_nb.zmr_grid_nb, close, lookback, entry, exit, stop, cost_bps, bars_per_year
+        (grid_nb.zmr_grid_nb, grid_nb.zmr_grid_series_nb), close, lookback, entry, exit, stop,
+        cost_bps, bars_per_year, start, return_series,
     )
 
 
@@ -236,15 +274,32 @@ def breakout_grid(
     stop: Any,
     cost_bps: float = 5.0,
     bars_per_year: float = 252 * 390,
-) -> GridResult:
+    *,
+    start: int = 1,
+    return_series: bool = False,
+) -> GridResult | tuple[GridResult, np.ndarray]:
     """Donchian channel breakout over P parameter sets (conventions: module docstring).
 
     ``lookback`` (int >= 2) is the channel length, ``entry``/``exit`` channel coordinates
     and ``stop`` a fractional stop-loss from the entry close (all finite), 1-D of length P.
+    ``start`` and ``return_series`` as in :func:`zmr_grid`.
     """
     return _run_grid(
-        grid_nb.breakout_grid_nb, close, lookback, entry, exit, stop, cost_bps, bars_per_year
+        (grid_nb.breakout_grid_nb, grid_nb.breakout_grid_series_nb), close, lookback, entry,
+        exit, stop, cost_bps, bars_per_year, start, return_series,
     )
+
+
+def returns_matrix(series: Any, start: int = 1) -> np.ndarray:
+    """The (T - start) x P matrix of per-bar returns that ``pbo_cscv`` (and the other
+    trial statistics of :mod:`quant_assets.validation.stats`) take: rows are the evaluated
+    bars ``start..T-1``, columns the parameter sets (trials), from the (P, T) ``series`` of
+    ``zmr_grid`` / ``breakout_grid`` with ``return_series=True`` and the same ``start``."""
+    array = np.asarray(series, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"series must be (P, T), got shape {array.shape}")
+    first = _check_start(start, array.shape[1])
+    return np.ascontiguousarray(array[:, first:].T)
 
 
 def scenario_backtest(

@@ -16,6 +16,7 @@ from quant_assets.backtest import (
     breakout_grid,
     grid_nb,
     param_product,
+    returns_matrix,
     run_backtest,
     scenario_backtest,
     zmr_grid,
@@ -72,11 +73,11 @@ def ref_stats(x, positions, cost_bps, bars_per_year):
     return equity[-1] - 1.0, sharpe, mdd, trades
 
 
-def ref_zmr_positions(x, lookback, entry, exit, stop):
+def ref_zmr_positions(x, lookback, entry, exit, stop, start=1):
     z = ref_zscore(x, lookback)
     pos = [0] * len(x)
     p = 0
-    for t in range(len(x)):
+    for t in range(start, len(x)):
         zt = z[t]
         if not math.isnan(zt):
             if p == 0:
@@ -93,11 +94,11 @@ def ref_zmr_positions(x, lookback, entry, exit, stop):
     return pos, z
 
 
-def ref_breakout_positions(x, lookback, entry, exit, stop):
+def ref_breakout_positions(x, lookback, entry, exit, stop, start=1):
     u = ref_channel(x, lookback)
     pos = [0] * len(x)
     p, price_in = 0, math.nan
-    for t in range(lookback, len(x)):
+    for t in range(max(lookback, start), len(x)):
         ut = u[t]
         if p == 0:
             if ut > entry:
@@ -343,3 +344,113 @@ def test_scenario_backtest_equals_run_backtest():
         assert res.equity[s] == ref.end_state.equity
     with pytest.raises(ValueError, match="bank_index"):
         scenario_backtest(prices, bank, tradable, np.array([3]), costs[:1])
+
+
+# -- warm-up start and per-bar return series --------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["zmr", "breakout"])
+@pytest.mark.parametrize("start", [1, 7, 60, 199])
+def test_start_warms_up_then_trades_from_flat(family, start):
+    x = random_walk(5, 400, vol=4e-3)
+    g = param_product(lookback=[3, 10, 40], entry=[0.3, 1.0], exit=[0.0, 0.5], stop=[0.05, 3.0])
+    grid, ref = (zmr_grid, ref_zmr_positions) if family == "zmr" else (breakout_grid, ref_breakout_positions)
+    res = grid(x, **g, cost_bps=3.0, bars_per_year=252.0, start=start)
+    for k in range(g["lookback"].shape[0]):
+        pos, _ = ref(x, int(g["lookback"][k]), g["entry"][k], g["exit"][k], g["stop"][k], start)
+        assert not any(pos[:start])
+        # the evaluated series begins flat at bar start-1
+        expected = ref_stats(x[start - 1 :], pos[start - 1 :], 3.0, 252.0)
+        assert_matches(res, expected, k)
+    if start == 1:
+        plain = grid(x, **g, cost_bps=3.0, bars_per_year=252.0)
+        for name in GridResult._fields:
+            assert np.array_equal(getattr(plain, name), getattr(res, name))
+
+
+@pytest.mark.parametrize("family", ["zmr", "breakout"])
+def test_return_series_is_the_equal_weight_mean_and_matches_the_summary(family):
+    x = np.stack([random_walk(s, 1500, vol=3e-3) for s in range(3)])
+    g = param_product(lookback=[5, 20], entry=[0.5, 1.5], exit=[0.0, 0.5], stop=[0.02, 3.0])
+    grid = zmr_grid if family == "zmr" else breakout_grid
+    start = 100
+    plain = grid(x, **g, start=start)
+    res, series = grid(x, **g, start=start, return_series=True)
+    assert series.shape == (16, 1500)
+    for name in GridResult._fields:  # the series option does not change the summary
+        assert np.array_equal(getattr(plain, name), getattr(res, name))
+    assert not series[:, :start].any()
+    per_instrument = []
+    for i in range(3):
+        one, s_i = grid(x[i], **g, start=start, return_series=True)
+        # compounding the recorded returns gives the reported total return
+        assert np.allclose(np.prod(1.0 + s_i, axis=1) - 1.0, one.total_return, rtol=1e-12, atol=1e-14)
+        per_instrument.append(s_i)
+    # summed in instrument order, then divided: bit-identical to the same sum in numpy
+    assert np.array_equal(series, (per_instrument[0] + per_instrument[1] + per_instrument[2]) / 3)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        _, one_thread = grid(x, **g, start=start, return_series=True)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(one_thread, series)
+    matrix = returns_matrix(series, start)
+    assert matrix.shape == (1400, 16) and matrix.flags.c_contiguous
+    assert np.array_equal(matrix[:, 3], series[3, start:])
+
+
+def test_start_and_returns_matrix_validation():
+    x = random_walk(1, 50)
+    g = dict(lookback=[5], entry=[1.0], exit=[0.0], stop=[3.0])
+    for bad in (0, 50, 2.0, True):
+        with pytest.raises(ValueError, match="start"):
+            zmr_grid(x, **g, start=bad)
+    with pytest.raises(ValueError, match=r"\(P, T\)"):
+        returns_matrix(np.zeros(5))
+
+
+def test_scenario_backtest_equals_run_backtest_on_every_branch():
+    """Untradable names with a price (kept, drifting), delistings while held, names listed
+    late, an impact scenario and a wiped-out one, against ``run_backtest`` value for value."""
+    rng = np.random.default_rng(9)
+    n_rows, n = 120, 23
+    prices = 20 * np.exp(np.cumsum(rng.normal(0, 0.02, (n_rows, n)), axis=0))
+    prices[70:, 3] = np.nan  # delisted while held
+    prices[:30, 5] = np.nan  # listed late
+    tradable = np.isfinite(prices)
+    tradable[rng.random((n_rows, n)) < 0.1] = False  # priced but untradable (halts)
+    volume = np.where(tradable, 1e5, np.nan)
+    bank = rng.normal(0, 0.15, (2, n_rows, n))
+    bank[1] *= 30.0  # leveraged: wipes out
+    costs = [CostModel(commission_bps=3.0), CostModel(half_spread_bps=1.0, impact_coef=0.2),
+             CostModel(commission_bps=1.0)]
+    index = np.array([0, 0, 1])
+    res = scenario_backtest(prices, bank, tradable, index, costs, volume=volume)
+    for s in range(2):
+        ref = run_backtest(prices, bank[index[s]], tradable, costs[s], volume=volume)
+        assert res.failed_row[s] == -1
+        assert np.array_equal(res.net_return[s], ref.net_return)
+        assert res.equity[s] == ref.end_state.equity
+    failed = res.failed_row[2]
+    assert failed > 0 and np.isnan(res.net_return[2, failed:]).all()
+    ref = run_backtest(prices[:failed], bank[1, :failed], tradable[:failed], costs[2])
+    assert np.array_equal(res.net_return[2, :failed], ref.net_return)
+    assert res.equity[2] == ref.end_state.equity
+    with pytest.raises(ValueError, match="wiped out"):
+        run_backtest(prices, bank[1], tradable, costs[2])
+    # groups of four linear scenarios (padding, order, threads) change nothing
+    many = np.array([1, 0, 0, 1, 0, 0, 0])
+    many_costs = [costs[2], costs[0], costs[1], costs[2], costs[0], costs[0], costs[0]]
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = scenario_backtest(prices, bank, tradable, many, many_costs, volume=volume)
+    finally:
+        numba.set_num_threads(before)
+    grouped = scenario_backtest(prices, bank, tradable, many, many_costs, volume=volume)
+    for a, b in zip(one_thread, grouped, strict=True):
+        assert np.array_equal(a, b, equal_nan=True)
+    for s, k in ((1, 0), (2, 1), (0, 2)):
+        assert np.array_equal(grouped.net_return[s], res.net_return[k], equal_nan=True)
+        assert grouped.equity[s] == res.equity[k] and grouped.failed_row[s] == res.failed_row[k]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job
 
+from quant_assets.models.jobs import MODEL_JOBS
+
 reference_data_job = define_asset_job(
     "reference_data_job",
     selection=AssetSelection.assets("universe", "corporate_actions", "fundamentals"),
@@ -50,4 +52,5 @@ ALL_JOBS = [
     validation_job,
     strategy_grid_job,
     promotion_job,
+    *MODEL_JOBS,
 ]

@@ -210,6 +210,49 @@ class MlflowTracking(dg.ConfigurableResource):
         version = info.registered_model_version
         return info.model_uri, (int(version) if version is not None else None)
 
+    def log_seq_model(
+        self, trained, registered_model_name: str | None = None
+    ) -> tuple[str, int | None]:
+        """Log a ``TrainedSeqModel`` with the MLflow PyTorch flavour to the active run.
+
+        Returns (model_uri, registered version or None). The exact weights (``torch.save``
+        bytes of the state dict, what ``TrainedSeqModel.sha256`` hashes) are also stored as
+        ``state.pt`` and the sha256 is the run tag ``quant.model_sha256``, as for LightGBM.
+        """
+        import mlflow.pytorch  # torch is heavy: only when a sequence model is logged
+        import torch
+
+        if mlflow.active_run() is None:
+            raise RuntimeError("log_seq_model must be called inside an active run(...) block")
+        info = mlflow.pytorch.log_model(
+            trained.module(),
+            name=MODEL_ARTIFACT,
+            registered_model_name=registered_model_name,
+            # explicit requirements: inferring them imports the model in a subprocess (slow)
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            tags={"quant.model_sha256": trained.sha256},
+            # pickle, not MLflow's default pt2: pt2 is a torch.export trace tied to an
+            # example input's shapes; the pickled SeqNet class is importable wherever this
+            # package is installed
+            serialization_format="pickle",
+        )
+        mlflow.log_dict(
+            {
+                "feature_cols": list(trained.feature_cols),
+                "feature_mean": list(trained.feature_mean),
+                "feature_std": list(trained.feature_std),
+                "config": trained.config.to_dict(),
+            },
+            "scaler.json",
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "state.pt"
+            path.write_bytes(trained.state_bytes)
+            mlflow.log_artifact(str(path))
+        mlflow.set_tags({"quant.model_sha256": trained.sha256})
+        version = info.registered_model_version
+        return info.model_uri, (int(version) if version is not None else None)
+
     def load_lineage(self, run_id: str) -> dict[str, Any]:
         """The `lineage.json` of a run."""
         with tempfile.TemporaryDirectory() as tmp:

@@ -447,11 +447,13 @@ def test_real_definitions_load_with_the_pools_on_every_step(stages, placed, poli
     from quant_assets import jobs
     from quant_assets.partitions import SETTINGS
     from resources import build_resources
+    from sensors.monitoring import JOBS as MONITORING_JOBS
 
+    all_jobs = [*jobs.ALL_JOBS, *MONITORING_JOBS]
     defs = Definitions(
         assets=placed,
         asset_checks=load_asset_checks_from_modules(stages),
-        jobs=jobs.ALL_JOBS,
+        jobs=all_jobs,
         resources=build_resources(SETTINGS),
         executor=executor_for("local"),
     )
@@ -459,7 +461,7 @@ def test_real_definitions_load_with_the_pools_on_every_step(stages, placed, poli
     graph = defs.resolve_asset_graph()
     by_op = {a.op.name: a for a in placed}
     seen = set()
-    for job in jobs.ALL_JOBS:
+    for job in all_jobs:
         plan = create_execution_plan(defs.resolve_job_def(job.name))
         for step in plan.steps:
             assets_def = by_op[step.key]

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv lint lock clean ui mlflow-ui
+.PHONY: demo test venv lint lock clean ui mlflow-ui reliability-nightly
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
+
+# every bad-input kind through a real run; >= 50 SIGKILLs of a range backfill (~30-40 min)
+reliability-nightly: $(STAMP)
+	QUANT_NIGHTLY=1 QUANT_CRASH_KILLS=$${QUANT_CRASH_KILLS:-50} $(PY) -m pytest -p no:cacheprovider \
+	  -n 2 --dist loadfile tests/reliability tests/test_security.py tests/test_audit.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,10 @@
-"""Command line: ``python -m quant_assets demo`` and
-``python -m quant_assets reproduce <mlflow-run-id> [--latest]``."""
+"""Command line:
+
+- ``python -m quant_assets demo``: the golden flow locally;
+- ``python -m quant_assets reproduce <mlflow-run-id> [--latest]``: rebuild a model month;
+- ``python -m quant_assets audit [--action A] [--since ISO] [--object O] [--json]``;
+- ``python -m quant_assets platform-report``: queue time, throughput, cost by asset/pool/day.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,16 @@ def main(argv: list[str] | None = None) -> int:
         help="rebuild a model month from its MLflow run id; exit 0 if hashes are equal",
         add_help=False,
     )
+    sub.add_parser(
+        "audit",
+        help="print the audit trail: audit [--action A] [--since ISO] [--object O] [--json]",
+        add_help=False,
+    )
+    sub.add_parser(
+        "platform-report",
+        help="queue time, throughput, cost, failures and retries by asset, pool and day",
+        add_help=False,
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         if rest:
@@ -28,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         from quant_assets.reproduce import main as reproduce
 
         return reproduce(rest)
+    if args.command == "audit":
+        from quant_assets.audit import cli as audit_cli
+
+        return audit_cli(rest)
+    if args.command == "platform-report":
+        from quant_assets.economics import main as platform_report
+
+        return platform_report(rest)
     return 2
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from typing import Any
 
 import polars as pl
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 # Environment variables that delta-rs understands for object stores. They are read at
 # call time (never stored in config or metadata) so secrets stay in the environment.
@@ -45,6 +47,7 @@ _STORAGE_ENV = (
 )
 
 WRITE_ID_KEY = "quant.write_id"
+WRITE_ATTEMPTS = 5
 
 
 def storage_options_from_env(uri: str) -> dict[str, str]:
@@ -185,31 +188,63 @@ class Warehouse:
         meta = {WRITE_ID_KEY: write_id, **(commit_metadata or {})}
         props = CommitProperties(custom_metadata=meta)
         data = frame.to_arrow()
-        exists = self.exists(key)
-        if selection is None:
-            write_deltalake(
-                uri, data, mode="overwrite", schema_mode="overwrite",
-                storage_options=self.options(), commit_properties=props,
-            )
-        elif not exists:
-            write_deltalake(
-                uri, data, mode="append", storage_options=self.options(), commit_properties=props
-            )
-        else:
-            write_deltalake(
-                uri, data, mode="overwrite", predicate=selection.predicate(),
-                schema_mode="merge", storage_options=self.options(), commit_properties=props,
-            )
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                exists = self.exists(key)
+                if selection is None:
+                    write_deltalake(
+                        uri, data, mode="overwrite", schema_mode="overwrite",
+                        storage_options=self.options(), commit_properties=props,
+                    )
+                elif not exists:
+                    write_deltalake(
+                        uri, data, mode="append", storage_options=self.options(),
+                        commit_properties=props,
+                    )
+                else:
+                    write_deltalake(
+                        uri, data, mode="overwrite", predicate=selection.predicate(),
+                        schema_mode="merge", storage_options=self.options(),
+                        commit_properties=props,
+                    )
+                break
+            except CommitFailedError:
+                # a concurrent commit touched the same rows (delta-rs resolves writers of
+                # different partitions itself). The frame is the selection's whole content,
+                # so writing it again is safe: last writer wins, never a mix.
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                time.sleep(0.05 * 2 ** (attempt - 1) * (1 + random.random()))
         version = self._version_of_write(key, write_id)
         return WriteResult(uri=uri, version=version, rows=frame.height, selection=selection)
 
+    def append(
+        self, key: Sequence[str], frame: pl.DataFrame, commit_metadata: dict[str, str] | None = None
+    ) -> WriteResult:
+        """Add rows, never replace any (append-only tables such as ``audit_log``)."""
+        write_id = uuid.uuid4().hex
+        props = CommitProperties(custom_metadata={WRITE_ID_KEY: write_id, **(commit_metadata or {})})
+        write_deltalake(
+            self.uri(key), frame.to_arrow(), mode="append",
+            storage_options=self.options(), commit_properties=props,
+        )
+        return WriteResult(self.uri(key), self._version_of_write(key, write_id), frame.height, None)
+
     def _version_of_write(self, key: Sequence[str], write_id: str) -> int:
-        table = self.table(key)
-        for entry in table.history(limit=50):
-            if entry.get(WRITE_ID_KEY) == write_id or (
-                entry.get("userMetadata") and write_id in str(entry.get("userMetadata"))
-            ):
-                return int(entry["version"])
+        # history() labels commits counting down from the version it loaded, but lists the
+        # log as it is when called (deltalake 1.6.6): a commit landing in between shifts
+        # every label. Trust a listing only when the table version did not move across it.
+        for attempt in range(50):
+            table = self.table(key)
+            loaded = table.version()
+            history = table.history(limit=50)
+            if self.table(key).version() != loaded:
+                time.sleep(0.01 * (1 + random.random()) * min(attempt + 1, 10))
+                continue
+            for entry in history:
+                if entry.get(WRITE_ID_KEY) == write_id:
+                    return int(entry["version"])
+            break
         raise WarehouseError(f"{'/'.join(key)}: commit {write_id} not found in the Delta log")
 
 

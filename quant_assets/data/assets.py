@@ -8,6 +8,7 @@ downstream runs.
 """
 
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 
 import polars as pl
@@ -51,7 +52,7 @@ def _checked(
     by_rule = {v.rule: v for v in violations}
     unknown = set(by_rule) - set(rules)
     if unknown:  # a rule without a declared check must still block
-        raise Failure(description=quality.format_violations(violations))
+        raise Failure(description=quality.format_violations(violations), allow_retries=False)
     for rule in rules:
         v = by_rule.get(rule)
         yield AssetCheckResult(
@@ -65,6 +66,7 @@ def _checked(
         raise Failure(
             description=quality.format_violations(violations),
             metadata={"failed_rules": MetadataValue.json([v.rule for v in violations])},
+            allow_retries=False,  # a data error is not transient: no IO retry
         )
     yield Output(frame, metadata={"rows": frame.height, **(metadata or {})})
 
@@ -113,7 +115,8 @@ def market_bars(
     """Daily OHLCV as traded (unadjusted) with the time each bar became known."""
     window = context.partition_time_window
     frame = market_source.market_bars(window.start.date(), window.end.date(), config.source)
-    violations = quality.check_market_bars(frame, universe)
+    violations = quality.check_market_bars(frame, universe, as_of=dt.datetime.now(dt.UTC))
+    violations += quality.check_bars_present(frame, window.start.date(), window.end.date())
     yield from _checked(
         frame,
         quality.RULES_BY_TABLE["market_bars"],

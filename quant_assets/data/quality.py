@@ -16,6 +16,7 @@ Conventions
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ MAX_EXAMPLES = 5
 
 # One line per rule: the description of the blocking asset check of that name.
 RULE_DOCS: dict[str, str] = {
+    "knowledge_time_future": "No bar is known after the time of the check (now, UTC).",
+    "bars_present": "A trading-day partition run found bars (an empty day is never written).",
     "schema": "Columns, dtypes and column order exactly as the raw-table contract.",
     "null_key": "Key columns are never null.",
     "duplicate_key": "No two rows share the table's key.",
@@ -65,6 +68,8 @@ RULES_BY_TABLE: dict[str, tuple[str, ...]] = {
         "trading_day",
         "unknown_instrument",
         "outside_listing",
+        "knowledge_time_future",
+        "bars_present",
     ),
     "universe": ("schema", "null_key", "duplicate_key", "listing_interval"),
     "corporate_actions": (
@@ -171,7 +176,12 @@ def _midnight_utc(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
 
 
-def check_market_bars(df: pl.DataFrame, universe: pl.DataFrame | None = None) -> list[Violation]:
+def check_market_bars(
+    df: pl.DataFrame,
+    universe: pl.DataFrame | None = None,
+    as_of: dt.datetime | None = None,
+) -> list[Violation]:
+    """Every market_bars rule; with ``as_of``, also that no bar is known after it."""
     table = "market_bars"
     out = check_schema(df, MARKET_BARS_SCHEMA, table)
     if _schema_blocks(df, MARKET_BARS_SCHEMA):
@@ -223,9 +233,30 @@ def check_market_bars(df: pl.DataFrame, universe: pl.DataFrame | None = None) ->
         "knowledge_time is before the bar's date (00:00 UTC)",
     )
     out += _trading_days(df.drop_nulls(["date"]), table, keys)
+    if as_of is not None:
+        out += _rule(
+            df.drop_nulls(["knowledge_time"]),
+            table,
+            "knowledge_time_future",
+            pl.col("knowledge_time") > pl.lit(as_of).dt.convert_time_zone("UTC"),
+            keys + ["knowledge_time"],
+            f"knowledge_time is after {as_of.isoformat()}",
+        )
     if universe is not None:
         out += _against_universe(df.drop_nulls(keys), universe, table, keys)
     return out
+
+
+def check_bars_present(df: pl.DataFrame, start: dt.date, end: dt.date) -> list[Violation]:
+    """A partition run with no bars at all must fail rather than write an empty day over
+    what is stored (the predicate write would delete the partition's rows)."""
+    if df.height:
+        return []
+    message = (
+        f"market_bars: rule 'bars_present' failed: no bars with {start} <= date < {end}; "
+        "nothing was written"
+    )
+    return [Violation("bars_present", 0, [{"start": str(start), "end": str(end)}], message)]
 
 
 def _trading_days(df: pl.DataFrame, table: str, keys: list[str]) -> list[Violation]:

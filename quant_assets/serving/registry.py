@@ -20,6 +20,7 @@ import polars as pl
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from quant_assets import audit
 from quant_assets.models.lgbm import TrainedModel
 
 MODEL_NAME = "quant-assets-lgbm"
@@ -63,6 +64,10 @@ def promote(client: MlflowClient, version: int, name: str = MODEL_NAME) -> int |
     if current is not None:
         client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(current))
     client.set_registered_model_alias(name, CHAMPION, str(int(version)))
+    audit.record(audit.AuditEvent(
+        "promote", "model", name, model_version=str(int(version)),
+        tags={"alias": CHAMPION, "previous_version": str(current or "")},
+    ))
     return current
 
 
@@ -93,6 +98,10 @@ def rollback(client: MlflowClient, reason: str, name: str = MODEL_NAME,
     client.set_model_version_tag(name, str(current), ROLLBACK_TO_TAG, str(previous))
     client.set_registered_model_alias(name, CHAMPION, str(previous))
     client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+    audit.record(audit.AuditEvent(
+        "rollback", "model", name, model_version=str(previous), reason=reason,
+        tags={"alias": CHAMPION, "previous_version": str(current)},
+    ))
     return Rollback(current, previous, reason)
 
 

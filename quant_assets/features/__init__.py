@@ -4,11 +4,15 @@
   one row per (day, instrument of the day's PIT universe), one Float64 column per feature.
 - `compute_labels(market_bars, corporate_actions, dates, horizon)`: forward total returns
   over (t0, t1].
+- `features_for_scoring(as_of, universe, market_bars, corporate_actions, fundamentals)`:
+  one day's features from live inputs, equal to the stored `pit_features` partition.
+- `guard.find_leaks`: recompute days from inputs cut at the cutoff (the leak check).
 - `FEATURES` (name -> Feature), `feature_versions()`, `features_code_version()`,
   `required_lookback_days()`.
 """
 
 from quant_assets.features.labels import LABEL_COLUMNS, compute_labels, label_ready
+from quant_assets.features.online import features_for_scoring
 from quant_assets.features.pit import as_of, total_return_index
 from quant_assets.features.registry import (
     Feature,
@@ -32,6 +36,7 @@ __all__ = [
     "compute_labels",
     "feature_versions",
     "features_code_version",
+    "features_for_scoring",
     "label_ready",
     "required_lookback_days",
     "total_return_index",

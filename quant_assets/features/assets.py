@@ -2,8 +2,16 @@
 
 Lookback windows read the upstream days they need through a partition mapping (not the
 whole table); range backfills run in chunks (BackfillPolicy), not one run per day.
-The asset's code_version is the hash of every feature definition, so a changed
-definition marks the partitions stale.
+The asset's code_version is the hash of every feature definition
+(``features_code_version()``), so a changed definition marks the materialised partitions
+stale: Dagster compares the ``dagster/code_version`` tag recorded with each
+materialisation with the definition's current code_version (its stale-status resolver
+reports the cause "has a new code version").
+
+``pit_features`` carries a blocking asset check, ``no_lookahead_leak``: sampled days of
+the run are recomputed from inputs truncated at their cutoff (``guard.py``); any
+difference fails the check and the step before anything is written, so nothing
+downstream runs.
 """
 
 
@@ -11,9 +19,15 @@ import datetime as dt
 
 import polars as pl
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
+    AssetsDefinition,
     BackfillPolicy,
+    Failure,
+    MetadataValue,
     Output,
     TimeWindowPartitionMapping,
     asset,
@@ -24,6 +38,7 @@ from quant_assets.features import (
     compute_features,
     compute_labels,
     features_code_version,
+    guard,
     required_lookback_days,
 )
 from quant_assets.partitions import SETTINGS, trading_day_partitions
@@ -31,42 +46,80 @@ from quant_assets.partitions import SETTINGS, trading_day_partitions
 GROUP = "features"
 # A few hundred days per run keeps memory flat and the run count low.
 CHUNK = BackfillPolicy.multi_run(max_partitions_per_run=400)
+LEAK_CHECK = "no_lookahead_leak"
+# Days of each run recomputed by the leak check: each costs about one day of feature
+# computation, so three keep a 400-day chunk's overhead under 1%.
+LEAK_CHECK_DAYS = 3
 
 
 def _days(context: AssetExecutionContext) -> list[dt.date]:
     return [dt.date.fromisoformat(k) for k in context.partition_keys]
 
 
-@asset(
-    group_name=GROUP,
-    partitions_def=trading_day_partitions,
-    metadata={"partition_expr": "date"},
-    backfill_policy=CHUNK,
-    code_version=features_code_version(),
-    ins={
-        "market_bars": AssetIn(
-            partition_mapping=TimeWindowPartitionMapping(
-                start_offset=-required_lookback_days(), allow_nonexistent_upstream_partitions=True
+def build_pit_features(code_version: str) -> AssetsDefinition:
+    """The ``pit_features`` asset with the given code_version (the feature registry's hash;
+    a separate builder so that tests can show what a changed definition does)."""
+
+    @asset(
+        name="pit_features",
+        group_name=GROUP,
+        partitions_def=trading_day_partitions,
+        metadata={"partition_expr": "date"},
+        backfill_policy=CHUNK,
+        code_version=code_version,
+        check_specs=[
+            AssetCheckSpec(
+                LEAK_CHECK,
+                asset="pit_features",
+                blocking=True,
+                description="Sampled days recomputed from inputs cut at their as-of cutoff "
+                "equal the computed features exactly (no look-ahead).",
             )
-        ),
-    },
-)
-def pit_features(
-    context: AssetExecutionContext,
-    universe: pl.DataFrame,
-    market_bars: pl.DataFrame,
-    corporate_actions: pl.DataFrame,
-    fundamentals: pl.DataFrame,
-):
-    """Point-in-time features of each trading day: only rows with
-    knowledge_time <= cutoff(day) are seen (``quant_assets.features.pit``)."""
-    days = _days(context)
-    frame = compute_features(
-        universe, market_bars, corporate_actions, fundamentals, days,
-        FeatureConfig(cutoff_time=SETTINGS.cutoff_time),
+        ],
+        ins={
+            "market_bars": AssetIn(
+                partition_mapping=TimeWindowPartitionMapping(
+                    start_offset=-required_lookback_days(), allow_nonexistent_upstream_partitions=True
+                )
+            ),
+        },
     )
-    return Output(frame, metadata={"days": len(days), "rows": frame.height,
-                                   "features": frame.width - 2})
+    def pit_features(
+        context: AssetExecutionContext,
+        universe: pl.DataFrame,
+        market_bars: pl.DataFrame,
+        corporate_actions: pl.DataFrame,
+        fundamentals: pl.DataFrame,
+    ):
+        """Point-in-time features of each trading day: only rows with
+        knowledge_time <= cutoff(day) are seen (``quant_assets.features.pit``)."""
+        days = _days(context)
+        config = FeatureConfig(cutoff_time=SETTINGS.cutoff_time)
+        frame = compute_features(universe, market_bars, corporate_actions, fundamentals, days, config)
+        sampled = guard.sample_days(days, LEAK_CHECK_DAYS, SETTINGS.seed)
+        leaks = guard.find_leaks(frame, universe, market_bars, corporate_actions, fundamentals, sampled, config)
+        checked = {"sampled_days": MetadataValue.json([d.isoformat() for d in sampled])}
+        if leaks:
+            message = guard.format_leaks(leaks)
+            yield AssetCheckResult(
+                check_name=LEAK_CHECK,
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                description=message,
+                metadata={
+                    **checked,
+                    "leaky_features": MetadataValue.json(sorted({leak.feature for leak in leaks})),
+                },
+            )
+            # fail before the output: nothing is written and nothing downstream runs
+            raise Failure(description=message)
+        yield AssetCheckResult(check_name=LEAK_CHECK, passed=True, metadata=checked)
+        yield Output(frame, metadata={"days": len(days), "rows": frame.height, "features": frame.width - 2})
+
+    return pit_features
+
+
+pit_features = build_pit_features(features_code_version())
 
 
 @asset(

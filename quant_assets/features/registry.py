@@ -259,12 +259,19 @@ def compute_features(
     lookback = max_window(registry.values())
     step = max(1, cfg.batch_days)
     # one batch at a time bounds memory: a batch's panel is days x instruments x lookback rows
-    batches = [
-        _batch_plan(universe, bars, actions, funds, days[i : i + step], needed, lookback, cfg).collect(
-            engine=pit.ENGINE
-        )
-        for i in range(0, len(days), step)
-    ]
+    bars = bars.collect(engine=pit.ENGINE)
+    batches = []
+    for i in range(0, len(days), step):
+        batch = days[i : i + step]
+        # Bars dated before the oldest market day of the batch's windows are never read;
+        # dropping them keeps each batch's joins proportional to its window, not to the
+        # whole history (a 10-year run was quadratic in its length). Exact: the market
+        # days of every window are unchanged (all dates on and after the cut are kept).
+        window_days = pit.market_days_as_of(bars.lazy(), batch, lookback=lookback, cutoff_time=cfg.cutoff_time)
+        first = window_days.select(pl.col("date").min()).collect(engine=pit.ENGINE).item()
+        batch_bars = bars.lazy() if first is None else bars.lazy().filter(pl.col("date") >= first)
+        plan = _batch_plan(universe, batch_bars, actions, funds, batch, needed, lookback, cfg)
+        batches.append(plan.collect(engine=pit.ENGINE))
     out = pl.concat(batches, how="vertical")
     return out.select("date", "instrument_id", *selected).sort("date", "instrument_id")
 

@@ -120,7 +120,8 @@ def usage_metadata(usage: Usage, pool: Pool | None) -> dict[str, float | int | s
         meta[f"{p}rows_per_s"] = round(usage.throughput, 3)
     if pool is not None:
         meta[f"{p}pool"] = pool.name
-        meta[f"{p}cost"] = round(estimate_cost(pool, usage.wall_s), 8)
+        # significant digits, not decimals: a short step costs fractions of a micro-dollar
+        meta[f"{p}cost"] = float(f"{estimate_cost(pool, usage.wall_s):.6g}")
         meta[f"{p}currency"] = pool.price.currency
         cores = float(pool.cores)
         if cores > 0 and usage.wall_s > 0:

@@ -10,8 +10,13 @@ from quant_assets import calendar
 from quant_assets.jobs import daily_features_job
 from quant_assets.partitions import SETTINGS, trading_day_partitions
 
-# 30 minutes after the as-of cutoff, on weekdays (holidays are skipped in the body).
-_CRON = f"{(SETTINGS.cutoff_time.minute + 30) % 60} {SETTINGS.cutoff_time.hour + (SETTINGS.cutoff_time.minute + 30) // 60} * * 1-5"
+# 30 minutes after the as-of cutoff, on weekdays (holidays are skipped in the body). A
+# cutoff at 23:30 or later runs just after midnight: the cron's weekdays shift by one and
+# the body builds the previous day.
+_DELAY = dt.timedelta(minutes=30)
+_RUN_AT = dt.datetime.combine(dt.date(2000, 1, 3), SETTINGS.cutoff_time) + _DELAY  # a Monday
+_WRAPS = _RUN_AT.date() != dt.date(2000, 1, 3)
+_CRON = f"{_RUN_AT.minute} {_RUN_AT.hour} * * {'2-6' if _WRAPS else '1-5'}"
 
 
 @schedule(
@@ -21,7 +26,7 @@ _CRON = f"{(SETTINGS.cutoff_time.minute + 30) % 60} {SETTINGS.cutoff_time.hour +
     description="Each trading day after the as-of cutoff: that day's bars and features.",
 )
 def daily_features_schedule(context: ScheduleEvaluationContext):
-    day = context.scheduled_execution_time.astimezone(dt.UTC).date()
+    day = (context.scheduled_execution_time.astimezone(dt.UTC) - _DELAY).date()
     if not calendar.is_trading_day(day):
         return SkipReason(f"{day} is not a trading day")
     key = day.isoformat()

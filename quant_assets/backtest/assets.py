@@ -20,6 +20,7 @@ from dagster import (
 from quant_assets import calendar
 from quant_assets.backtest.monthly_grid import GridSpec, evaluate_month
 from quant_assets.backtest.strategy import StrategySpec, StrategyState, run_long_short
+from quant_assets.economics import measured
 from quant_assets.features import total_return_index
 from quant_assets.models.assets import months_in
 from quant_assets.partitions import monthly_partitions
@@ -90,33 +91,35 @@ def backtest(
 ):
     """Daily returns, costs, turnover and exposures of the long-short strategy on the
     month's out-of-sample predictions; the last row of each month carries its end state."""
-    months = months_in(context)
-    first_key = monthly_partitions.get_first_partition_key()
-    state = previous_state(previous_months, months[0], months[0].isoformat() == first_key)
-    prices = total_return_index(market_bars.frame, corporate_actions.frame)
-    spec = config.spec()
-    parts = []
-    for month in months:
-        end = calendar.next_month(month)
-        in_month = (pl.col("date") >= month) & (pl.col("date") < end)
-        scores = oos_predictions.frame.filter(in_month)
-        if scores.is_empty():
-            # a month without scores would silently hold the previous book: refuse instead,
-            # before anything is written, so the months before it stay as committed
-            raise ValueError(
-                f"backtest {month:%Y-%m}: no out-of-sample predictions for the month; "
-                "materialise oos_predictions for it first"
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        months = months_in(context)
+        first_key = monthly_partitions.get_first_partition_key()
+        state = previous_state(previous_months, months[0], months[0].isoformat() == first_key)
+        prices = total_return_index(market_bars.frame, corporate_actions.frame)
+        spec = config.spec()
+        parts = []
+        for month in months:
+            end = calendar.next_month(month)
+            in_month = (pl.col("date") >= month) & (pl.col("date") < end)
+            scores = oos_predictions.frame.filter(in_month)
+            if scores.is_empty():
+                # a month without scores would silently hold the previous book: refuse instead,
+                # before anything is written, so the months before it stay as committed
+                raise ValueError(
+                    f"backtest {month:%Y-%m}: no out-of-sample predictions for the month; "
+                    "materialise oos_predictions for it first"
+                )
+            daily, state = run_long_short(scores, prices.filter(in_month), spec, state)
+            last = daily.height - 1
+            parts.append(
+                daily.with_columns(
+                    state_json=pl.when(pl.int_range(pl.len()) == last)
+                    .then(pl.lit(state.to_json()))
+                    .otherwise(None)
+                )
             )
-        daily, state = run_long_short(scores, prices.filter(in_month), spec, state)
-        last = daily.height - 1
-        parts.append(
-            daily.with_columns(
-                state_json=pl.when(pl.int_range(pl.len()) == last)
-                .then(pl.lit(state.to_json()))
-                .otherwise(None)
-            )
-        )
-    frame = pl.concat(parts)
+        frame = pl.concat(parts)
+        meter.rows(rows_in=oos_predictions.frame.height, rows_out=frame.height)
     summary = performance_summary(
         frame["net_return"].to_numpy(), turnover=frame["turnover"].to_numpy()
     )

@@ -27,6 +27,7 @@ from dagster import (
 )
 
 from quant_assets.data import quality
+from quant_assets.economics import measured
 from quant_assets.partitions import trading_day_partitions
 from resources.market_source import MarketSource
 
@@ -114,9 +115,11 @@ def market_bars(
 ):
     """Daily OHLCV as traded (unadjusted) with the time each bar became known."""
     window = context.partition_time_window
-    frame = market_source.market_bars(window.start.date(), window.end.date(), config.source)
-    violations = quality.check_market_bars(frame, universe, as_of=dt.datetime.now(dt.UTC))
-    violations += quality.check_bars_present(frame, window.start.date(), window.end.date())
+    with measured(context, output_name="result") as meter:  # run economics; checks are outputs too
+        frame = market_source.market_bars(window.start.date(), window.end.date(), config.source)
+        violations = quality.check_market_bars(frame, universe, as_of=dt.datetime.now(dt.UTC))
+        violations += quality.check_bars_present(frame, window.start.date(), window.end.date())
+        meter.rows(rows_out=frame.height)
     yield from _checked(
         frame,
         quality.RULES_BY_TABLE["market_bars"],

@@ -33,6 +33,7 @@ from dagster import (
     asset,
 )
 
+from quant_assets.economics import measured
 from quant_assets.features import (
     FeatureConfig,
     compute_features,
@@ -95,9 +96,11 @@ def build_pit_features(code_version: str) -> AssetsDefinition:
         knowledge_time <= cutoff(day) are seen (``quant_assets.features.pit``)."""
         days = _days(context)
         config = FeatureConfig(cutoff_time=SETTINGS.cutoff_time)
-        frame = compute_features(universe, market_bars, corporate_actions, fundamentals, days, config)
-        sampled = guard.sample_days(days, LEAK_CHECK_DAYS, SETTINGS.seed)
-        leaks = guard.find_leaks(frame, universe, market_bars, corporate_actions, fundamentals, sampled, config)
+        with measured(context, output_name="result") as meter:  # run economics; checks are outputs too
+            frame = compute_features(universe, market_bars, corporate_actions, fundamentals, days, config)
+            sampled = guard.sample_days(days, LEAK_CHECK_DAYS, SETTINGS.seed)
+            leaks = guard.find_leaks(frame, universe, market_bars, corporate_actions, fundamentals, sampled, config)
+            meter.rows(rows_in=market_bars.height, rows_out=frame.height)
         checked = {"sampled_days": MetadataValue.json([d.isoformat() for d in sampled])}
         if leaks:
             message = guard.format_leaks(leaks)
@@ -141,6 +144,8 @@ pit_features = build_pit_features(features_code_version())
 def labels(context: AssetExecutionContext, market_bars: pl.DataFrame, corporate_actions: pl.DataFrame):
     """Forward total return over (D, D+h] trading days with its interval [t0, t1]."""
     days = _days(context)
-    frame = compute_labels(market_bars, corporate_actions, days, horizon=SETTINGS.label_horizon)
+    with measured(context) as meter:
+        frame = compute_labels(market_bars, corporate_actions, days, horizon=SETTINGS.label_horizon)
+        meter.rows(rows_in=market_bars.height, rows_out=frame.height)
     return Output(frame, metadata={"days": len(days), "rows": frame.height,
                                    "horizon": SETTINGS.label_horizon})

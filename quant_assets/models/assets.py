@@ -27,6 +27,7 @@ from dagster import (
 )
 
 from quant_assets import calendar
+from quant_assets.economics import measured
 from quant_assets.features import feature_versions, features_code_version, total_return_index
 from quant_assets.lineage import collect_lineage
 from quant_assets.models.lgbm import LGBMConfig, TrainedModel, predictions_hash
@@ -159,52 +160,54 @@ def lgbm_model(
 ):
     """One LightGBM model per month, walk-forward, purged and embargoed; a row per month
     with the exact model string, its sha256, metrics and the MLflow run/version."""
-    joined = join_features_labels(pit_features.frame, labels.frame)
-    features = feature_columns(pit_features.frame)
-    rows, run_ids = [], []
-    lineage = None
-    for month in months_in(context):
-        trained = fit_lgbm_month(joined, features, month, config.walk_forward(), config.lgbm())
-        # the month's out-of-sample scores, exactly as oos_predictions will write them: their
-        # hash is what `python -m quant_assets reproduce` compares
-        scores_hash = month_predictions_hash(
-            predict_lgbm_month(trained, pit_features.frame, month)
-        )
-        lineage = lineage_of(
-            context,
-            inputs={"pit_features": pit_features, "labels": labels},
-            config=config.model_dump(),
-            seeds={"model": config.seed},
-            partition_keys=[month.isoformat()],
-            feature_versions=feature_versions(),
-        )
-        with tracking.run(
-            f"lgbm_model {month:%Y-%m}",
-            lineage,
-            params=config.model_dump(),
-            tags={PREDICTIONS_TAG: scores_hash},
-        ) as run:
-            tracking.log_metrics(trained.metrics)
-            model_uri, version = tracking.log_lgbm_model(
-                trained, REGISTERED_MODEL if config.register_model else None
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        joined = join_features_labels(pit_features.frame, labels.frame)
+        features = feature_columns(pit_features.frame)
+        rows, run_ids = [], []
+        lineage = None
+        for month in months_in(context):
+            trained = fit_lgbm_month(joined, features, month, config.walk_forward(), config.lgbm())
+            # the month's out-of-sample scores, exactly as oos_predictions will write them: their
+            # hash is what `python -m quant_assets reproduce` compares
+            scores_hash = month_predictions_hash(
+                predict_lgbm_month(trained, pit_features.frame, month)
             )
-        context.log.info(
-            f"lgbm_model {month:%Y-%m}: {trained.metrics.get('n_train', 0):.0f} rows, "
-            f"valid IC {trained.metrics.get('valid_ic', float('nan')):.3f}, "
-            f"MLflow run {run.info.run_id}"
-        )
-        run_ids.append(run.info.run_id)
-        rows.append(
-            {
-                "date": month,
-                **trained.to_record(),
-                "predictions_sha256": scores_hash,
-                "mlflow_run_id": run.info.run_id,
-                "model_uri": model_uri,
-                "registered_version": version,
-                "config_hash": lineage["config_hash"],
-            }
-        )
+            lineage = lineage_of(
+                context,
+                inputs={"pit_features": pit_features, "labels": labels},
+                config=config.model_dump(),
+                seeds={"model": config.seed},
+                partition_keys=[month.isoformat()],
+                feature_versions=feature_versions(),
+            )
+            with tracking.run(
+                f"lgbm_model {month:%Y-%m}",
+                lineage,
+                params=config.model_dump(),
+                tags={PREDICTIONS_TAG: scores_hash},
+            ) as run:
+                tracking.log_metrics(trained.metrics)
+                model_uri, version = tracking.log_lgbm_model(
+                    trained, REGISTERED_MODEL if config.register_model else None
+                )
+            context.log.info(
+                f"lgbm_model {month:%Y-%m}: {trained.metrics.get('n_train', 0):.0f} rows, "
+                f"valid IC {trained.metrics.get('valid_ic', float('nan')):.3f}, "
+                f"MLflow run {run.info.run_id}"
+            )
+            run_ids.append(run.info.run_id)
+            rows.append(
+                {
+                    "date": month,
+                    **trained.to_record(),
+                    "predictions_sha256": scores_hash,
+                    "mlflow_run_id": run.info.run_id,
+                    "model_uri": model_uri,
+                    "registered_version": version,
+                    "config_hash": lineage["config_hash"],
+                }
+            )
+        meter.rows(rows_in=pit_features.frame.height, rows_out=len(rows))
     frame = pl.DataFrame(rows, schema_overrides={"registered_version": pl.Int64})
     return Output(frame, metadata={"months": len(rows), **lineage_metadata(lineage, run_ids)})
 

@@ -56,17 +56,14 @@ REGISTERED_SEQ_MODEL = "quant-assets-seq"
 PREDICTIONS_TAG = "quant.predictions_sha256"
 
 
-class LgbmModelConfig(Config):
+class WalkForwardTrainingConfig(Config):
+    """What every walk-forward model shares: the window, the embargo, the seed."""
+
     embargo_days: int = SETTINGS.embargo_days
     window: str = "expanding"
     rolling_days: int = 504
     min_train_rows: int = 1000
     seed: int = SETTINGS.model_seed
-    learning_rate: float = 0.05
-    num_leaves: int = 15
-    min_data_in_leaf: int = 100
-    num_boost_round: int = 300
-    early_stopping_rounds: int = 30
     valid_fraction: float = 0.2
     target: str = "fwd_return_rank"
     register_model: bool = True
@@ -79,28 +76,27 @@ class LgbmModelConfig(Config):
             min_train_rows=self.min_train_rows,
         )
 
+    def _fields_of(self, dataclass_type) -> dict:
+        # the trainer's own config takes the fields it declares, by name
+        fields = set(dataclass_type.__dataclass_fields__)
+        return {k: v for k, v in self.model_dump().items() if k in fields}
+
+
+class LgbmModelConfig(WalkForwardTrainingConfig):
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_data_in_leaf: int = 100
+    num_boost_round: int = 300
+    early_stopping_rounds: int = 30
+
     def lgbm(self) -> LGBMConfig:
-        return LGBMConfig(
-            learning_rate=self.learning_rate,
-            num_leaves=self.num_leaves,
-            min_data_in_leaf=self.min_data_in_leaf,
-            num_boost_round=self.num_boost_round,
-            early_stopping_rounds=self.early_stopping_rounds,
-            valid_fraction=self.valid_fraction,
-            target=self.target,
-            seed=self.seed,
-        )
+        return LGBMConfig(**self._fields_of(LGBMConfig))
 
 
-class SeqModelConfig(Config):
+class SeqModelConfig(WalkForwardTrainingConfig):
     """The GRU of `seq_model`; walk-forward settings as `lgbm_model`. The defaults are small
     (seconds per month on CPU): a sequence model that earns a GPU is a config change."""
 
-    embargo_days: int = SETTINGS.embargo_days
-    window: str = "expanding"
-    rolling_days: int = 504
-    min_train_rows: int = 1000
-    seed: int = SETTINGS.model_seed
     seq_len: int = 10
     hidden: int = 16
     layers: int = 1
@@ -109,26 +105,14 @@ class SeqModelConfig(Config):
     weight_decay: float = 1e-4
     epochs: int = 3
     batch_size: int = 512
-    valid_fraction: float = 0.2
     early_stopping_patience: int = 2
-    target: str = "fwd_return_rank"
     # "auto": CUDA when the step's pod has a GPU (the gpu pool), else CPU
     device: str = "auto"
     num_threads: int = 1
     max_train_samples: int = 20000
-    register_model: bool = True
-
-    def walk_forward(self) -> WalkForwardConfig:
-        return WalkForwardConfig(
-            embargo_days=self.embargo_days,
-            window=self.window,
-            rolling_days=self.rolling_days,
-            min_train_rows=self.min_train_rows,
-        )
 
     def seq(self) -> SeqConfig:
-        fields = set(SeqConfig.__dataclass_fields__)
-        return SeqConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+        return SeqConfig(**self._fields_of(SeqConfig))
 
 
 def months_in(context: AssetExecutionContext) -> list[dt.date]:

@@ -25,6 +25,7 @@ from quant_assets.features import total_return_index
 from quant_assets.models.assets import months_in
 from quant_assets.partitions import monthly_partitions
 from quant_assets.recording import lineage_metadata, lineage_of
+from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.validation.stats import performance_summary
 from resources.tracking import MlflowTracking
 from resources.warehouse import VersionedFrame
@@ -69,6 +70,7 @@ def previous_state(previous_months: pl.DataFrame, first_month, is_first_partitio
     metadata={"partition_expr": "date"},
     backfill_policy=BackfillPolicy.single_run(),
     code_version="long-short-v1",
+    retry_policy=IO_RETRY,  # MLflow run, Delta (quant_assets/retries.py)
     ins={
         "market_bars": AssetIn(partition_mapping=AllPartitionMapping()),
         "previous_months": AssetIn(
@@ -94,7 +96,8 @@ def backtest(
     with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
         months = months_in(context)
         first_key = monthly_partitions.get_first_partition_key()
-        state = previous_state(previous_months, months[0], months[0].isoformat() == first_key)
+        with not_retried(ValueError):  # a missing previous month stays missing on retry
+            state = previous_state(previous_months, months[0], months[0].isoformat() == first_key)
         prices = total_return_index(market_bars.frame, corporate_actions.frame)
         spec = config.spec()
         parts = []
@@ -105,7 +108,7 @@ def backtest(
             if scores.is_empty():
                 # a month without scores would silently hold the previous book: refuse instead,
                 # before anything is written, so the months before it stay as committed
-                raise ValueError(
+                raise refuse(
                     f"backtest {month:%Y-%m}: no out-of-sample predictions for the month; "
                     "materialise oos_predictions for it first"
                 )

@@ -22,18 +22,20 @@ from dagster import (
     Failure,
     MetadataValue,
     Output,
-    RetryPolicy,
     asset,
 )
 
 from quant_assets.data import quality
+from quant_assets.data.files import LandingFileError
 from quant_assets.economics import measured
 from quant_assets.partitions import trading_day_partitions
+from quant_assets.retries import IO_RETRY, not_retried
 from resources.market_source import MarketSource
 
 GROUP = "market_data"
-# Reading files or object storage can fail transiently; the write is atomic, so retry.
-IO_RETRY = RetryPolicy(max_retries=2, delay=2, backoff=None)
+# Reading files or object storage can fail transiently; the write is atomic, so retry
+# (IO_RETRY: exponential backoff with jitter, quant_assets/retries.py). Quality failures
+# and bad landing files are raised with allow_retries=False: they fail the same every time.
 
 
 def _specs(asset_name: str, rules: tuple[str, ...]) -> list[AssetCheckSpec]:
@@ -116,7 +118,8 @@ def market_bars(
     """Daily OHLCV as traded (unadjusted) with the time each bar became known."""
     window = context.partition_time_window
     with measured(context, output_name="result") as meter:  # run economics; checks are outputs too
-        frame = market_source.market_bars(window.start.date(), window.end.date(), config.source)
+        with not_retried(LandingFileError):  # a bad file is bad on every attempt
+            frame = market_source.market_bars(window.start.date(), window.end.date(), config.source)
         violations = quality.check_market_bars(frame, universe, as_of=dt.datetime.now(dt.UTC))
         violations += quality.check_bars_present(frame, window.start.date(), window.end.date())
         meter.rows(rows_out=frame.height)

@@ -43,6 +43,7 @@ from quant_assets.features import (
     required_lookback_days,
 )
 from quant_assets.partitions import SETTINGS, trading_day_partitions
+from quant_assets.retries import IO_RETRY
 
 GROUP = "features"
 # A few hundred days per run keeps memory flat and the run count low.
@@ -68,6 +69,7 @@ def build_pit_features(code_version: str) -> AssetsDefinition:
         metadata={"partition_expr": "date"},
         backfill_policy=CHUNK,
         code_version=code_version,
+        retry_policy=IO_RETRY,  # reads/writes Delta (quant_assets/retries.py)
         check_specs=[
             AssetCheckSpec(
                 LEAK_CHECK,
@@ -131,6 +133,7 @@ pit_features = build_pit_features(features_code_version())
     metadata={"partition_expr": "date"},
     backfill_policy=CHUNK,
     code_version="labels-v1",
+    retry_policy=IO_RETRY,  # reads/writes Delta (quant_assets/retries.py)
     ins={
         "market_bars": AssetIn(
             partition_mapping=TimeWindowPartitionMapping(

@@ -46,6 +46,7 @@ from quant_assets.models.walkforward import (
 )
 from quant_assets.partitions import SETTINGS, monthly_partitions, sweep_trial_partitions
 from quant_assets.recording import input_versions, lineage_metadata, lineage_of
+from quant_assets.retries import IO_RETRY, refuse
 from resources.tracking import MlflowTracking
 from resources.warehouse import VersionedFrame
 
@@ -130,6 +131,7 @@ def months_in(context: AssetExecutionContext) -> list[dt.date]:
     metadata={"partition_expr": "date"},
     backfill_policy=BackfillPolicy.single_run(),
     code_version="lgbm-v1",
+    retry_policy=IO_RETRY,  # MLflow logging/registry, Delta (quant_assets/retries.py)
     ins={
         "pit_features": AssetIn(partition_mapping=AllPartitionMapping()),
         "labels": AssetIn(partition_mapping=AllPartitionMapping()),
@@ -202,6 +204,7 @@ def lgbm_model(
     metadata={"partition_expr": "date"},
     backfill_policy=BackfillPolicy.single_run(),
     code_version=features_code_version(),
+    retry_policy=IO_RETRY,  # reads/writes Delta (quant_assets/retries.py)
 )
 def oos_predictions(
     context: AssetExecutionContext, lgbm_model: pl.DataFrame, pit_features: pl.DataFrame
@@ -219,7 +222,8 @@ def oos_predictions(
         )
     missing = set(months_in(context)) - set(lgbm_model["date"].to_list())
     if missing:
-        raise ValueError(f"oos_predictions: no lgbm_model for months {sorted(missing)}")
+        # the same on every attempt: not retried
+        raise refuse(f"oos_predictions: no lgbm_model for months {sorted(missing)}")
     frame = pl.concat(parts) if parts else pl.DataFrame()
     return Output(
         frame,
@@ -233,6 +237,7 @@ def oos_predictions(
     metadata={"partition_expr": "date"},
     backfill_policy=BackfillPolicy.single_run(),
     code_version="seq-v1",
+    retry_policy=IO_RETRY,  # MLflow logging/registry, Delta (quant_assets/retries.py)
     # kind pytorch: deploy/pools.yaml places it on the gpu pool (its key rule says the same)
     kinds={"pytorch"},
     ins={
@@ -336,6 +341,7 @@ def _rank_ic(scores: pl.DataFrame, labels: pl.DataFrame) -> float:
     },
     # the plan (trial id -> spec) is read through the warehouse of the IO manager
     required_resource_keys={"io_manager", "tracking"},
+    retry_policy=IO_RETRY,  # MLflow child run, Delta (quant_assets/retries.py)
 )
 def sweep_trial(
     context: AssetExecutionContext,

@@ -32,6 +32,7 @@ from dagster import (
 
 from quant_assets.features import total_return_index
 from quant_assets.partitions import trading_day_partitions
+from quant_assets.retries import IO_RETRY, refuse
 from quant_assets.serving import drift, monitor, registry
 from quant_assets.serving.scoring import score_frame
 from resources.tracking import MlflowTracking
@@ -56,6 +57,7 @@ def _window(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
     metadata={"partition_expr": "date"},
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=100),
     code_version="daily-scores-v1",
+    retry_policy=IO_RETRY,  # MLflow champion alias/model, Delta (quant_assets/retries.py)
     ins={"lgbm_model": AssetIn(partition_mapping=AllPartitionMapping())},
 )
 def daily_scores(
@@ -69,7 +71,7 @@ def daily_scores(
     served = registry.load_alias(tracking.client(), lgbm_model, registry.CHAMPION)
     start, end = _window(context)
     if pit_features.is_empty():
-        raise ValueError(f"daily_scores: no pit_features in [{start}, {end}); build them first")
+        raise refuse(f"daily_scores: no pit_features in [{start}, {end}); build them first")
     frame = score_frame(pit_features, served.model, served.version)
     context.log.info(
         f"daily_scores [{start}, {end}): {frame.height} rows by {registry.MODEL_NAME} "
@@ -99,6 +101,7 @@ class DriftConfig(Config):
     metadata={"partition_expr": "date"},
     backfill_policy=ONE_DAY_A_RUN,
     code_version="drift-v1",
+    retry_policy=IO_RETRY,  # MLflow model version, Delta (quant_assets/retries.py)
     ins={
         "daily_scores": AssetIn(
             partition_mapping=TimeWindowPartitionMapping(
@@ -122,10 +125,10 @@ def drift_report(
     day = dt.date.fromisoformat(context.partition_key)  # one day a run (a range raises)
     today = daily_scores.filter(pl.col("date") == day)
     if today.is_empty():
-        raise ValueError(f"drift_report {day}: daily_scores has no rows for {day}")
+        raise refuse(f"drift_report {day}: daily_scores has no rows for {day}")
     versions = today.get_column("model_version").unique().to_list()
     if len(versions) != 1:
-        raise ValueError(f"drift_report {day}: daily_scores mixes model versions {versions}")
+        raise refuse(f"drift_report {day}: daily_scores mixes model versions {versions}")
     version = int(versions[0])
     served = registry.load_version(tracking.client(), lgbm_model, version)
     model = served.model
@@ -138,7 +141,7 @@ def drift_report(
         (pl.col("date") >= model.train_start) & (pl.col("date") <= model.train_end)
     ).sort("date", "instrument_id")
     if reference.is_empty():
-        raise ValueError(
+        raise refuse(
             f"drift_report {day}: no pit_features in the training window "
             f"{model.train_start}..{model.train_end} of version {version}"
         )
@@ -191,6 +194,7 @@ class SignalHealthConfig(Config):
     metadata={"partition_expr": "date"},
     backfill_policy=ONE_DAY_A_RUN,
     code_version="signal-health-v1",
+    retry_policy=IO_RETRY,  # windows of Delta tables; little compute (quant_assets/retries.py)
     ins={
         "daily_scores": AssetIn(
             partition_mapping=TimeWindowPartitionMapping(
@@ -217,7 +221,7 @@ def signal_health(
     Sharpe distribution; beyond 2 sd the signal's capital multiplier drops to 0.5."""
     day = dt.date.fromisoformat(context.partition_key)  # one day a run (a range raises)
     if daily_scores.filter(pl.col("date") == day).is_empty():
-        raise ValueError(f"signal_health {day}: daily_scores has no rows for {day}")
+        raise refuse(f"signal_health {day}: daily_scores has no rows for {day}")
     prices = total_return_index(market_bars, corporate_actions)
     live = monitor.live_returns(daily_scores.select("date", "instrument_id", "score"), prices)
     # the book starts flat WARMUP_DAYS before the window: those days are not returns of it

@@ -13,7 +13,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     Config,
-    Failure,
     MetadataValue,
     Output,
     asset,
@@ -25,6 +24,7 @@ from quant_assets.data import real
 from quant_assets.features import total_return_index
 from quant_assets.models.assets import REGISTERED_MODEL
 from quant_assets.recording import lineage_metadata, lineage_of
+from quant_assets.retries import IO_RETRY, refuse
 from quant_assets.validation import regimes
 from quant_assets.validation.gate import PASS_METRIC, GateThresholds, evaluate_gate
 from quant_assets.validation.promotion import promote
@@ -84,6 +84,7 @@ def _real_stress_series() -> tuple[dict[str, pl.DataFrame], str]:
 @asset(
     group_name=GROUP,
     code_version="report-v2",
+    retry_policy=IO_RETRY,  # MLflow artifacts, Delta (quant_assets/retries.py)
     required_resource_keys={"tracking", "io_manager"},
 )
 def validation_report(
@@ -211,6 +212,7 @@ def validation_report(
 @asset(
     group_name=GROUP,
     code_version="champion-v1",
+    retry_policy=IO_RETRY,  # MLflow registry aliases (quant_assets/retries.py)
     ins={"lgbm_model": AssetIn(partition_mapping=AllPartitionMapping())},
 )
 def champion_model(
@@ -226,22 +228,18 @@ def champion_model(
     report = dict(validation_report.select("metric", "value").iter_rows())
     if report.get(PASS_METRIC) != 1.0:
         failed = sorted(k for k, v in report.items() if k.startswith("gate_") and v == 0.0)
-        raise Failure(
-            description=(
-                f"champion_model: the validation report's gate did not pass "
-                f"({PASS_METRIC}={report.get(PASS_METRIC)}; failed: {failed}); nothing promoted"
-            )
+        raise refuse(  # a failed gate fails the same on every attempt: not retried
+            f"champion_model: the validation report's gate did not pass "
+            f"({PASS_METRIC}={report.get(PASS_METRIC)}; failed: {failed}); nothing promoted"
         )
     if lgbm_model.is_empty():
-        raise Failure(description="champion_model: lgbm_model has no months; nothing to promote")
+        raise refuse("champion_model: lgbm_model has no months; nothing to promote")
     latest = lgbm_model.sort("date").tail(1).row(0, named=True)
     version = latest.get("registered_version")
     if version is None:
-        raise Failure(
-            description=(
-                f"champion_model: the lgbm_model of {latest['date']} was not registered "
-                "(register_model=False); nothing to promote"
-            )
+        raise refuse(
+            f"champion_model: the lgbm_model of {latest['date']} was not registered "
+            "(register_model=False); nothing to promote"
         )
     promotion = promote(tracking.client(), REGISTERED_MODEL, int(version))
     context.log.info(

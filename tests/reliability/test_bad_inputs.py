@@ -121,9 +121,10 @@ def test_landing_sensor_accepts_good_and_newer_restatement(good_state, tmp_path)
 
 
 NIGHTLY = os.environ.get("QUANT_NIGHTLY") == "1"
-# Each blocked run costs ~5 s: market_bars' IO RetryPolicy (2 retries, 2 s apart) also
-# retries a quality Failure. By default a representative set (price, OHLC, key, universe,
-# corrupt file, timezone, calendar); QUANT_NIGHTLY=1 runs every kind a run can read.
+# A blocked run is not retried (quality failures and bad landing files are raised with
+# allow_retries=False, see quant_assets/retries.py). By default a representative set (price,
+# OHLC, key, universe, corrupt file, timezone, calendar); QUANT_NIGHTLY=1 runs every kind a
+# run can read.
 _DEFAULT_ASSET_KINDS = {
     "nan_price", "high_below_low", "duplicate_key", "unknown_instrument",
     "truncated_parquet", "timezone_naive_csv", "weekend_bars",
@@ -155,7 +156,7 @@ def test_market_bars_run_blocks_bad_file(good_state, tmp_path, kind):
         e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
     }
     assert materialized == set(), materialized
-    # the rule's message is on the first attempt's failure (later ones say "retries exceeded")
+    # the rule's message is on the step's failure (blocked runs are not retried)
     failures = [
         str(e.event_specific_data.error.to_string())
         for e in result.all_events

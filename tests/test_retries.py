@@ -1,0 +1,137 @@
+"""The I/O retry policy (quant_assets/retries.py): which assets of the code location carry
+it, that it backs off exponentially with jitter, and that deterministic failures (a
+blocking quality rule, a refusal) fail at once instead of going through the retries."""
+
+import os
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    Backoff,
+    DagsterEventType,
+    DagsterInstance,
+    Jitter,
+    RetryPolicy,
+    asset,
+    materialize,
+)
+
+from quant_assets.retries import IO_RETRY, not_retried, refuse
+
+# Assets whose steps are not dominated by warehouse/MLflow/source I/O: no retry policy.
+# strategy_grid is a CPU-bound parameter grid (no MLflow); a failure there is more likely
+# a bug or memory than a transient store error, and a retry repeats all of its compute.
+NOT_RETRIED = {"strategy_grid"}
+
+
+def _retry_policies() -> dict[str, RetryPolicy | None]:
+    from quant_assets.definitions import defs
+
+    out = {}
+    for assets_def in defs.resolve_asset_graph().assets_defs:
+        if not isinstance(assets_def, AssetsDefinition) or not assets_def.is_executable:
+            continue
+        for key in assets_def.keys:
+            out[key.to_user_string()] = assets_def.op.retry_policy
+    return out
+
+
+def test_io_policy_backs_off_exponentially_with_jitter():
+    assert IO_RETRY.max_retries >= 2
+    assert IO_RETRY.backoff is Backoff.EXPONENTIAL
+    assert IO_RETRY.jitter is Jitter.PLUS_MINUS
+    assert 0 < IO_RETRY.delay <= 2
+    # each wait grows (jitter is +-delay, so compare the centres two attempts apart)
+    first, third = IO_RETRY.calculate_delay(1), IO_RETRY.calculate_delay(3)
+    assert third > first
+
+
+def test_every_io_bound_asset_carries_the_io_policy():
+    policies = _retry_policies()
+    assert NOT_RETRIED <= set(policies), sorted(policies)
+    for expected in ("universe", "market_bars", "corporate_actions", "fundamentals",
+                     "pit_features", "labels", "lgbm_model", "seq_model", "oos_predictions",
+                     "sweep_trials", "trial_returns", "backtest", "validation_report",
+                     "champion_model", "daily_scores", "drift_report", "signal_health"):
+        assert expected in policies, expected
+    # every asset is classified: a new asset must either take IO_RETRY or be listed above
+    wrong = {
+        key: policy for key, policy in policies.items()
+        if key not in NOT_RETRIED and policy != IO_RETRY
+    }
+    assert wrong == {}, wrong
+    assert {k for k in NOT_RETRIED if policies[k] is not None} == set()
+
+
+def _retries(result) -> int:
+    return sum(e.event_type == DagsterEventType.STEP_UP_FOR_RETRY for e in result.all_events)
+
+
+def test_refusal_is_not_retried_but_a_transient_error_is():
+    calls = {"refused": 0, "wrapped": 0, "flaky": 0}
+
+    @asset(retry_policy=IO_RETRY)
+    def refused(context: AssetExecutionContext) -> int:
+        calls["refused"] += 1
+        raise refuse("bad input: rule 'x'")
+
+    @asset(retry_policy=IO_RETRY)
+    def wrapped(context: AssetExecutionContext) -> int:
+        calls["wrapped"] += 1
+        with not_retried(ValueError):
+            raise ValueError("landing file f.csv: rule 'dtype'")
+
+    @asset(retry_policy=IO_RETRY)
+    def flaky(context: AssetExecutionContext) -> int:
+        calls["flaky"] += 1
+        if calls["flaky"] < 2:
+            raise ConnectionError("store unavailable")
+        return 1
+
+    with DagsterInstance.ephemeral() as instance:
+        results = {
+            name: materialize([a], instance=instance, raise_on_error=False)
+            for name, a in (("refused", refused), ("wrapped", wrapped), ("flaky", flaky))
+        }
+    for name in ("refused", "wrapped"):
+        assert not results[name].success and _retries(results[name]) == 0, name
+        assert calls[name] == 1
+    message = results["wrapped"].get_step_failure_events()[0].event_specific_data.error.message
+    assert "landing file f.csv: rule 'dtype'" in message
+    assert results["flaky"].success and _retries(results["flaky"]) == 1
+
+
+def test_blocking_quality_failure_is_not_retried(tmp_path: Path):
+    from quant_assets.data.assets import corporate_actions, fundamentals, universe
+    from quant_assets.settings import Settings
+    from resources import build_resources
+    from resources.market_source import MarketSource
+
+    class ZeroSplit(MarketSource):
+        def load(self):
+            data = super().load()
+            ca = data.corporate_actions.with_columns(
+                pl.when(pl.int_range(pl.len()) == 0).then(0.0).otherwise(pl.col("split_ratio"))
+                .alias("split_ratio")
+            )
+            return data._replace(corporate_actions=ca)
+
+    old = os.environ["QUANT_HOME"]
+    os.environ["QUANT_HOME"] = str(tmp_path)
+    try:
+        settings = Settings.from_env()
+    finally:
+        os.environ["QUANT_HOME"] = old
+    resources = build_resources(settings)
+    resources["market_source"] = ZeroSplit(**resources["market_source"].model_dump())
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [universe, corporate_actions, fundamentals], selection=[corporate_actions],
+            resources=resources, instance=instance, raise_on_error=False,
+        )
+    assert not result.success
+    assert _retries(result) == 0
+    errors = [e.event_specific_data.error.message for e in result.get_step_failure_events()]
+    assert any("split_ratio_positive_finite" in m for m in errors), errors

@@ -1,8 +1,9 @@
 """The feature library: polars expressions in the families of Qlib's Alpha158, plus PIT
 fundamentals and sector-relative scores. Evaluation rules are in `registry.py`.
 
-Series builders read one instrument's PIT-adjusted history as of D (date, open, high, low,
-close, volume, ret, market_ret; last row = D). Every rolling statistic uses
+Series builders read one instrument's PIT-adjusted context as of D (date, open, high, low,
+close, volume, traded_close, traded_volume, ret, market_ret; the value at D's row is the
+feature, so every builder is causal: rolling windows and positive shifts only). Every rolling statistic uses
 min_samples = window: a missing bar in the window gives null, never a shorter-window value.
 Snapshot builders read the cross-section of D (as-traded close, PIT fundamentals, earlier
 features). Market cap = as-traded close of D * shares_outstanding restated to D's share
@@ -117,13 +118,18 @@ def volume_variability(days: int) -> pl.Expr:
     return volume.rolling_std(days, min_samples=days) / volume.rolling_mean(days, min_samples=days)
 
 
+def traded_value() -> pl.Expr:
+    """Dollars traded on the day: as-traded close * as-traded volume (no adjustment)."""
+    return pl.col("traded_close") * pl.col("traded_volume")
+
+
 def log_dollar_volume(days: int) -> pl.Expr:
-    return (pl.col("close") * pl.col("volume")).rolling_mean(days, min_samples=days).log()
+    return traded_value().rolling_mean(days, min_samples=days).log()
 
 
 def amihud_illiquidity(days: int) -> pl.Expr:
     """Mean absolute return per million of dollar volume (Amihud 2002)."""
-    dollar_volume_mm = pl.col("close") * pl.col("volume") / 1e6
+    dollar_volume_mm = traded_value() / 1e6
     return (pl.col("ret").abs() / dollar_volume_mm).rolling_mean(days, min_samples=days)
 
 
@@ -172,15 +178,33 @@ def low_ratio(days: int) -> pl.Expr:
     return pl.col("low").rolling_min(days, min_samples=days) / pl.col("close")
 
 
+def _days_since(column: str, days: int, *, lowest: bool) -> pl.Expr:
+    """Market days since the window's extreme (0 = today; a tie counts its most recent day);
+    null when a bar of the window is missing.
+
+    One integer rolling max instead of `days` shifted comparisons: key = rank of the value
+    in the context (so the extreme has the largest rank) * 2^20 + row position, exact in
+    Int64, so the window's largest key is the most recent extreme. The ranks see the whole
+    context, but only their order within the window matters, so a day's value depends on
+    its window alone.
+    """
+    rank = pl.col(column).rank("dense", descending=lowest).cast(pl.Int64)
+    position = pl.int_range(pl.len(), dtype=pl.Int64)
+    latest = (rank * _POSITIONS + position).rolling_max(days, min_samples=days)
+    return (position - latest % _POSITIONS).cast(pl.Float64)
+
+
+# Row positions a context may have (2^20), for `_days_since`'s keys.
+_POSITIONS = 1 << 20
+
+
 def days_since_high(days: int) -> pl.Expr:
     """Market days since the highest high of the window (0 = today)."""
-    high = pl.col("high").tail(days)
-    return pl.when(high.count() == days).then(high.reverse().arg_max().cast(pl.Float64))
+    return _days_since("high", days, lowest=False)
 
 
 def days_since_low(days: int) -> pl.Expr:
-    low = pl.col("low").tail(days)
-    return pl.when(low.count() == days).then(low.reverse().arg_min().cast(pl.Float64))
+    return _days_since("low", days, lowest=True)
 
 
 def price_position(days: int) -> pl.Expr:
@@ -248,7 +272,11 @@ def sector_rank(of: str) -> pl.Expr:
 def sector_zscore(of: str) -> pl.Expr:
     """(x - sector mean) / sector standard deviation on the day; null with < 2 names."""
     x = pl.col(of)
-    return (x - x.mean().over("date", "sector")) / x.std().over("date", "sector")
+    count = x.count().over("date", "sector")
+    # sums left to right in row order (pit.py: polars' mean/std may pair terms by layout)
+    mean = x.fill_null(0.0).cum_sum().last().over("date", "sector") / count
+    squares = (x - mean).pow(2).fill_null(0.0).cum_sum().last().over("date", "sector")
+    return (x - mean) / (squares / (count - 1)).sqrt()
 
 
 # --------------------------------------------------------------------------- the catalogue

@@ -10,14 +10,27 @@ Conventions (shared by the feature engine and its tests)
 - Market days as of D: the dates <= D on which at least one bar is known at cutoff(D).
   Windows count market days, not rows of one instrument: a 20-day statistic of an
   instrument with a missing bar in the last 20 market days is null.
-- PIT adjustment as of D: a corporate action applies when it is known at cutoff(D) and
-  its ex_date <= D; it adjusts the bars dated before its ex_date. A split of ratio r
-  divides prices by r and multiplies volume by r; a cash dividend d (per share as traded on
-  the ex_date, i.e. per post-split share when a split goes ex the same day) multiplies prices
-  by (1 - d / p) where p is the last close before the ex_date in the same share basis
-  (close / r). A factor <= 0 is a data error: the prices it touches become null.
-- The bar of D itself is as traded (no action with ex_date in (D, D]), so the adjusted close
-  of D is the as-traded close.
+- The context of D: the market days as of D from the first day of D's calendar year
+  (`CONTEXT_PERIOD`) up to D, preceded by the `before` market days before it. Series
+  features of D are evaluated on the context (their value at D's row). Every as-of day of a
+  year shares the context's start, and a row only ever depends on itself and earlier rows,
+  so the context of D as of D is a prefix of the context of any later day V of the year as
+  of V whenever nothing dated <= D was published between cutoff(D) and cutoff(V): the
+  engine evaluates a year once per instrument and recomputes on its own only the days where
+  something was. (Polars evaluates window expressions group by group at a few microseconds
+  per group and expression: a context per day, as before, cost ~60x the rows and 250x the
+  groups of a context per year; a year rather than a month keeps the groups few, at the
+  price of a longer context for a day computed alone.)
+- PIT adjustment as of D, forward from the context's first day: a corporate action applies
+  when it is known at cutoff(D) and its ex_date is in (first day, D]; it adjusts the bars
+  from the first market day on or after its ex_date onwards, so prices and volumes are in
+  the share basis of the context's first day (ratios, returns and window statistics do not
+  depend on the basis; the as-traded close and volume of D are carried separately). A
+  split of ratio r multiplies later prices by r and divides later volume by r; a cash
+  dividend d (per share as traded on the ex_date, i.e. per post-split share when a split
+  goes ex the same day) divides later prices by (1 - d / p) where p is the last close
+  before the ex_date in the same share basis (close / r). A factor <= 0 is a data error:
+  the prices it touches become null.
 - Total-return index (labels and P&L only, never features): ex-post, all actions whatever
   their knowledge time, dividends reinvested at the close of the ex-date:
   gross return of bar s over the previous bar = r_s * (close_s + d_s) / close_prev.
@@ -33,6 +46,13 @@ import polars as pl
 from quant_assets.calendar import DEFAULT_CUTOFF
 
 UTC_TIME = pl.Datetime("us", "UTC")
+# Sums and products that feed a feature are written as cum_sum().last() / cum_prod().last():
+# strictly left to right in the rows' order. Polars' sum/mean/product kernels may pair terms
+# differently with the group's layout in memory (a trailing-4-quarter sum differed in the
+# last bit between a day computed alone and the same day in a batch), which would break
+# "a day's features do not depend on what else is computed with it".
+# The calendar period whose days share a context start (module doc), as `dt.truncate` reads it.
+CONTEXT_PERIOD = "1y"
 # Polars 2's default streaming engine aggregates floats in a run-dependent order (sums and
 # means differ in the last bits between runs); the in-memory engine is bit-reproducible.
 ENGINE = "in-memory"
@@ -143,6 +163,15 @@ def as_of(
 # --------------------------------------------------------------------------- market days
 
 
+def _first_known(market_bars: Frame) -> pl.LazyFrame:
+    # a date is a market day as of D once a bar dated on it is known at cutoff(D)
+    return (
+        with_utc(market_bars, "knowledge_time")
+        .group_by("date")
+        .agg(pl.col("knowledge_time").min().alias("_first_known"))
+    )
+
+
 def market_days_as_of(
     market_bars: Frame,
     dates: Iterable[dt.date] | pl.Series,
@@ -156,16 +185,11 @@ def market_days_as_of(
     market day as of D when a bar dated on it is known at cutoff(D). As-of days without a
     known bar of their own are left out (their universe is empty).
     """
-    first_known = (
-        with_utc(market_bars, "knowledge_time")
-        .group_by("date")
-        .agg(pl.col("knowledge_time").min().alias("_first_known"))
-    )
     days = (
         as_date_frame(dates)
         .lazy()
         .with_columns(cutoff_expr("as_of", cutoff_time).alias("_cutoff"))
-        .join(first_known, how="cross")
+        .join(_first_known(market_bars), how="cross")
         .filter((pl.col("date") <= pl.col("as_of")) & (pl.col("_first_known") <= pl.col("_cutoff")))
         .sort(["as_of", "date"], descending=[False, True])
         .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over("as_of").alias("lag"))
@@ -175,6 +199,29 @@ def market_days_as_of(
     has_today = days.filter((pl.col("lag") == 0) & (pl.col("date") == pl.col("as_of"))).select("as_of")
     out = days.join(has_today, on="as_of", how="semi").select("as_of", "date", "lag").sort("as_of", "date")
     return _like(out, market_bars)
+
+
+def context_days(
+    market_bars: Frame,
+    dates: Iterable[dt.date] | pl.Series,
+    *,
+    before: int | None = None,
+    cutoff_time: dt.time = DEFAULT_CUTOFF,
+) -> Frame:
+    """The market days of each as-of day D's context (module doc): D's `CONTEXT_PERIOD` up to
+    D, and the last `before` market days before the period's first day (all when None).
+
+    Columns: as_of, date; sorted. Market days as in `market_days_as_of`; as-of days without
+    a known bar of their own are left out.
+    """
+    days = market_days_as_of(market_bars, dates, cutoff_time=cutoff_time).lazy()
+    if before is not None:
+        period_start = pl.col("as_of").dt.truncate(CONTEXT_PERIOD)
+        earlier = pl.col("date") < period_start
+        # rank of the earlier market days from the period's first day backwards: 0, 1, ...
+        rank = pl.when(earlier).then(pl.col("date").rank("ordinal", descending=True).over("as_of", earlier) - 1)
+        days = days.filter(~earlier | (rank < before))
+    return _like(days.select("as_of", "date").sort("as_of", "date"), market_bars)
 
 
 # --------------------------------------------------------------------------- universe
@@ -219,13 +266,16 @@ def pit_universe(
 
 
 def _effective_actions(windows: pl.LazyFrame, corporate_actions: Frame, cutoff_time: dt.time) -> pl.LazyFrame:
-    """Actions known at cutoff(D) with ex_date in (window_start, D], per as-of day D."""
+    """Actions known at cutoff(D) with ex_date in (window_start, D], per as-of day D (and
+    per instrument when `windows` has an instrument_id column)."""
     actions = corporate_actions.lazy()
-    keys = windows.join_where(
-        actions.select("instrument_id", "ex_date").unique(),
-        pl.col("ex_date") > pl.col("window_start"),
-        pl.col("ex_date") <= pl.col("as_of"),
-    ).select("as_of", "instrument_id", "ex_date")
+    candidates = actions.select("instrument_id", "ex_date").unique()
+    in_window = (pl.col("ex_date") > pl.col("window_start")) & (pl.col("ex_date") <= pl.col("as_of"))
+    if "instrument_id" in windows.collect_schema().names():  # windows per (as_of, instrument)
+        keys = windows.join(candidates, on="instrument_id").filter(in_window)
+    else:
+        keys = windows.join_where(candidates, in_window)
+    keys = keys.select("as_of", "instrument_id", "ex_date")
     return as_of(actions, by=["instrument_id", "ex_date"], keys=keys, cutoff_time=cutoff_time)
 
 
@@ -235,31 +285,33 @@ def pit_panel(
     dates: Iterable[dt.date] | pl.Series,
     *,
     universe: Frame | None = None,
-    lookback: int | None = None,
+    before: int | None = None,
     cutoff_time: dt.time = DEFAULT_CUTOFF,
 ) -> Frame:
-    """PIT-adjusted bar history as of each D: the last `lookback` market days (all if None).
+    """PIT-adjusted bars of each as-of day D's context (`context_days`, module doc).
 
-    One row per (as_of, instrument with a known bar in the window, market day of the window),
-    gaps as null rows, sorted by (as_of, instrument_id, date). Columns: as_of, instrument_id,
-    date, lag, open, high, low, close, volume (adjusted as of `as_of`, see module doc),
-    ret (daily return of the adjusted close over the previous market day), market_ret
+    One row per (as_of, instrument with a known bar in the context, market day of the
+    context), gaps as null rows, sorted by (as_of, instrument_id, date). Columns: as_of,
+    instrument_id, date, open, high, low, close, volume (adjusted as of `as_of` in the share
+    basis of the context's first day), traded_close, traded_volume (as traded), ret (daily
+    return of the adjusted close over the previous market day of the context), market_ret
     (equal-weighted mean `ret` of the instruments listed that day, needs `universe`; null
     without it).
     """
     market = market_bars.lazy()
-    days = _materialize(market_days_as_of(market, dates, lookback=lookback, cutoff_time=cutoff_time))
+    days = _materialize(context_days(market, dates, before=before, cutoff_time=cutoff_time))
     group = ["as_of", "instrument_id"]
-    # 1. bar versions known at each cutoff, for the window's market days only
+    # 1. bar versions known at each cutoff, for the context's market days only
     bar_keys = days.join(market.select("instrument_id", "date").unique(), on="date")
     bars = _materialize(as_of(market, by=["instrument_id", "date"], keys=bar_keys, cutoff_time=cutoff_time))
     grid = bars.select(group).unique().join(days, on="as_of")
     panel = (
-        grid.join(bars.drop("lag", "knowledge_time"), on=[*group, "date"], how="left")
+        grid.join(bars.drop("knowledge_time"), on=[*group, "date"], how="left")
         .sort([*group, "date"])
         .with_columns(pl.col("close").forward_fill().shift(1).over(group).alias("_close_before"))
     )
-    # 2. actions effective as of D that touch the window: ex_date in (oldest day, D]
+    # 2. actions effective as of D inside the context: ex_date in (first day, D]; those
+    # before the first day are already in the basis of the first day
     windows = days.group_by("as_of").agg(pl.col("date").min().alias("window_start"))
     actions = _effective_actions(windows, corporate_actions, cutoff_time).sort("ex_date")
     # each action attaches to the first market day on or after its ex_date
@@ -277,7 +329,7 @@ def pit_panel(
         pl.when(pl.col("cash_dividend") == 0.0)
         .then(pl.lit(1.0))
         .when(pl.col("_close_before").is_null())
-        .then(pl.lit(1.0))  # no earlier bar in the window: the factor touches no bar
+        .then(pl.lit(1.0))  # no earlier bar in the context: nothing to adjust against
         .otherwise(1.0 - pl.col("cash_dividend") * ratio / pl.col("_close_before"))
     )
     price_factor = pl.when((dividend_part > 0.0) & (ratio > 0.0)).then(dividend_part / ratio)
@@ -285,26 +337,28 @@ def pit_panel(
         actions.sort([*group, "date", "ex_date"])
         .group_by([*group, "date"], maintain_order=True)
         .agg(
-            pl.when(price_factor.null_count() == 0).then(price_factor.product()).alias("_price_step"),
-            pl.when(ratio.null_count() == 0).then(ratio.product()).alias("_volume_step"),
+            pl.when(price_factor.null_count() == 0).then(price_factor.cum_prod().last()).alias("_price_step"),
+            pl.when(ratio.null_count() == 0).then(ratio.cum_prod().last()).alias("_volume_step"),
             pl.lit(True).alias("_has_action"),
         )
     )
     panel = _materialize(panel.join(steps, on=[*group, "date"], how="left").sort([*group, "date"]))
 
-    def after(step: str) -> pl.Expr:
-        # product of the step factors of the later days of the window, null after a bad one
+    def since_start(step: str) -> pl.Expr:
+        # product of the step factors from the context's first day to this one (forward
+        # adjustment: a row depends only on it and earlier rows), null from a bad one on
         present = pl.col("_has_action").fill_null(False)
         value = pl.when(present).then(pl.col(step)).otherwise(1.0)
-        later = value.shift(-1, fill_value=1.0)
-        product = later.fill_null(1.0).cum_prod(reverse=True)
-        poisoned = later.is_null().cum_max(reverse=True)
+        product = value.fill_null(1.0).cum_prod()
+        poisoned = value.is_null().cum_max()
         return pl.when(poisoned).then(None).otherwise(product).over(group)
 
-    panel = panel.with_columns(after("_price_step").alias("_pf"), after("_volume_step").alias("_vf"))
+    panel = panel.with_columns(since_start("_price_step").alias("_pf"), since_start("_volume_step").alias("_vf"))
     panel = panel.with_columns(
-        *(pl.col(c) * pl.col("_pf") for c in ("open", "high", "low", "close")),
-        pl.col("volume") * pl.col("_vf"),
+        pl.col("close").alias("traded_close"),
+        pl.col("volume").alias("traded_volume"),
+        *(pl.col(c) / pl.col("_pf") for c in ("open", "high", "low", "close")),
+        pl.col("volume") / pl.col("_vf"),
     ).with_columns((pl.col("close") / pl.col("close").shift(1) - 1.0).over(group).alias("ret"))
     # 3. the market: equal-weighted mean return of the instruments listed that day
     panel = _materialize(panel)
@@ -318,11 +372,12 @@ def pit_panel(
             .filter(listed_on("date") & pl.col("ret").is_not_null())
             .sort("as_of", "date", "instrument_id")
             .group_by(["as_of", "date"], maintain_order=True)
-            .agg(pl.col("ret").mean().alias("market_ret"))
+            .agg((pl.col("ret").cum_sum().last() / pl.len()).alias("market_ret"))
         )
         panel = panel.join(market_ret, on=["as_of", "date"], how="left")
     out = panel.select(
-        "as_of", "instrument_id", "date", "lag", "open", "high", "low", "close", "volume", "ret", "market_ret"
+        "as_of", "instrument_id", "date", "open", "high", "low", "close", "volume",
+        "traded_close", "traded_volume", "ret", "market_ret",
     ).sort([*group, "date"])
     return _like(out, market_bars)
 
@@ -348,17 +403,96 @@ def fundamentals_as_of(
     `shares_outstanding` (and its year-ago value) is restated to D's share basis: multiplied
     by the ratios of the splits effective as of D with ex_date after its period_end, so that
     as-traded close * shares_outstanding is the market cap of D.
+
+    An instrument's row only changes on the days listed by `_state_changes` (a version
+    becomes known, a quarter enters or leaves the look-back or ages out, a split goes ex,
+    becomes known or leaves the look-back): it is computed on the first asked day at or
+    after each change and carried to the following days, which gives the same values as
+    computing every day (a quarter's filings move a few times a year, the days are many).
     """
+    days = as_date_frame(dates).lazy()
     funds = fundamentals.lazy()
-    horizon = max_age_days + _YEAR_AGO_DAYS[1] + 1
-    windows = (
-        as_date_frame(dates).lazy().with_columns((pl.col("as_of") - pl.duration(days=horizon)).alias("window_start"))
+    states = _materialize(_state_changes(funds, corporate_actions.lazy(), days, cutoff_time, max_age_days))
+    rows = _fundamentals_at(funds, corporate_actions, states, cutoff_time, max_age_days).with_columns(
+        pl.lit(True).alias("_has_row")
     )
-    keys = windows.join_where(
-        funds.select("instrument_id", "field", "period_end").unique(),
-        pl.col("period_end") <= pl.col("as_of"),
-        pl.col("period_end") > pl.col("window_start"),
-    ).drop("window_start")
+    group = ["as_of", "instrument_id"]
+    computed = states.join(rows, on=group, how="left").sort("as_of")
+    # each asked day takes its instrument's state of the last change day at or before it
+    out = (
+        days.join(states.select("instrument_id").unique(), how="cross")
+        .sort("as_of")
+        .join_asof(
+            computed.rename({"as_of": "_state_day"}),
+            left_on="as_of",
+            right_on="_state_day",
+            by="instrument_id",
+            strategy="backward",
+            check_sortedness=False,
+        )
+        .filter(pl.col("_has_row").fill_null(False))
+        .drop("_state_day", "_has_row")
+    )
+    return _like(out.sort(group), fundamentals)
+
+
+def _horizon(max_age_days: int) -> int:
+    # days of period ends a row reads: the age limit plus the year-ago quarter of the oldest
+    return max_age_days + _YEAR_AGO_DAYS[1] + 1
+
+
+def _state_changes(
+    funds: pl.LazyFrame, actions: pl.LazyFrame, days: pl.LazyFrame, cutoff_time: dt.time, max_age_days: int
+) -> pl.LazyFrame:
+    """(as_of, instrument_id): the first asked day of each instrument, and the first asked
+    day at or after each day on which its fundamentals row may change."""
+    horizon = pl.duration(days=_horizon(max_age_days))
+
+    def known_day(col: str) -> pl.Expr:
+        # the first day whose cutoff is at or after the knowledge time
+        day = pl.col(col).dt.date()
+        return pl.when(pl.col(col) <= cutoff_expr(day, cutoff_time)).then(day).otherwise(day + pl.duration(days=1))
+
+    funds = with_utc(funds, "knowledge_time")
+    actions = with_utc(actions, "knowledge_time")
+    pe, ex = pl.col("period_end"), pl.col("ex_date")
+    changes = pl.concat(
+        [
+            funds.select("instrument_id", known_day("knowledge_time").alias("day")),
+            funds.select("instrument_id", pe.alias("day")),
+            funds.select("instrument_id", (pe + horizon).alias("day")),
+            funds.select("instrument_id", (pe + pl.duration(days=max_age_days + 1)).alias("day")),
+            actions.select("instrument_id", known_day("knowledge_time").alias("day")),
+            actions.select("instrument_id", ex.alias("day")),
+            actions.select("instrument_id", (ex + horizon).alias("day")),
+        ]
+    ).unique()
+    asked = days.select(pl.col("as_of").alias("_asked")).sort("_asked")
+    moved = (
+        changes.sort("day")
+        .join_asof(asked, left_on="day", right_on="_asked", strategy="forward", check_sortedness=False)
+        .select("instrument_id", pl.col("_asked").alias("as_of"))
+        .drop_nulls()
+    )
+    first = funds.select("instrument_id").unique().join(days.select(pl.col("as_of").min()), how="cross")
+    return pl.concat([first, moved]).unique().sort("instrument_id", "as_of")
+
+
+def _fundamentals_at(
+    fundamentals: Frame,
+    corporate_actions: Frame,
+    states: pl.LazyFrame,
+    cutoff_time: dt.time,
+    max_age_days: int,
+) -> pl.LazyFrame:
+    """`fundamentals_as_of` for the (as_of, instrument_id) pairs of `states` only."""
+    funds = fundamentals.lazy()
+    windows = states.with_columns((pl.col("as_of") - pl.duration(days=_horizon(max_age_days))).alias("window_start"))
+    keys = (
+        windows.join(funds.select("instrument_id", "field", "period_end").unique(), on="instrument_id")
+        .filter((pl.col("period_end") <= pl.col("as_of")) & (pl.col("period_end") > pl.col("window_start")))
+        .drop("window_start")
+    )
     known = as_of(funds, by=["instrument_id", "field", "period_end"], keys=keys, cutoff_time=cutoff_time)
     pe, value = pl.col("period_end"), pl.col("value")
     last_pe = pe.last()
@@ -376,7 +510,7 @@ def fundamentals_as_of(
                 & ((last_pe - pe.tail(4).first()).dt.total_days() <= _TTM_MAX_SPAN_DAYS)
                 & (value.tail(4).null_count() == 0)
             )
-            .then(value.tail(4).sum())
+            .then(value.tail(4).cum_sum().last())
             .alias("_ttm"),
             value.filter(year_ago).last().alias("_year_ago"),
             pe.filter(year_ago).last().alias("_year_ago_period_end"),
@@ -394,7 +528,7 @@ def fundamentals_as_of(
             .filter(pl.col("ex_date") > pl.col(period_col))
             .sort("as_of", "instrument_id", "ex_date")
             .group_by(["as_of", "instrument_id"], maintain_order=True)
-            .agg(pl.col("split_ratio").product().alias(f"{period_col}_splits"))
+            .agg(pl.col("split_ratio").cum_prod().last().alias(f"{period_col}_splits"))
         )
 
     group = ["as_of", "instrument_id"]
@@ -418,7 +552,9 @@ def fundamentals_as_of(
             .with_columns((pl.col(col) * pl.col(f"{period_col}_splits").fill_null(1.0)).alias(col))
             .drop(f"{period_col}_splits")
         )
-    return _like(out.sort(group), fundamentals)
+    return out
+
+
 
 
 # --------------------------------------------------------------------------- total return

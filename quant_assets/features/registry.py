@@ -7,11 +7,16 @@ version. Names, families and descriptions are documentation and do not enter the
 
 Two kinds of feature
 --------------------
-- "series": evaluated on ONE instrument's PIT-adjusted history as of D (`pit.pit_panel`
-  columns date, open, high, low, close, volume, ret, market_ret; rows sorted by date,
-  the last row is D, missing bars are null rows). The feature is the expression's last
-  value, so time-series expressions (`rolling_mean(20, min_samples=20)`) and window
-  reductions (`tail(20).arg_max()`) both work. `window` = market days it reads, D included.
+- "series": evaluated on ONE instrument's PIT-adjusted context as of D (`pit.pit_panel`
+  columns date, open, high, low, close, volume, traded_close, traded_volume, ret,
+  market_ret; rows sorted by date: a null row, then the context's market days, the last
+  row is D, missing bars are null rows). The feature of D is the expression's value at D's
+  row, so expressions must be causal: rolling statistics (`rolling_mean(20,
+  min_samples=20)`), positive shifts and element-wise arithmetic, never a look at later rows
+  (`shift(-1)`, `reverse`, whole-column reductions); the leak check catches one that does.
+  `window` = market days it reads, D included (at most `before + 1`: every context has at
+  least that many rows). The leading null row makes every context carry a missing value,
+  so polars evaluates a context with the same (null-aware) kernels whatever follows D.
 - "snapshot": evaluated on the cross-section of D, one row per instrument of D's universe,
   columns date, instrument_id, sector, close and volume (as traded on D), the
   PIT fundamentals of `pit.fundamentals_as_of`, and every feature computed before it in
@@ -48,8 +53,11 @@ SNAPSHOT_INPUTS: tuple[str, ...] = (
     *(f"{f}_year_ago" for f in pit.FUNDAMENTAL_FIELDS),
     *(f"{f}_ttm" for f in pit.FLOW_FIELDS),
 )
-# Extra market days of history to load beyond the longest window (holidays, late bars).
+# Extra market days of history to load beyond the longest context (holidays, late bars).
 LOOKBACK_MARGIN_DAYS = 5
+# Most market days a context period (pit.CONTEXT_PERIOD, a year) can have before D: a
+# context reaches back to the period's first day and then a full window further.
+PERIOD_MARKET_DAYS = 253
 
 
 # --------------------------------------------------------------------------- versions
@@ -185,9 +193,16 @@ def max_window(features: Iterable[Feature] | None = None) -> int:
     return max(f.window for f in (features if features is not None else _features().values()))
 
 
+def context_before() -> int:
+    """Market days before the first day of D's context period in D's context: the longest window of the
+    whole registry minus D's row (the same for every subset, so a subset's values are
+    bit-identical to the full run's)."""
+    return max_window() - 1
+
+
 def required_lookback_days() -> int:
     """Trading days of bars before the first as-of day that the features need."""
-    return max_window() + LOOKBACK_MARGIN_DAYS
+    return context_before() + PERIOD_MARKET_DAYS + LOOKBACK_MARGIN_DAYS
 
 
 # --------------------------------------------------------------------------- the engine
@@ -197,7 +212,7 @@ def required_lookback_days() -> int:
 class FeatureConfig:
     cutoff_time: dt.time = DEFAULT_CUTOFF
     features: tuple[str, ...] | None = None  # a subset of FEATURES (default: all)
-    batch_days: int = 64  # as-of days evaluated together (bounds memory)
+    batch_days: int = 260  # as-of days evaluated together, within one context period (bounds memory)
     max_fundamental_age_days: int = pit.FUNDAMENTAL_MAX_AGE_DAYS
 
 
@@ -239,8 +254,8 @@ def compute_features(
     then one Float64 column per selected feature in registry order; sorted by (date,
     instrument_id). A feature of D reads only rows with knowledge_time <= cutoff(D); rows
     published later (and bars after D) are ignored. Not enough history gives null.
-    The history window is the same for every subset, so a subset's values are bit-identical
-    to the full run's.
+    The result of a day does not depend on which other days are asked for with it, nor on
+    the feature subset: bit-identical to computing the day alone.
     """
     cfg = config or FeatureConfig()
     registry = _features()
@@ -256,24 +271,89 @@ def compute_features(
         pit.with_utc(t, "knowledge_time").filter(pl.col("knowledge_time") <= last_cutoff)
         for t in (market_bars, corporate_actions, fundamentals)
     )
-    lookback = max_window(registry.values())
+    before = context_before()
     step = max(1, cfg.batch_days)
-    # one batch at a time bounds memory: a batch's panel is days x instruments x lookback rows
+    # one batch at a time bounds memory: a batch's panel is months x instruments x context
     bars = bars.collect(engine=pit.ENGINE)
+    actions = actions.collect(engine=pit.ENGINE)
+    late = _late_rows(bars, actions, cfg.cutoff_time)
     batches = []
-    for i in range(0, len(days), step):
-        batch = days[i : i + step]
-        # Bars dated before the oldest market day of the batch's windows are never read;
-        # dropping them keeps each batch's joins proportional to its window, not to the
-        # whole history (a 10-year run was quadratic in its length). Exact: the market
-        # days of every window are unchanged (all dates on and after the cut are kept).
-        window_days = pit.market_days_as_of(bars.lazy(), batch, lookback=lookback, cutoff_time=cfg.cutoff_time)
-        first = window_days.select(pl.col("date").min()).collect(engine=pit.ENGINE).item()
-        batch_bars = bars.lazy() if first is None else bars.lazy().filter(pl.col("date") >= first)
-        plan = _batch_plan(universe, batch_bars, actions, funds, batch, needed, lookback, cfg)
-        batches.append(plan.collect(engine=pit.ENGINE))
+    # batches never straddle a context period: a period's days share one view
+    by_period = days.to_frame().group_by(pl.col("as_of").dt.truncate(pit.CONTEXT_PERIOD).alias("_period"),
+                                         maintain_order=True)
+    for period_days in by_period.agg("as_of")["as_of"]:
+        for i in range(0, len(period_days), step):
+            batches.append(_batch(universe, bars, actions, funds, late, period_days[i : i + step], needed, before, cfg))
     out = pl.concat(batches, how="vertical")
     return out.select("date", "instrument_id", *selected).sort("date", "instrument_id")
+
+
+def _batch(
+    universe: pl.DataFrame,
+    bars: pl.DataFrame,
+    actions: pl.DataFrame,
+    funds: pl.LazyFrame,
+    late: pl.DataFrame,
+    batch: pl.Series,
+    needed: list[Feature],
+    before: int,
+    cfg: FeatureConfig,
+) -> pl.DataFrame:
+    serve = _views(batch, late, cfg.cutoff_time)
+    # Bars dated before the oldest market day of the batch's contexts are never read;
+    # dropping them keeps each batch's joins proportional to its contexts, not to the
+    # whole history. Exact: the market days of every context are unchanged.
+    context = pit.context_days(bars.lazy(), serve["as_of"].unique(), before=before, cutoff_time=cfg.cutoff_time)
+    first = context.select(pl.col("date").min()).collect(engine=pit.ENGINE).item()
+    batch_bars = bars.lazy() if first is None else bars.lazy().filter(pl.col("date") >= first)
+    plan = _batch_plan(universe, batch_bars, actions.lazy(), funds, serve, needed, before, cfg)
+    return plan.collect(engine=pit.ENGINE)
+
+
+def _late_rows(bars: pl.DataFrame, actions: pl.DataFrame, cutoff_time: dt.time) -> pl.DataFrame:
+    """Row versions published after the cutoff of the day they are about (a late or
+    corrected bar, an action announced after its ex_date): `ref` (that day) and
+    `knowledge_time`. Only these can make D's view differ from a later day's."""
+    return pl.concat(
+        [
+            frame.lazy()
+            .filter(pl.col("knowledge_time") > pl.col(ref).pipe(pit.cutoff_expr, cutoff_time))
+            .select(pl.col(ref).alias("ref"), "knowledge_time")
+            for frame, ref in ((bars, "date"), (actions, "ex_date"))
+        ]
+    ).collect(engine=pit.ENGINE)
+
+
+def _views(days: pl.Series, late: pl.DataFrame, cutoff_time: dt.time) -> pl.DataFrame:
+    """Which view computes each day: columns date (D) and as_of (the day V whose context,
+    as of V, is evaluated for D's row).
+
+    V is the last day of the batch in D's context period: the context of D as of D is the
+    prefix of V's up to D (pit.py), unless a row about a day <= D was published after
+    cutoff(D) and by cutoff(V); such a day is its own view.
+    """
+    period = pl.col("date").dt.truncate(pit.CONTEXT_PERIOD)
+    serve = (
+        pl.DataFrame({"date": days})
+        .with_columns(pl.col("date").max().over(period).alias("as_of"), pl.col("date").min().over(period).alias("_first"))
+    )
+    cut = functools.partial(pit.cutoff_expr, cutoff_time=cutoff_time)
+    if late.height:
+        blocks = serve.select("as_of", "_first").unique()
+        hits = late.join_where(
+            blocks,
+            pl.col("knowledge_time") <= cut("as_of"),
+            pl.col("knowledge_time") > cut("_first"),
+        )
+        revised = (
+            hits.join(serve.select("date", "as_of"), on="as_of")
+            .filter((pl.col("ref") <= pl.col("date")) & (pl.col("knowledge_time") > cut("date")))
+            .select("date")
+            .unique()
+        )
+        own = pl.col("date").is_in(revised["date"].implode())
+        serve = serve.with_columns(pl.when(own).then(pl.col("date")).otherwise(pl.col("as_of")).alias("as_of"))
+    return serve.select("date", "as_of")
 
 
 def _snapshot_levels(features: list[Feature]) -> list[list[Feature]]:
@@ -292,31 +372,42 @@ def _batch_plan(
     bars: pl.LazyFrame,
     actions: pl.LazyFrame,
     funds: pl.LazyFrame,
-    days: pl.Series,
+    serve: pl.DataFrame,
     needed: list[Feature],
-    lookback: int,
+    before: int,
     cfg: FeatureConfig,
 ) -> pl.LazyFrame:
-    """The lazy plan of one batch of as-of days (collected together with the others)."""
+    """The lazy plan of one batch of as-of days (`serve`: each day and its view)."""
     group = ["as_of", "instrument_id"]
-    members = pit.pit_universe(universe.lazy(), bars, days, cutoff_time=cfg.cutoff_time)
-    panel = pit.pit_panel(bars, actions, days, universe=universe, lookback=lookback, cutoff_time=cfg.cutoff_time)
-    panel = panel.join(members.select(group), on=group, how="semi")
+    days = serve["date"]
+    members = pit.pit_universe(universe.lazy(), bars, days, cutoff_time=cfg.cutoff_time).rename({"as_of": "date"})
+    panel = pit.pit_panel(bars, actions, serve["as_of"].unique(), universe=universe, before=before,
+                          cutoff_time=cfg.cutoff_time)
+    # a null row ahead of every context (registry doc: the same kernels whatever follows D)
+    lead = panel.select(group).unique().with_columns(pl.lit(None, dtype=pl.Date).alias("date"))
+    panel = pl.concat([lead, panel], how="diagonal_relaxed").sort([*group, "date"], nulls_last=False)
+    # one sorted integer key per context: polars then evaluates window expressions on
+    # contiguous slices (2-3x less overhead per context than hashing two key columns)
+    starts = pl.any_horizontal(pl.col(c) != pl.col(c).shift(1) for c in group).fill_null(True)
+    panel = panel.with_columns(starts.cum_sum().set_sorted().alias("_context"))
     series = [f for f in needed if f.kind == "series"]
-    # each series feature is its expression's last value on the instrument's window
+    # each series feature is its expression's value at D's row of D's view
     frame = (
-        panel.sort([*group, "date"])
-        .group_by(group, maintain_order=True)
-        .agg(pl.col("close").last(), pl.col("volume").last(), *(f.build().last() for f in series))
-        .with_columns(_finite(f.name) for f in series)
+        panel.with_columns(_built(f).over("_context").alias(f.name) for f in series)
+        .join(serve.lazy(), on=["as_of", "date"], how="semi")
+        .select(
+            "date", "instrument_id",
+            pl.col("traded_close").alias("close"), pl.col("traded_volume").alias("volume"),
+            *(_finite(f.name) for f in series),
+        )
     )
     fundamentals = pit.fundamentals_as_of(
         funds, actions, days, cutoff_time=cfg.cutoff_time, max_age_days=cfg.max_fundamental_age_days
-    )
+    ).rename({"as_of": "date"})
+    key = ["date", "instrument_id"]
     frame = (
-        members.join(frame, on=group, how="left")
-        .join(fundamentals, on=group, how="left")
-        .rename({"as_of": "date"})
+        members.join(frame, on=key, how="left")
+        .join(fundamentals, on=key, how="left")
         .sort("date", "instrument_id")
     )
     for level in _snapshot_levels([f for f in needed if f.kind == "snapshot"]):

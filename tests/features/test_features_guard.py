@@ -107,16 +107,18 @@ def test_scoring_from_live_inputs_equals_the_batch_computation(day):
     assert online.schema == batch.schema and online.equals(batch)
 
 
-def test_a_series_expression_cannot_see_past_its_as_of_day(monkeypatch):
-    # Series features are evaluated on each day's own PIT window, whose last row is D:
-    # shift(-1) finds no next day, so the value is null and the guard has nothing to flag.
-    # An engine that evaluated series once over the whole history would leak here, and the
-    # guard would catch it (as it catches the snapshot look-ahead above).
+def test_a_series_expression_that_reads_the_next_row_is_caught(monkeypatch):
+    # Series features of a year's days are evaluated once on the year's context (pit.py);
+    # a non-causal expression (shift(-1)) then reads the next market day inside a batch.
+    # Computed alone, the day has no next row: the guard recomputes it so and flags it.
     peek = Feature("peek_series", "leaky", "next close / close - 1", 2,
                    expr=pl.col("close").shift(-1) / pl.col("close") - 1.0)
     monkeypatch.setattr(registry, "_REGISTRY", build_registry([*LIBRARY, peek]))
     universe, bars, actions, funds = _inputs()
     config = FeatureConfig(features=("return_5d", "peek_series"))
     stored = compute_features(universe, bars, actions, funds, DAYS, config)
-    assert stored.height > 50 and stored["peek_series"].null_count() == stored.height
-    assert guard.find_leaks(stored, universe, bars, actions, funds, DAYS, config) == []
+    assert stored.height > 50 and stored["peek_series"].null_count() < stored.height
+    leaks = guard.find_leaks(stored, universe, bars, actions, funds, DAYS[:3], config)
+    assert {leak.feature for leak in leaks} == {"peek_series"}
+    # the last day of the batch has no next row either way: nothing to flag there
+    assert guard.find_leaks(stored, universe, bars, actions, funds, [DAYS[-1]], config) == []

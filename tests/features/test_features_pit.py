@@ -9,7 +9,13 @@ import pytest
 
 from quant_assets.calendar import trading_days
 from quant_assets.features import FeatureConfig, as_of, compute_features, total_return_index
-from quant_assets.features.pit import fundamentals_as_of, market_days_as_of, pit_panel, pit_universe
+from quant_assets.features.pit import (
+    context_days,
+    fundamentals_as_of,
+    market_days_as_of,
+    pit_panel,
+    pit_universe,
+)
 
 UTC = dt.UTC
 TIME = pl.Datetime("us", "UTC")
@@ -74,19 +80,21 @@ def test_split_announced_after_its_ex_date_is_not_applied_before_the_announcemen
     ex, announced = days[5], days[7]
     bars = bars_frame([(d, "A", 100.0 if i < 5 else 50.0, 1000.0 if i < 5 else 2000.0) for i, d in enumerate(days)])
     actions = actions_frame([("A", ex, 2.0, 0.0, at(announced, 10))])
-    panel = pit_panel(bars, actions, days[5:], lookback=None)
+    panel = pit_panel(bars, actions, days[5:])
     before = panel.filter(pl.col("as_of") == days[6])  # ex passed, split not yet known
     after = panel.filter(pl.col("as_of") == days[7])
-    assert before.filter(pl.col("date") < ex)["close"].to_list() == [100.0] * 5
+    assert before.filter(pl.col("date") >= ex)["close"].to_list() == [50.0] * 2
     assert before.filter(pl.col("date") == ex)["ret"].to_list() == [-0.5]
-    assert after.filter(pl.col("date") < ex)["close"].to_list() == [50.0] * 5
-    assert after.filter(pl.col("date") < ex)["volume"].to_list() == [2000.0] * 5
+    # forward adjustment: the bars from the ex_date on move to the basis of the first day
+    assert after["close"].to_list() == [100.0] * 8
+    assert after["volume"].to_list() == [1000.0] * 8
+    assert after.filter(pl.col("date") >= ex)["traded_close"].to_list() == [50.0] * 3  # as traded
     assert after.filter(pl.col("date") == ex)["ret"].to_list() == [0.0]
     # an announcement after the cutoff of its day counts from the next day
     late = actions_frame([("A", ex, 2.0, 0.0, at(announced, 21.5))])
-    panel = pit_panel(bars, late, [days[7], days[8]], lookback=None)
-    assert panel.filter((pl.col("as_of") == days[7]) & (pl.col("date") == days[0]))["close"][0] == 100.0
-    assert panel.filter((pl.col("as_of") == days[8]) & (pl.col("date") == days[0]))["close"][0] == 50.0
+    panel = pit_panel(bars, late, [days[7], days[8]])
+    assert panel.filter((pl.col("as_of") == days[7]) & (pl.col("date") == ex))["close"][0] == 50.0
+    assert panel.filter((pl.col("as_of") == days[8]) & (pl.col("date") == ex))["close"][0] == 100.0
     # and the 5-day return feature follows the same knowledge
     uni = universe_frame(["A"])
     empty = funds_frame([])
@@ -98,11 +106,12 @@ def test_dividend_factor_uses_the_close_before_the_ex_date():
     days = DAYS[:6]
     bars = bars_frame([(d, "A", c) for d, c in zip(days, [100.0, 100.0, 100.0, 98.0, 98.0, 98.0], strict=True)])
     actions = actions_frame([("A", days[3], 1.0, 2.0, at(days[0], 9))])
-    panel = pit_panel(bars, actions, [days[5]], lookback=None)
-    assert panel["close"].to_list() == pytest.approx([98.0] * 6)
+    panel = pit_panel(bars, actions, [days[5]])
+    # the bars from the ex-date on are divided by (1 - 2 / 100): the basis of the first day
+    assert panel["close"].to_list() == pytest.approx([100.0] * 6)
     assert panel["volume"].to_list() == [1000.0] * 6  # dividends do not touch volume
     # before the ex-date the dividend is known but not applied
-    panel = pit_panel(bars, actions, [days[2]], lookback=None)
+    panel = pit_panel(bars, actions, [days[2]])
     assert panel["close"].to_list() == [100.0] * 3
 
 
@@ -116,16 +125,30 @@ def test_missing_bars_and_late_bars_follow_the_market_days_as_of():
     md = market_days_as_of(bars, [days[2], days[3]])
     assert md.filter(pl.col("as_of") == days[2]).height == 0  # no bar of days[2] known on days[2]
     assert md.filter(pl.col("as_of") == days[3])["date"].to_list() == days[:4]
-    panel = pit_panel(bars, actions_frame([]), [days[4]], lookback=3)
+    panel = pit_panel(bars, actions_frame([]), [days[4]])
     a = panel.filter(pl.col("instrument_id") == "A")
-    assert a["date"].to_list() == days[2:]
-    assert a["close"].to_list() == [None, 12.0, 13.0]
-    assert a["ret"].to_list() == [None, None, pytest.approx(13 / 12 - 1)]
+    assert a["date"].to_list() == days
+    assert a["close"].to_list() == [10.0, 11.0, None, 12.0, 13.0]
+    assert a["ret"].to_list() == [None, pytest.approx(0.1), None, None, pytest.approx(13 / 12 - 1)]
     # universe: a bar of D known at the cutoff and listed
     uni = universe_frame(["A", "B"])
     assert pit_universe(uni, bars, [days[2], days[3]]).rows() == [(days[3], "A", "S"), (days[3], "B", "S")]
     delisted = universe_frame(["A", "B"], listed_until=days[2])
     assert pit_universe(delisted, bars, [days[3]]).height == 0
+
+
+def test_context_is_the_year_to_date_after_a_fixed_number_of_market_days():
+    days = trading_days(dt.date(2023, 12, 20), dt.date(2024, 1, 12))
+    bars = bars_frame([(d, "A", 10.0) for d in days if d != dt.date(2023, 12, 27)])  # no bar that day
+    new_year = [d for d in days if d.year == 2024]
+    ctx = context_days(bars, [new_year[0], new_year[5]], before=3)
+    # three market days before 1 January (27 December had no bar), then the year to date
+    assert ctx.filter(pl.col("as_of") == new_year[0])["date"].to_list() == [
+        dt.date(2023, 12, 26), dt.date(2023, 12, 28), dt.date(2023, 12, 29), new_year[0]]
+    assert ctx.filter(pl.col("as_of") == new_year[5])["date"].to_list()[3:] == new_year[:6]
+    # the same start for every day of the year: a day's context is a prefix of a later day's
+    assert ctx.filter(pl.col("as_of") == new_year[5])["date"].to_list()[:3] == [
+        dt.date(2023, 12, 26), dt.date(2023, 12, 28), dt.date(2023, 12, 29)]
 
 
 def test_fundamentals_as_of_ttm_year_ago_and_split_adjusted_shares():

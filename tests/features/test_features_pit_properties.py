@@ -193,3 +193,45 @@ def test_the_cases_exercise_late_and_restated_rows():
     assert late_bars > 50 and late_actions > 20 and restated > 50
     assert sum(market_case(c)[3].height > 0 for c in range(N_CASES)) > 0.8 * N_CASES
     assert nonnull > 0.5 * sum(market_case(c)[3].height for c in range(N_CASES)) * (len(FEATURES))
+
+
+@functools.cache
+def batch_of_case(case: int) -> tuple[list[dt.date], pl.DataFrame]:
+    """Every day up to the case's as-of day, computed together (one view per context year,
+    plus the days that late or corrected rows make their own view)."""
+    tables, day, config, _ = market_case(case)
+    days = [d for d in ALL_DAYS if d <= day]
+    return days, compute_features(tables["universe"], tables["market_bars"], tables["corporate_actions"],
+                                  tables["fundamentals"], days, config)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=CASES, pick=st.integers(0, 10_000))
+def test_a_day_computed_in_a_batch_equals_the_day_computed_alone(case, pick):
+    # the engine evaluates a year's days on one context and recomputes alone only the days
+    # whose view a late or corrected row changed (registry._views): both must give the
+    # bits of the day computed on its own, late bars, restatements and late actions included
+    tables, _, config, _ = market_case(case)
+    days, batch = batch_of_case(case)
+    day = days[pick % len(days)]
+    alone = features_of(tables, day, config)
+    assert alone.equals(batch.filter(pl.col("date") == day)), day
+
+
+def test_fundamentals_computed_on_change_days_equal_every_day_computed():
+    # fundamentals_as_of evaluates an instrument only on the days its row may change and
+    # carries the row forward: the same frame as evaluating every (day, instrument)
+    from quant_assets.features import pit
+
+    for case in range(0, N_CASES, 3):
+        tables, _, config, _ = market_case(case)
+        funds = pit.with_utc(tables["fundamentals"], "knowledge_time")
+        actions = pit.with_utc(tables["corporate_actions"], "knowledge_time")
+        days = ALL_DAYS[:80]
+        every_day = pl.DataFrame({"as_of": days}).join(
+            tables["fundamentals"].select("instrument_id").unique(), how="cross").lazy()
+        direct = pit._fundamentals_at(funds, actions, every_day, config.cutoff_time, pit.FUNDAMENTAL_MAX_AGE_DAYS)
+        direct = direct.collect().sort("as_of", "instrument_id")
+        carried = pit.fundamentals_as_of(tables["fundamentals"], tables["corporate_actions"], days,
+                                         cutoff_time=config.cutoff_time)
+        assert carried.select(direct.columns).equals(direct), case

@@ -102,8 +102,16 @@ def estimate_cost(pool: Pool, wall_s: float) -> float:
     return pool.hourly_price() * wall_s / 3600.0
 
 
-def usage_metadata(usage: Usage, pool: Pool | None) -> dict[str, float | int | str]:
-    """The ``econ.*`` metadata of one materialisation (plain values; Dagster infers types)."""
+def usage_metadata(
+    usage: Usage, pool: Pool | None, cost_share: float = 1.0
+) -> dict[str, float | int | str]:
+    """The ``econ.*`` metadata of one materialisation (plain values; Dagster infers types).
+
+    ``cost_share``: the fraction of the step's cost this materialisation carries (a step
+    that writes n assets gives each 1/n, so that summing costs over assets counts the step
+    once); recorded as ``econ.cost_share`` when below 1."""
+    if not 0 < cost_share <= 1:
+        raise ValueError(f"cost_share must be in (0, 1], got {cost_share}")
     p = METADATA_PREFIX
     meta: dict[str, float | int | str] = {
         f"{p}wall_s": round(usage.wall_s, 6),
@@ -121,7 +129,9 @@ def usage_metadata(usage: Usage, pool: Pool | None) -> dict[str, float | int | s
     if pool is not None:
         meta[f"{p}pool"] = pool.name
         # significant digits, not decimals: a short step costs fractions of a micro-dollar
-        meta[f"{p}cost"] = float(f"{estimate_cost(pool, usage.wall_s):.6g}")
+        meta[f"{p}cost"] = float(f"{estimate_cost(pool, usage.wall_s) * cost_share:.6g}")
+        if cost_share < 1:
+            meta[f"{p}cost_share"] = round(cost_share, 6)
         meta[f"{p}currency"] = pool.price.currency
         cores = float(pool.cores)
         if cores > 0 and usage.wall_s > 0:
@@ -243,21 +253,35 @@ def _queue_time(context: Any) -> float | None:
 @dataclass
 class Meter:
     """Handed out by ``measured``; ``rows`` records the row counts; after the block,
-    ``usage`` and ``metadata`` hold what was measured."""
+    ``usage`` and ``metadata`` hold what was measured (of the first output when the step
+    has several; ``metadata_by_output`` has each output's)."""
 
     pool: Pool | None
     rows_in: int | None = None
     rows_out: int | None = None
     usage: Usage | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    rows_out_by_output: dict[str, int] = field(default_factory=dict)
+    metadata_by_output: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def rows(self, *, rows_in: int | None = None, rows_out: int | None = None) -> None:
+    def rows(
+        self,
+        *,
+        rows_in: int | None = None,
+        rows_out: int | None = None,
+        output: str | None = None,
+    ) -> None:
+        """Record the rows read and written; ``output`` names the output that ``rows_out``
+        counts (multi-output steps: one call per output)."""
         for name, value in (("rows_in", rows_in), ("rows_out", rows_out)):
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-            setattr(self, name, value)
+            if name == "rows_out" and output is not None:
+                self.rows_out_by_output[output] = value
+            else:
+                setattr(self, name, value)
 
 
 @contextmanager
@@ -266,9 +290,14 @@ def measured(
     pool: str | None = None,
     *,
     policy: PlacementPolicy | None = None,
-    output_name: str | None = None,
+    output_name: str | Sequence[str] | None = None,
 ) -> Iterator[Meter]:
     """Measure the block and add the ``econ.*`` metadata to the step's output.
+
+    ``output_name``: the output to annotate (assets with check specs: ``"result"``); a
+    multi-asset passes all its output names, and each output gets the step's measurements,
+    its own ``rows_out`` (``meter.rows(rows_out=..., output=name)``) and an equal share of
+    the step's cost (``econ.cost_share``).
 
     ``pool`` defaults to the op's Dagster pool (placement sets it from pools.yaml);
     ``policy`` to deploy/pools.yaml. A pool the policy does not know is an error; an asset
@@ -290,12 +319,23 @@ def measured(
         (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
-    meter.usage = Usage(wall, cpu, peak, meter.rows_in, meter.rows_out, queue_s)
-    meter.metadata = usage_metadata(meter.usage, resolved)
-    if output_name is None:
-        context.add_output_metadata(meter.metadata)
+    if output_name is None or isinstance(output_name, str):
+        names: list[str | None] = [output_name]
     else:
-        context.add_output_metadata(meter.metadata, output_name=output_name)
+        names = list(output_name)
+        if not names:
+            raise ValueError("measured: output_name is an empty list")
+    for name in names:
+        rows_out = meter.rows_out_by_output.get(name, meter.rows_out) if name else meter.rows_out
+        usage = Usage(wall, cpu, peak, meter.rows_in, rows_out, queue_s)
+        metadata = usage_metadata(usage, resolved, cost_share=1.0 / len(names))
+        if meter.usage is None:
+            meter.usage, meter.metadata = usage, metadata
+        if name is None:
+            context.add_output_metadata(metadata)
+        else:
+            meter.metadata_by_output[name] = metadata
+            context.add_output_metadata(metadata, output_name=name)
 
 
 # ---------------------------------------------------------------------------------------------

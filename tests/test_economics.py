@@ -108,6 +108,12 @@ def test_usage_metadata():
     assert meta["econ.pool"] == "small" and meta["econ.queue_s"] == 2.5
     bare = usage_metadata(Usage(1.0, 0.5, 0), None)
     assert "econ.cost" not in bare and "econ.rows_per_s" not in bare
+    # a step writing two assets: each materialisation carries half the step's cost
+    half = usage_metadata(usage, POLICY.pool("small"), cost_share=0.5)
+    assert half["econ.cost"] == pytest.approx(meta["econ.cost"] / 2)
+    assert half["econ.cost_share"] == 0.5 and "econ.cost_share" not in meta
+    with pytest.raises(ValueError):
+        usage_metadata(usage, None, cost_share=0)
 
 
 def test_summarise_percentiles_throughput_and_failures():
@@ -253,3 +259,22 @@ def test_unknown_pool_is_an_error():
         chain.append(error)
         error = error.cause
     assert any(e.cls_name == PolicyError.__name__ and "nope" in e.message for e in chain)
+
+
+def test_every_asset_of_the_definitions_is_measured():
+    """Fast guard (the full flow is tests/test_economics_all_assets.py): the compute
+    function of every executable asset of the code location uses ``measured``."""
+    import inspect
+
+    from dagster import AssetsDefinition
+
+    from quant_assets.definitions import defs
+
+    unmeasured = []
+    for assets_def in defs.resolve_asset_graph().assets_defs:
+        if not isinstance(assets_def, AssetsDefinition) or not assets_def.is_executable:
+            continue
+        fn = assets_def.op.compute_fn.decorated_fn
+        if "measured(" not in inspect.getsource(fn):
+            unmeasured.extend(k.to_user_string() for k in assets_def.keys)
+    assert unmeasured == [], unmeasured

@@ -196,13 +196,15 @@ def strategy_grid(
 ):
     """Every (instrument, parameter set) of the configured families over each month's
     total-return closes: total return, Sharpe, max drawdown and trade count."""
-    spec = config.spec()
-    prices = total_return_index(market_bars.frame, corporate_actions.frame)
-    parts = []
-    for month in months_in(context):
-        end = calendar.next_month(month)
-        parts.append(evaluate_month(prices, month, end, spec, listed_in(universe, month, end)))
-    frame = pl.concat(parts)
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        spec = config.spec()
+        prices = total_return_index(market_bars.frame, corporate_actions.frame)
+        parts = []
+        for month in months_in(context):
+            end = calendar.next_month(month)
+            parts.append(evaluate_month(prices, month, end, spec, listed_in(universe, month, end)))
+        frame = pl.concat(parts)
+        meter.rows(rows_in=market_bars.frame.height, rows_out=frame.height)
     sharpe = frame["sharpe"].to_numpy()
     return Output(
         frame,

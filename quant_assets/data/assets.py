@@ -84,9 +84,12 @@ def _unpartitioned(name: str, check: Callable[[pl.DataFrame], list[quality.Viola
         retry_policy=IO_RETRY,
         description=f"Raw `{name}` table (bitemporal; see ARCHITECTURE.md for the schema).",
     )
-    def _asset(market_source: MarketSource):
-        frame = getattr(market_source.load(), name)
-        yield from _checked(frame, rules, check(frame))
+    def _asset(context: AssetExecutionContext, market_source: MarketSource):
+        with measured(context, output_name="result") as meter:  # run economics; checks are outputs too
+            frame = getattr(market_source.load(), name)
+            violations = check(frame)
+            meter.rows(rows_out=frame.height)
+        yield from _checked(frame, rules, violations)
 
     return _asset
 

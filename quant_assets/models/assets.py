@@ -210,21 +210,23 @@ def oos_predictions(
     context: AssetExecutionContext, lgbm_model: pl.DataFrame, pit_features: pl.DataFrame
 ):
     """Scores of each month's features by that month's model only (out of sample)."""
-    parts = []
-    for record in lgbm_model.sort("date").iter_rows(named=True):
-        month = record["date"]
-        model = TrainedModel.from_record(record)
-        parts.append(
-            predict_lgbm_month(model, pit_features, month).with_columns(
-                model_month=pl.lit(month, dtype=pl.Date),
-                model_sha256=pl.lit(model.sha256),
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        parts = []
+        for record in lgbm_model.sort("date").iter_rows(named=True):
+            month = record["date"]
+            model = TrainedModel.from_record(record)
+            parts.append(
+                predict_lgbm_month(model, pit_features, month).with_columns(
+                    model_month=pl.lit(month, dtype=pl.Date),
+                    model_sha256=pl.lit(model.sha256),
+                )
             )
-        )
-    missing = set(months_in(context)) - set(lgbm_model["date"].to_list())
-    if missing:
-        # the same on every attempt: not retried
-        raise refuse(f"oos_predictions: no lgbm_model for months {sorted(missing)}")
-    frame = pl.concat(parts) if parts else pl.DataFrame()
+        missing = set(months_in(context)) - set(lgbm_model["date"].to_list())
+        if missing:
+            # the same on every attempt: not retried
+            raise refuse(f"oos_predictions: no lgbm_model for months {sorted(missing)}")
+        frame = pl.concat(parts) if parts else pl.DataFrame()
+        meter.rows(rows_in=pit_features.height, rows_out=frame.height)
     return Output(
         frame,
         metadata={"rows": frame.height, "predictions_hash": predictions_hash(frame)},
@@ -255,52 +257,54 @@ def seq_model(
     """One GRU sequence model per month on the same purged, embargoed rows as `lgbm_model`;
     a row per month with the weights (base64), their sha256, the hash and rank IC of the
     month's out-of-sample scores, and the MLflow run (PyTorch flavour) and version."""
-    joined = join_features_labels(pit_features.frame, labels.frame)
-    features = feature_columns(pit_features.frame)
-    rows, run_ids = [], []
-    lineage = None
-    for month in months_in(context):
-        trained = fit_seq_month(joined, features, month, config.walk_forward(), config.seq())
-        scores = predict_seq_month(trained, pit_features.frame, month)
-        scores_hash = month_predictions_hash(scores)
-        oos_ic = _rank_ic(scores, labels.frame)
-        lineage = lineage_of(
-            context,
-            inputs={"pit_features": pit_features, "labels": labels},
-            config=config.model_dump(),
-            seeds={"model": config.seed},
-            partition_keys=[month.isoformat()],
-            feature_versions=feature_versions(),
-        )
-        with tracking.run(
-            f"seq_model {month:%Y-%m}",
-            lineage,
-            params=config.model_dump(),
-            tags={PREDICTIONS_TAG: scores_hash, "quant.device": trained.metrics["device"]},
-        ) as run:
-            tracking.log_metrics({**trained.metrics, "oos_rank_ic": oos_ic})
-            model_uri, version = tracking.log_seq_model(
-                trained, REGISTERED_SEQ_MODEL if config.register_model else None
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        joined = join_features_labels(pit_features.frame, labels.frame)
+        features = feature_columns(pit_features.frame)
+        rows, run_ids = [], []
+        lineage = None
+        for month in months_in(context):
+            trained = fit_seq_month(joined, features, month, config.walk_forward(), config.seq())
+            scores = predict_seq_month(trained, pit_features.frame, month)
+            scores_hash = month_predictions_hash(scores)
+            oos_ic = _rank_ic(scores, labels.frame)
+            lineage = lineage_of(
+                context,
+                inputs={"pit_features": pit_features, "labels": labels},
+                config=config.model_dump(),
+                seeds={"model": config.seed},
+                partition_keys=[month.isoformat()],
+                feature_versions=feature_versions(),
             )
-        context.log.info(
-            f"seq_model {month:%Y-%m} on {trained.metrics['device']}: "
-            f"{trained.metrics['n_train']:.0f} samples, {trained.metrics['epochs_run']:.0f} "
-            f"epochs, out-of-sample rank IC {oos_ic:.3f}, MLflow run {run.info.run_id}"
-        )
-        run_ids.append(run.info.run_id)
-        rows.append(
-            {
-                "date": month,
-                **trained.to_record(),
-                "predictions_sha256": scores_hash,
-                "n_predictions": scores.height,
-                "oos_rank_ic": oos_ic,
-                "mlflow_run_id": run.info.run_id,
-                "model_uri": model_uri,
-                "registered_version": version,
-                "config_hash": lineage["config_hash"],
-            }
-        )
+            with tracking.run(
+                f"seq_model {month:%Y-%m}",
+                lineage,
+                params=config.model_dump(),
+                tags={PREDICTIONS_TAG: scores_hash, "quant.device": trained.metrics["device"]},
+            ) as run:
+                tracking.log_metrics({**trained.metrics, "oos_rank_ic": oos_ic})
+                model_uri, version = tracking.log_seq_model(
+                    trained, REGISTERED_SEQ_MODEL if config.register_model else None
+                )
+            context.log.info(
+                f"seq_model {month:%Y-%m} on {trained.metrics['device']}: "
+                f"{trained.metrics['n_train']:.0f} samples, {trained.metrics['epochs_run']:.0f} "
+                f"epochs, out-of-sample rank IC {oos_ic:.3f}, MLflow run {run.info.run_id}"
+            )
+            run_ids.append(run.info.run_id)
+            rows.append(
+                {
+                    "date": month,
+                    **trained.to_record(),
+                    "predictions_sha256": scores_hash,
+                    "n_predictions": scores.height,
+                    "oos_rank_ic": oos_ic,
+                    "mlflow_run_id": run.info.run_id,
+                    "model_uri": model_uri,
+                    "registered_version": version,
+                    "config_hash": lineage["config_hash"],
+                }
+            )
+        meter.rows(rows_in=pit_features.frame.height, rows_out=len(rows))
     frame = pl.DataFrame(rows, schema_overrides={"registered_version": pl.Int64})
     return Output(frame, metadata={"months": len(rows), **lineage_metadata(lineage, run_ids)})
 
@@ -314,6 +318,9 @@ def _rank_ic(scores: pl.DataFrame, labels: pl.DataFrame) -> float:
         .filter(pl.col("ic").is_finite())
     )
     return float(daily["ic"].mean()) if daily.height else float("nan")
+
+
+SWEEP_OUTPUTS = ("sweep_trials", "trial_returns")
 
 
 @multi_asset(
@@ -361,72 +368,76 @@ def sweep_trial(
         load_trial_spec,
     )
 
-    tracking: MlflowTracking = context.resources.tracking
-    trial_id = context.partition_key
-    spec = load_trial_spec(context.resources.io_manager.warehouse, trial_id)
-    if spec.trial_id != trial_id:
-        raise ValueError(f"sweep_plan row of {trial_id} hashes to {spec.trial_id}: plan corrupted")
-    joined = join_features_labels(pit_features.frame, labels.frame)
-    result = run_trial(
-        joined,
-        feature_columns(pit_features.frame),
-        pit_features.frame,
-        total_return_index(market_bars.frame, corporate_actions.frame),
-        spec,
-    )
-    inputs = {
-        "pit_features": pit_features,
-        "labels": labels,
-        "market_bars": market_bars,
-        "corporate_actions": corporate_actions,
-    }
-    # collect_lineage, not recording.lineage_of: that reads context.asset_key, which a
-    # multi-asset (registry + returns) does not have
-    lineage = collect_lineage(
-        asset_key="sweep_trials",
-        partition_keys=[trial_id],
-        input_versions=input_versions(inputs),
-        config=json.loads(spec.to_json()),
-        seeds={"model": spec.lgbm["seed"]},
-        feature_versions=feature_versions(),
-        dagster_run_id=context.run_id,
-    )
-    parent = find_parent_run(tracking, spec.sweep)
-    with tracking.run(
-        f"trial {trial_id}",
-        lineage,
-        params=spec.params,
-        tags={SWEEP_TAG: spec.sweep, TRIAL_TAG: trial_id, "quant.sweep_role": "trial"},
-        parent_run_id=parent,
-    ) as run:
-        tracking.log_metrics(result.metrics)
-        for month, model in result.models.items():
-            tracking.log_text(model.model_str, f"models/{month}.txt")
-    metrics = result.metrics
-    registry = pl.DataFrame(
-        [
-            {
-                "trial_id": trial_id,
-                "sweep": spec.sweep,
-                "params": json.dumps(spec.params, sort_keys=True),
-                "spec": spec.to_json(),
-                "months": ",".join(spec.months),
-                **{k: float(metrics.get(k, float("nan"))) for k in TRIAL_METRICS},
-                "model_sha256": json.dumps({m: t.sha256 for m, t in result.models.items()}),
-                "predictions_sha256": predictions_hash(result.predictions),
-                "input_versions": json.dumps(lineage["input_versions"], sort_keys=True),
-                "mlflow_run_id": run.info.run_id,
-                "parent_run_id": parent,
-            }
-        ]
-    )
-    returns = result.daily.select(
-        "date", pl.lit(trial_id).alias("trial_id"), pl.col("net_return").cast(pl.Float64)
-    )
-    context.log.info(
-        f"trial {trial_id} {spec.params}: Sharpe {metrics.get('sharpe', float('nan')):.2f} "
-        f"over {returns.height} days, MLflow run {run.info.run_id}"
-    )
+    # run economics; a multi-asset step: each output gets the measurements and half the cost
+    with measured(context, output_name=SWEEP_OUTPUTS) as meter:
+        tracking: MlflowTracking = context.resources.tracking
+        trial_id = context.partition_key
+        spec = load_trial_spec(context.resources.io_manager.warehouse, trial_id)
+        if spec.trial_id != trial_id:
+            raise refuse(f"sweep_plan row of {trial_id} hashes to {spec.trial_id}: plan corrupted")
+        joined = join_features_labels(pit_features.frame, labels.frame)
+        result = run_trial(
+            joined,
+            feature_columns(pit_features.frame),
+            pit_features.frame,
+            total_return_index(market_bars.frame, corporate_actions.frame),
+            spec,
+        )
+        inputs = {
+            "pit_features": pit_features,
+            "labels": labels,
+            "market_bars": market_bars,
+            "corporate_actions": corporate_actions,
+        }
+        # collect_lineage, not recording.lineage_of: that reads context.asset_key, which a
+        # multi-asset (registry + returns) does not have
+        lineage = collect_lineage(
+            asset_key="sweep_trials",
+            partition_keys=[trial_id],
+            input_versions=input_versions(inputs),
+            config=json.loads(spec.to_json()),
+            seeds={"model": spec.lgbm["seed"]},
+            feature_versions=feature_versions(),
+            dagster_run_id=context.run_id,
+        )
+        parent = find_parent_run(tracking, spec.sweep)
+        with tracking.run(
+            f"trial {trial_id}",
+            lineage,
+            params=spec.params,
+            tags={SWEEP_TAG: spec.sweep, TRIAL_TAG: trial_id, "quant.sweep_role": "trial"},
+            parent_run_id=parent,
+        ) as run:
+            tracking.log_metrics(result.metrics)
+            for month, model in result.models.items():
+                tracking.log_text(model.model_str, f"models/{month}.txt")
+        metrics = result.metrics
+        registry = pl.DataFrame(
+            [
+                {
+                    "trial_id": trial_id,
+                    "sweep": spec.sweep,
+                    "params": json.dumps(spec.params, sort_keys=True),
+                    "spec": spec.to_json(),
+                    "months": ",".join(spec.months),
+                    **{k: float(metrics.get(k, float("nan"))) for k in TRIAL_METRICS},
+                    "model_sha256": json.dumps({m: t.sha256 for m, t in result.models.items()}),
+                    "predictions_sha256": predictions_hash(result.predictions),
+                    "input_versions": json.dumps(lineage["input_versions"], sort_keys=True),
+                    "mlflow_run_id": run.info.run_id,
+                    "parent_run_id": parent,
+                }
+            ]
+        )
+        returns = result.daily.select(
+            "date", pl.lit(trial_id).alias("trial_id"), pl.col("net_return").cast(pl.Float64)
+        )
+        context.log.info(
+            f"trial {trial_id} {spec.params}: Sharpe {metrics.get('sharpe', float('nan')):.2f} "
+            f"over {returns.height} days, MLflow run {run.info.run_id}"
+        )
+        meter.rows(rows_in=pit_features.frame.height, rows_out=registry.height, output="sweep_trials")
+        meter.rows(rows_out=returns.height, output="trial_returns")
     meta = {"sharpe": float(metrics.get("sharpe", float("nan"))), **lineage_metadata(lineage, [run.info.run_id])}
     yield Output(registry, "sweep_trials", metadata=meta)
     yield Output(returns, "trial_returns", metadata={"days": returns.height})

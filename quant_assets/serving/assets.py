@@ -30,6 +30,7 @@ from dagster import (
     asset,
 )
 
+from quant_assets.economics import measured
 from quant_assets.features import total_return_index
 from quant_assets.partitions import trading_day_partitions
 from quant_assets.retries import IO_RETRY, refuse
@@ -68,15 +69,17 @@ def daily_scores(
 ):
     """Scores of the day's point-in-time features by the current ``champion`` version
     (resolved when the run starts; a range run uses one version throughout)."""
-    served = registry.load_alias(tracking.client(), lgbm_model, registry.CHAMPION)
-    start, end = _window(context)
-    if pit_features.is_empty():
-        raise refuse(f"daily_scores: no pit_features in [{start}, {end}); build them first")
-    frame = score_frame(pit_features, served.model, served.version)
-    context.log.info(
-        f"daily_scores [{start}, {end}): {frame.height} rows by {registry.MODEL_NAME} "
-        f"v{served.version} (model of {served.record['date']})"
-    )
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        served = registry.load_alias(tracking.client(), lgbm_model, registry.CHAMPION)
+        start, end = _window(context)
+        if pit_features.is_empty():
+            raise refuse(f"daily_scores: no pit_features in [{start}, {end}); build them first")
+        frame = score_frame(pit_features, served.model, served.version)
+        context.log.info(
+            f"daily_scores [{start}, {end}): {frame.height} rows by {registry.MODEL_NAME} "
+            f"v{served.version} (model of {served.record['date']})"
+        )
+        meter.rows(rows_in=pit_features.height, rows_out=frame.height)
     return Output(
         frame,
         metadata={
@@ -122,46 +125,48 @@ def drift_report(
 ):
     """PSI (reference-quantile bins) and KS of every feature and of the score: the last
     few scored days against the scoring version's training window."""
-    day = dt.date.fromisoformat(context.partition_key)  # one day a run (a range raises)
-    today = daily_scores.filter(pl.col("date") == day)
-    if today.is_empty():
-        raise refuse(f"drift_report {day}: daily_scores has no rows for {day}")
-    versions = today.get_column("model_version").unique().to_list()
-    if len(versions) != 1:
-        raise refuse(f"drift_report {day}: daily_scores mixes model versions {versions}")
-    version = int(versions[0])
-    served = registry.load_version(tracking.client(), lgbm_model, version)
-    model = served.model
-    # the current sample: the pooled days scored by this same version
-    current_scores = daily_scores.filter(pl.col("model_version") == version)
-    current = pit_features.join(
-        current_scores.select("date", "instrument_id", "score"), on=["date", "instrument_id"]
-    )
-    reference = pit_features.filter(
-        (pl.col("date") >= model.train_start) & (pl.col("date") <= model.train_end)
-    ).sort("date", "instrument_id")
-    if reference.is_empty():
-        raise refuse(
-            f"drift_report {day}: no pit_features in the training window "
-            f"{model.train_start}..{model.train_end} of version {version}"
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        day = dt.date.fromisoformat(context.partition_key)  # one day a run (a range raises)
+        today = daily_scores.filter(pl.col("date") == day)
+        if today.is_empty():
+            raise refuse(f"drift_report {day}: daily_scores has no rows for {day}")
+        versions = today.get_column("model_version").unique().to_list()
+        if len(versions) != 1:
+            raise refuse(f"drift_report {day}: daily_scores mixes model versions {versions}")
+        version = int(versions[0])
+        served = registry.load_version(tracking.client(), lgbm_model, version)
+        model = served.model
+        # the current sample: the pooled days scored by this same version
+        current_scores = daily_scores.filter(pl.col("model_version") == version)
+        current = pit_features.join(
+            current_scores.select("date", "instrument_id", "score"), on=["date", "instrument_id"]
         )
-    reference = reference.with_columns(score=pl.Series(model.predict(reference), dtype=pl.Float64))
-    columns = [*model.feature_cols, "score"]
-    table = drift.drift_table(reference, current, columns, bins=config.bins)
-    verdict = drift.drift_verdict(
-        table, psi_threshold=config.psi_threshold, max_features_over=config.max_features_over
-    )
-    frame = table.select(
-        pl.lit(day, dtype=pl.Date).alias("date"),
-        pl.lit(version, dtype=pl.Int64).alias("model_version"),
-        pl.all(),
-    ).with_columns(
-        current_start=pl.lit(current.get_column("date").min(), dtype=pl.Date),
-        reference_start=pl.lit(model.train_start, dtype=pl.Date),
-        reference_end=pl.lit(model.train_end, dtype=pl.Date),
-        bins=pl.lit(config.bins, dtype=pl.Int64),
-    )
-    top = table.filter(pl.col("psi").is_not_null()).sort("psi", descending=True).head(10)
+        reference = pit_features.filter(
+            (pl.col("date") >= model.train_start) & (pl.col("date") <= model.train_end)
+        ).sort("date", "instrument_id")
+        if reference.is_empty():
+            raise refuse(
+                f"drift_report {day}: no pit_features in the training window "
+                f"{model.train_start}..{model.train_end} of version {version}"
+            )
+        reference = reference.with_columns(score=pl.Series(model.predict(reference), dtype=pl.Float64))
+        columns = [*model.feature_cols, "score"]
+        table = drift.drift_table(reference, current, columns, bins=config.bins)
+        verdict = drift.drift_verdict(
+            table, psi_threshold=config.psi_threshold, max_features_over=config.max_features_over
+        )
+        frame = table.select(
+            pl.lit(day, dtype=pl.Date).alias("date"),
+            pl.lit(version, dtype=pl.Int64).alias("model_version"),
+            pl.all(),
+        ).with_columns(
+            current_start=pl.lit(current.get_column("date").min(), dtype=pl.Date),
+            reference_start=pl.lit(model.train_start, dtype=pl.Date),
+            reference_end=pl.lit(model.train_end, dtype=pl.Date),
+            bins=pl.lit(config.bins, dtype=pl.Int64),
+        )
+        top = table.filter(pl.col("psi").is_not_null()).sort("psi", descending=True).head(10)
+        meter.rows(rows_in=daily_scores.height + pit_features.height, rows_out=frame.height)
     return Output(
         frame,
         metadata={
@@ -219,24 +224,26 @@ def signal_health(
 ):
     """Realised 21-day Sharpe of the live signal against its backtest's rolling 21-day
     Sharpe distribution; beyond 2 sd the signal's capital multiplier drops to 0.5."""
-    day = dt.date.fromisoformat(context.partition_key)  # one day a run (a range raises)
-    if daily_scores.filter(pl.col("date") == day).is_empty():
-        raise refuse(f"signal_health {day}: daily_scores has no rows for {day}")
-    prices = total_return_index(market_bars, corporate_actions)
-    live = monitor.live_returns(daily_scores.select("date", "instrument_id", "score"), prices)
-    # the book starts flat WARMUP_DAYS before the window: those days are not returns of it
-    live_r = live.get_column("net_return").to_numpy()[monitor.WARMUP_DAYS:]
-    reference = backtest.filter(pl.col("date") <= day).sort("date").get_column("net_return")
-    health = monitor.signal_health(
-        live_r, reference.to_numpy(), monitor.WINDOW, config.n_sigma, config.reduced_multiplier
-    )
-    versions = sorted(daily_scores.get_column("model_version").unique().to_list())
-    frame = pl.DataFrame(
-        [{"date": day, **health.as_row(), "model_versions": ",".join(map(str, versions)),
-          "model_version": int(daily_scores.filter(pl.col("date") == day)["model_version"][0])}],
-        schema_overrides={"date": pl.Date, "model_version": pl.Int64},
-    )
-    context.log.info(f"signal_health {day}: {health.status}; multiplier {health.capital_multiplier}")
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        day = dt.date.fromisoformat(context.partition_key)  # one day a run (a range raises)
+        if daily_scores.filter(pl.col("date") == day).is_empty():
+            raise refuse(f"signal_health {day}: daily_scores has no rows for {day}")
+        prices = total_return_index(market_bars, corporate_actions)
+        live = monitor.live_returns(daily_scores.select("date", "instrument_id", "score"), prices)
+        # the book starts flat WARMUP_DAYS before the window: those days are not returns of it
+        live_r = live.get_column("net_return").to_numpy()[monitor.WARMUP_DAYS:]
+        reference = backtest.filter(pl.col("date") <= day).sort("date").get_column("net_return")
+        health = monitor.signal_health(
+            live_r, reference.to_numpy(), monitor.WINDOW, config.n_sigma, config.reduced_multiplier
+        )
+        versions = sorted(daily_scores.get_column("model_version").unique().to_list())
+        frame = pl.DataFrame(
+            [{"date": day, **health.as_row(), "model_versions": ",".join(map(str, versions)),
+              "model_version": int(daily_scores.filter(pl.col("date") == day)["model_version"][0])}],
+            schema_overrides={"date": pl.Date, "model_version": pl.Int64},
+        )
+        context.log.info(f"signal_health {day}: {health.status}; multiplier {health.capital_multiplier}")
+        meter.rows(rows_in=daily_scores.height + market_bars.height + backtest.height, rows_out=frame.height)
     return Output(
         frame,
         metadata={

@@ -21,6 +21,7 @@ from dagster import (
 from quant_assets.backtest.assets import BacktestConfig
 from quant_assets.backtest.strategy import StrategySpec, run_long_short
 from quant_assets.data import real
+from quant_assets.economics import measured
 from quant_assets.features import total_return_index
 from quant_assets.models.assets import REGISTERED_MODEL
 from quant_assets.recording import lineage_metadata, lineage_of
@@ -102,102 +103,104 @@ def validation_report(
     table (metric, value); the Markdown summary in metadata; the HTML tear sheet (equity,
     underwater, rolling Sharpe, monthly returns, IC, bootstrap, regimes, real-data stress
     windows, factor exposures) as ``report.html`` in MLflow."""
-    tracking: MlflowTracking = context.resources.tracking
-    # sweep tables are read through the warehouse because they are optional: an asset
-    # input would make the report wait for (or fail without) a sweep
-    warehouse: Warehouse = context.resources.io_manager.warehouse
-    bt = backtest.frame.sort("date")
-    preds = oos_predictions.frame
-    all_prices = total_return_index(market_bars.frame, corporate_actions.frame)
-    first, last = bt["date"].min(), bt["date"].max()
-    prices = all_prices.filter(pl.col("date").is_between(first, last))
-    # Every variant evaluated on these predictions counts as a trial for the DSR and PBO.
-    base = BacktestConfig().spec()
-    trials, dates = {}, None
-    for q, scheme in itertools.product(VARIANT_QUANTILES, VARIANT_SCHEMES):
-        spec = StrategySpec(**{**base.__dict__, "quantile": q, "scheme": scheme})
-        daily, _ = run_long_short(preds, prices, spec)
-        trials[f"q{q:.1f}-{scheme}"] = daily["net_return"].to_numpy()
-        dates = daily["date"] if dates is None else dates
-    registry = next(
-        (t for t in (_optional_table(warehouse, k) for k in TRIAL_REGISTRY_TABLES) if t is not None), None
-    )
-    sweep_returns = _optional_table(warehouse, TRIAL_RETURNS_TABLE)
-    trial_set = build_trial_set(
-        dates, trials,
-        registry.frame if registry else None,
-        sweep_returns.frame if sweep_returns else None,
-    )
-    scored = preds.join(labels.frame.select("date", "instrument_id", "fwd_return"), on=["date", "instrument_id"], how="inner").sort("date", "instrument_id")
-    summary = summarise(
-        bt["net_return"].to_numpy(),
-        bt["turnover"].to_numpy(),
-        trials,
-        scored["date"].to_physical().to_numpy(),
-        scored["score"].to_numpy(),
-        scored["fwd_return"].to_numpy(),
-        bootstrap_seed=config.bootstrap_seed,
-        extra_trial_sharpes=trial_set.extra_sharpes,
-        pbo_returns=trial_set.pbo_returns,
-        n_bootstrap=config.n_bootstrap,
-    )
-    gate = evaluate_gate(summary.metrics, config.thresholds())
-    metrics = {**summary.metrics, **gate.metrics()}
-    markdown = render_markdown(metrics, summary.trial_sharpes, gate.message())
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        tracking: MlflowTracking = context.resources.tracking
+        # sweep tables are read through the warehouse because they are optional: an asset
+        # input would make the report wait for (or fail without) a sweep
+        warehouse: Warehouse = context.resources.io_manager.warehouse
+        bt = backtest.frame.sort("date")
+        preds = oos_predictions.frame
+        all_prices = total_return_index(market_bars.frame, corporate_actions.frame)
+        first, last = bt["date"].min(), bt["date"].max()
+        prices = all_prices.filter(pl.col("date").is_between(first, last))
+        # Every variant evaluated on these predictions counts as a trial for the DSR and PBO.
+        base = BacktestConfig().spec()
+        trials, dates = {}, None
+        for q, scheme in itertools.product(VARIANT_QUANTILES, VARIANT_SCHEMES):
+            spec = StrategySpec(**{**base.__dict__, "quantile": q, "scheme": scheme})
+            daily, _ = run_long_short(preds, prices, spec)
+            trials[f"q{q:.1f}-{scheme}"] = daily["net_return"].to_numpy()
+            dates = daily["date"] if dates is None else dates
+        registry = next(
+            (t for t in (_optional_table(warehouse, k) for k in TRIAL_REGISTRY_TABLES) if t is not None), None
+        )
+        sweep_returns = _optional_table(warehouse, TRIAL_RETURNS_TABLE)
+        trial_set = build_trial_set(
+            dates, trials,
+            registry.frame if registry else None,
+            sweep_returns.frame if sweep_returns else None,
+        )
+        scored = preds.join(labels.frame.select("date", "instrument_id", "fwd_return"), on=["date", "instrument_id"], how="inner").sort("date", "instrument_id")
+        summary = summarise(
+            bt["net_return"].to_numpy(),
+            bt["turnover"].to_numpy(),
+            trials,
+            scored["date"].to_physical().to_numpy(),
+            scored["score"].to_numpy(),
+            scored["fwd_return"].to_numpy(),
+            bootstrap_seed=config.bootstrap_seed,
+            extra_trial_sharpes=trial_set.extra_sharpes,
+            pbo_returns=trial_set.pbo_returns,
+            n_bootstrap=config.n_bootstrap,
+        )
+        gate = evaluate_gate(summary.metrics, config.thresholds())
+        metrics = {**summary.metrics, **gate.metrics()}
+        markdown = render_markdown(metrics, summary.trial_sharpes, gate.message())
 
-    strategy = bt.select("date", pl.col("net_return").alias("return"))
-    benchmark = regimes.equal_weight_returns(all_prices, "tr_close").rename({"return": "benchmark"})
-    daily = strategy.join(benchmark, on="date", how="left").with_columns(pl.col("benchmark").fill_null(0.0))
-    state = regimes.market_state(all_prices, price_col="tr_close").filter(pl.col("date").is_between(first, last))
-    regime_table = regimes.regime_performance(strategy, regimes.regime_labels(state))
-    real_series, source = _real_stress_series()
-    stress = regimes.stress_table({"strategy": strategy, **real_series})
-    sized = all_prices.join(
-        market_bars.frame.select("date", "instrument_id", (pl.col("close") * pl.col("volume")).alias("dollar_volume")),
-        on=["date", "instrument_id"], how="left",
-    )
-    try:
-        factors = regimes.factor_returns(
-            sized, universe.select("instrument_id", "sector"), size_col="dollar_volume", price_col="tr_close"
+        strategy = bt.select("date", pl.col("net_return").alias("return"))
+        benchmark = regimes.equal_weight_returns(all_prices, "tr_close").rename({"return": "benchmark"})
+        daily = strategy.join(benchmark, on="date", how="left").with_columns(pl.col("benchmark").fill_null(0.0))
+        state = regimes.market_state(all_prices, price_col="tr_close").filter(pl.col("date").is_between(first, last))
+        regime_table = regimes.regime_performance(strategy, regimes.regime_labels(state))
+        real_series, source = _real_stress_series()
+        stress = regimes.stress_table({"strategy": strategy, **real_series})
+        sized = all_prices.join(
+            market_bars.frame.select("date", "instrument_id", (pl.col("close") * pl.col("volume")).alias("dollar_volume")),
+            on=["date", "instrument_id"], how="left",
         )
-        exposures = regimes.factor_exposures(strategy, factors)
-    except ValueError as exc:  # too few common days for the regression
-        context.log.warning(f"factor exposures skipped: {exc}")
-        exposures = None
-    page = render_tearsheet(
-        TearSheetInputs(
-            daily=daily,
-            metrics=metrics,
-            monthly_ic=monthly_ic(summary.rank_ic.dates, summary.rank_ic.values),
-            bootstrap_max_drawdown=summary.bootstrap.max_drawdown,
-            regimes=regime_table,
-            stress=stress,
-            stress_source=source,
-            factors=exposures,
-            gate=gate,
-            title=f"Validation report {first} .. {last}",
+        try:
+            factors = regimes.factor_returns(
+                sized, universe.select("instrument_id", "sector"), size_col="dollar_volume", price_col="tr_close"
+            )
+            exposures = regimes.factor_exposures(strategy, factors)
+        except ValueError as exc:  # too few common days for the regression
+            context.log.warning(f"factor exposures skipped: {exc}")
+            exposures = None
+        page = render_tearsheet(
+            TearSheetInputs(
+                daily=daily,
+                metrics=metrics,
+                monthly_ic=monthly_ic(summary.rank_ic.dates, summary.rank_ic.values),
+                bootstrap_max_drawdown=summary.bootstrap.max_drawdown,
+                regimes=regime_table,
+                stress=stress,
+                stress_source=source,
+                factors=exposures,
+                gate=gate,
+                title=f"Validation report {first} .. {last}",
+            )
         )
-    )
-    inputs = {"backtest": backtest, "oos_predictions": oos_predictions, "labels": labels}
-    inputs.update({"trial_registry": registry} if registry else {})
-    inputs.update({"trial_returns": sweep_returns} if sweep_returns else {})
-    lineage = lineage_of(
-        context,
-        inputs=inputs,
-        config={
-            "variants": list(trials),
-            "sweep_trials": len(trial_set.extra_sharpes),
-            "pbo_trials": list(trial_set.pbo_names),
-            **config.model_dump(),
-        },
-        seeds={"bootstrap": config.bootstrap_seed},
-        partition_keys=[],
-    )
-    with tracking.run("validation_report", lineage) as run:
-        tracking.log_metrics(metrics)
-        tracking.log_text(markdown, "report.md")
-        tracking.log_text(page, "report.html")
-    frame = pl.DataFrame({"metric": list(metrics), "value": [float(v) for v in metrics.values()]})
+        inputs = {"backtest": backtest, "oos_predictions": oos_predictions, "labels": labels}
+        inputs.update({"trial_registry": registry} if registry else {})
+        inputs.update({"trial_returns": sweep_returns} if sweep_returns else {})
+        lineage = lineage_of(
+            context,
+            inputs=inputs,
+            config={
+                "variants": list(trials),
+                "sweep_trials": len(trial_set.extra_sharpes),
+                "pbo_trials": list(trial_set.pbo_names),
+                **config.model_dump(),
+            },
+            seeds={"bootstrap": config.bootstrap_seed},
+            partition_keys=[],
+        )
+        with tracking.run("validation_report", lineage) as run:
+            tracking.log_metrics(metrics)
+            tracking.log_text(markdown, "report.md")
+            tracking.log_text(page, "report.html")
+        frame = pl.DataFrame({"metric": list(metrics), "value": [float(v) for v in metrics.values()]})
+        meter.rows(rows_in=backtest.frame.height + oos_predictions.frame.height, rows_out=frame.height)
     return Output(
         frame,
         metadata={
@@ -225,40 +228,42 @@ def champion_model(
     month's version (the previous champion becomes ``previous_champion``). Runs only after
     the blocking gate check on ``validation_report`` passed, and refuses by itself when the
     report's gate rows say failed (a run without the check must not promote either)."""
-    report = dict(validation_report.select("metric", "value").iter_rows())
-    if report.get(PASS_METRIC) != 1.0:
-        failed = sorted(k for k, v in report.items() if k.startswith("gate_") and v == 0.0)
-        raise refuse(  # a failed gate fails the same on every attempt: not retried
-            f"champion_model: the validation report's gate did not pass "
-            f"({PASS_METRIC}={report.get(PASS_METRIC)}; failed: {failed}); nothing promoted"
+    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+        report = dict(validation_report.select("metric", "value").iter_rows())
+        if report.get(PASS_METRIC) != 1.0:
+            failed = sorted(k for k, v in report.items() if k.startswith("gate_") and v == 0.0)
+            raise refuse(  # a failed gate fails the same on every attempt: not retried
+                f"champion_model: the validation report's gate did not pass "
+                f"({PASS_METRIC}={report.get(PASS_METRIC)}; failed: {failed}); nothing promoted"
+            )
+        if lgbm_model.is_empty():
+            raise refuse("champion_model: lgbm_model has no months; nothing to promote")
+        latest = lgbm_model.sort("date").tail(1).row(0, named=True)
+        version = latest.get("registered_version")
+        if version is None:
+            raise refuse(
+                f"champion_model: the lgbm_model of {latest['date']} was not registered "
+                "(register_model=False); nothing to promote"
+            )
+        promotion = promote(tracking.client(), REGISTERED_MODEL, int(version))
+        context.log.info(
+            f"{REGISTERED_MODEL} v{promotion.version} is champion"
+            + (f" (previous champion v{promotion.previous_version})" if promotion.changed else " (unchanged)")
         )
-    if lgbm_model.is_empty():
-        raise refuse("champion_model: lgbm_model has no months; nothing to promote")
-    latest = lgbm_model.sort("date").tail(1).row(0, named=True)
-    version = latest.get("registered_version")
-    if version is None:
-        raise refuse(
-            f"champion_model: the lgbm_model of {latest['date']} was not registered "
-            "(register_model=False); nothing to promote"
+        frame = pl.DataFrame(
+            {
+                "registered_model": [REGISTERED_MODEL],
+                "version": [promotion.version],
+                "previous_version": [promotion.previous_version],
+                "model_month": [latest["date"]],
+                "model_sha256": [latest.get("sha256")],
+                "dsr": [report.get("dsr")],
+                "pbo": [report.get("pbo")],
+            },
+            schema_overrides={"previous_version": pl.Int64, "model_sha256": pl.Utf8,
+                              "dsr": pl.Float64, "pbo": pl.Float64},
         )
-    promotion = promote(tracking.client(), REGISTERED_MODEL, int(version))
-    context.log.info(
-        f"{REGISTERED_MODEL} v{promotion.version} is champion"
-        + (f" (previous champion v{promotion.previous_version})" if promotion.changed else " (unchanged)")
-    )
-    frame = pl.DataFrame(
-        {
-            "registered_model": [REGISTERED_MODEL],
-            "version": [promotion.version],
-            "previous_version": [promotion.previous_version],
-            "model_month": [latest["date"]],
-            "model_sha256": [latest.get("sha256")],
-            "dsr": [report.get("dsr")],
-            "pbo": [report.get("pbo")],
-        },
-        schema_overrides={"previous_version": pl.Int64, "model_sha256": pl.Utf8,
-                          "dsr": pl.Float64, "pbo": pl.Float64},
-    )
+        meter.rows(rows_in=lgbm_model.height, rows_out=frame.height)
     return Output(
         frame,
         metadata={

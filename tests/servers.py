@@ -11,6 +11,7 @@ as they did not start sessions of their own) and reaps the leader.
     with running_server(["some-server", "--port", str(port)], log_path=tmp_path / "srv.log",
                         env=env, ready_url=f"http://127.0.0.1:{port}/health") as server:
         ...  # server.tail() shows the end of its log, e.g. in an assertion message
+        server.restart()  # kill it and start the same command again (same ports, same data)
 
 Only the standard library: every test can import this module.
 """
@@ -58,6 +59,8 @@ class ServerProcess:
     process: subprocess.Popen
     log_path: Path
     _log_file: object = field(default=None, repr=False)
+    env: dict[str, str] | None = field(default=None, repr=False)
+    cwd: str | os.PathLike[str] | None = None
 
     @property
     def pid(self) -> int:
@@ -95,6 +98,14 @@ class ServerProcess:
                 self._log_file.close()  # type: ignore[attr-defined]
             self._log_file = None
 
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start the same command again (same environment and working directory, its output
+        appended to the same log), after killing the process group if it still runs: the
+        server comes back on the same ports and data, as after a crash or a redeploy. The
+        caller waits for it to answer (``wait_for_port`` / ``wait_for_http``)."""
+        self.stop(timeout=timeout)
+        self.process, self._log_file = _popen(self.args, self.log_path, self.env, self.cwd, "ab")
+
 
 def start_server(
     args: Sequence[str],
@@ -106,14 +117,26 @@ def start_server(
     """Start ``args`` in a new session with default signal handlers; output to ``log_path``."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "wb")  # closed by ServerProcess.stop
+    env = dict(env) if env is not None else None
+    process, log_file = _popen(list(args), log_path, env, cwd, "wb")
+    return ServerProcess(list(args), process, log_path, log_file, env=env, cwd=cwd)
+
+
+def _popen(
+    args: list[str],
+    log_path: Path,
+    env: dict[str, str] | None,
+    cwd: str | os.PathLike[str] | None,
+    mode: str,
+) -> tuple[subprocess.Popen, object]:
+    log_file = open(log_path, mode)  # closed by ServerProcess.stop
     try:
         process = subprocess.Popen(
-            list(args),
+            args,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
+            env=env,
             cwd=cwd,
             start_new_session=True,
             preexec_fn=_restore_default_signals,
@@ -122,7 +145,7 @@ def start_server(
     except BaseException:
         log_file.close()
         raise
-    return ServerProcess(list(args), process, log_path, log_file)
+    return process, log_file
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 30.0) -> None:

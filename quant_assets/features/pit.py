@@ -211,10 +211,17 @@ def context_days(
     """The market days of each as-of day D's context (module doc): D's `CONTEXT_PERIOD` up to
     D, and the last `before` market days before the period's first day (all when None).
 
-    Columns: as_of, date; sorted. Market days as in `market_days_as_of`; as-of days without
-    a known bar of their own are left out.
+    Columns: as_of, date; sorted. Market days as in `market_days_as_of`, but an as-of day
+    without a known bar of its own keeps its context (the engine evaluates a whole year on
+    the context of its last asked day, which may be such a day).
     """
-    days = market_days_as_of(market_bars, dates, cutoff_time=cutoff_time).lazy()
+    days = (
+        as_date_frame(dates)
+        .lazy()
+        .with_columns(cutoff_expr("as_of", cutoff_time).alias("_cutoff"))
+        .join(_first_known(market_bars), how="cross")
+        .filter((pl.col("date") <= pl.col("as_of")) & (pl.col("_first_known") <= pl.col("_cutoff")))
+    )
     if before is not None:
         period_start = pl.col("as_of").dt.truncate(CONTEXT_PERIOD)
         earlier = pl.col("date") < period_start
@@ -494,27 +501,51 @@ def _fundamentals_at(
         .drop("window_start")
     )
     known = as_of(funds, by=["instrument_id", "field", "period_end"], keys=keys, cutoff_time=cutoff_time)
+    group = ["as_of", "instrument_id", "field"]
+    known = _materialize(known.sort(*group, "period_end"))
+    # Per (as_of, instrument, field), on its rows sorted by period_end: the last quarter, the
+    # sum of the last four, the latest quarter a year before the last. Written with shifts
+    # on the sorted long frame rather than a group_by (a few expressions per group and tens
+    # of thousands of groups: the group-by was most of the cost); row k back belongs to the
+    # same group when the group id k rows back is the same.
+    longest = known.group_by(group).len().select(pl.col("len").max()).collect(engine=ENGINE).item() or 1
+    gid = pl.struct(group).rank("dense")
     pe, value = pl.col("period_end"), pl.col("value")
-    last_pe = pe.last()
-    year_ago = (pe >= last_pe - pl.duration(days=_YEAR_AGO_DAYS[1])) & (
-        pe <= last_pe - pl.duration(days=_YEAR_AGO_DAYS[0])
+
+    def back(k: int) -> pl.Expr:
+        return pl.col("_gid").shift(k) == pl.col("_gid")
+
+    year_ago_lag = pl.coalesce(
+        pl.when(
+            back(k)
+            & (pe.shift(k) >= pe - pl.duration(days=_YEAR_AGO_DAYS[1]))
+            & (pe.shift(k) <= pe - pl.duration(days=_YEAR_AGO_DAYS[0]))
+        ).then(pl.lit(k))
+        for k in range(1, longest)
+    ) if longest > 1 else pl.lit(None, dtype=pl.Int32)
+
+    def at_lag(col: pl.Expr) -> pl.Expr:
+        return pl.coalesce(
+            [pl.when(pl.col("_lag") == k).then(col.shift(k)) for k in range(1, longest)] or [pl.lit(None)]
+        )
+
+    ttm_ok = back(3) & ((pe - pe.shift(3)).dt.total_days() <= _TTM_MAX_SPAN_DAYS) & pl.all_horizontal(
+        value.shift(k).is_not_null() for k in range(4)
     )
     per_field = (
-        known.sort("as_of", "instrument_id", "field", "period_end")
-        .group_by(["as_of", "instrument_id", "field"], maintain_order=True)
-        .agg(
-            last_pe.alias("_period_end"),
-            value.last().alias("_value"),
-            pl.when(
-                (pl.len() >= 4)
-                & ((last_pe - pe.tail(4).first()).dt.total_days() <= _TTM_MAX_SPAN_DAYS)
-                & (value.tail(4).null_count() == 0)
-            )
-            .then(value.tail(4).cum_sum().last())
-            .alias("_ttm"),
-            value.filter(year_ago).last().alias("_year_ago"),
-            pe.filter(year_ago).last().alias("_year_ago_period_end"),
+        known.with_columns(gid.alias("_gid"))
+        .with_columns(
+            (pl.col("_gid").shift(-1) != pl.col("_gid")).fill_null(True).alias("_last"),
+            year_ago_lag.alias("_lag"),
         )
+        .with_columns(
+            # left to right, as the four quarters come (pit.py: no layout-dependent sums)
+            pl.when(ttm_ok).then(((value.shift(3) + value.shift(2)) + value.shift(1)) + value).alias("_ttm"),
+            at_lag(value).alias("_year_ago"),
+            at_lag(pe).alias("_year_ago_period_end"),
+        )
+        .filter(pl.col("_last"))
+        .select(*group, pe.alias("_period_end"), value.alias("_value"), "_ttm", "_year_ago", "_year_ago_period_end")
         .filter(pl.col("_period_end") >= pl.col("as_of") - pl.duration(days=max_age_days))
     )
     # split ratios effective as of D, for restating share counts to D's basis
@@ -532,17 +563,14 @@ def _fundamentals_at(
         )
 
     group = ["as_of", "instrument_id"]
-    # one row per (as_of, instrument): pick each field's values out of the long frame
-    wide = []
+    # one row per (as_of, instrument): each field's values joined from the long frame
+    per_field = _materialize(per_field)
+    out = per_field.select(group).unique()
     for field in FUNDAMENTAL_FIELDS:
-        is_field = pl.col("field") == field
-        wide += [
-            pl.col("_value").filter(is_field).first().alias(field),
-            pl.col("_year_ago").filter(is_field).first().alias(f"{field}_year_ago"),
-        ]
+        columns = [pl.col("_value").alias(field), pl.col("_year_ago").alias(f"{field}_year_ago")]
         if field in FLOW_FIELDS:
-            wide.append(pl.col("_ttm").filter(is_field).first().alias(f"{field}_ttm"))
-    out = per_field.group_by(group).agg(wide)
+            columns.append(pl.col("_ttm").alias(f"{field}_ttm"))
+        out = out.join(per_field.filter(pl.col("field") == field).select(*group, *columns), on=group, how="left")
     for period_col, col in (
         ("_period_end", "shares_outstanding"),
         ("_year_ago_period_end", "shares_outstanding_year_ago"),

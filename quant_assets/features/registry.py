@@ -214,6 +214,10 @@ class FeatureConfig:
     features: tuple[str, ...] | None = None  # a subset of FEATURES (default: all)
     batch_days: int = 260  # as-of days evaluated together, within one context period (bounds memory)
     max_fundamental_age_days: int = pit.FUNDAMENTAL_MAX_AGE_DAYS
+    # Rows of these instruments only (default: all). The market return and the
+    # cross-sectional features still read every instrument, so the rows are bit-identical to
+    # the full run's; only the other instruments' series features are skipped.
+    instruments: tuple[str, ...] | None = None
 
 
 def _with_dependencies(registry: dict[str, Feature], names: Sequence[str]) -> list[Feature]:
@@ -392,9 +396,25 @@ def _batch_plan(
     panel = panel.with_columns(starts.cum_sum().set_sorted().alias("_context"))
     series = [f for f in needed if f.kind == "series"]
     # each series feature is its expression's value at D's row of D's view
+    if cfg.instruments is None:
+        evaluated = panel.with_columns(_built(f).over("_context").alias(f.name) for f in series)
+    else:
+        # the series that snapshot features read across instruments, for every instrument;
+        # the rest for the asked instruments only
+        wanted = pl.col("instrument_id").is_in(list(cfg.instruments))
+        shared = _cross_sectional_inputs(needed)
+        evaluated = panel.with_columns(_built(f).over("_context").alias(f.name) for f in series if f.name in shared)
+        evaluated = pl.concat(
+            [
+                evaluated.filter(wanted).with_columns(
+                    _built(f).over("_context").alias(f.name) for f in series if f.name not in shared
+                ),
+                evaluated.filter(~wanted),
+            ],
+            how="diagonal_relaxed",
+        )
     frame = (
-        panel.with_columns(_built(f).over("_context").alias(f.name) for f in series)
-        .join(serve.lazy(), on=["as_of", "date"], how="semi")
+        evaluated.join(serve.lazy(), on=["as_of", "date"], how="semi")
         .select(
             "date", "instrument_id",
             pl.col("traded_close").alias("close"), pl.col("traded_volume").alias("volume"),
@@ -413,4 +433,18 @@ def _batch_plan(
     for level in _snapshot_levels([f for f in needed if f.kind == "snapshot"]):
         frame = frame.with_columns(f.build() for f in level).with_columns(_finite(f.name) for f in level)
     names = [f.name for f in needed]
-    return frame.select("date", "instrument_id", *names).cast(_output_schema(names))
+    out = frame.select("date", "instrument_id", *names).cast(_output_schema(names))
+    return out if cfg.instruments is None else out.filter(pl.col("instrument_id").is_in(list(cfg.instruments)))
+
+
+def _cross_sectional_inputs(features: list[Feature]) -> set[str]:
+    """Names of the features that snapshot features read (directly or through others)."""
+    registry = {f.name: f for f in features}
+    out: set[str] = set()
+    stack = [d for f in features if f.kind == "snapshot" for d in f.depends_on]
+    while stack:
+        name = stack.pop()
+        if name not in out:
+            out.add(name)
+            stack.extend(registry[name].depends_on)
+    return out

@@ -49,7 +49,7 @@ from quant_assets.features import (
 from quant_assets.features.assets import LEAK_CHECK, build_pit_features, pit_features
 from quant_assets.features.library import LIBRARY, period_return
 from quant_assets.features.registry import Feature, build_registry
-from quant_assets.instance import LOCAL_INSTANCE_YAML, relax_local_sqlite
+from quant_assets.instance import local_instance_yaml, relax_local_sqlite
 from quant_assets.partitions import SETTINGS, trading_day_partitions
 from resources import build_resources
 from resources.io_manager import DeltaIOManager
@@ -90,7 +90,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("features-dagster")
     relax_local_sqlite(root)  # as local runs do: no fsync per Dagster event
     (root / "dagster").mkdir()
-    (root / "dagster" / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML)
+    (root / "dagster" / "dagster.yaml").write_text(local_instance_yaml(root / "dagster"))
     resources = {**build_resources(SETTINGS), "io_manager": RecordingDeltaIOManager(root=str(root / "warehouse"))}
     with DagsterInstance.from_config(str(root / "dagster")) as instance:
         assert materialize(RAW, selection=RAW[:3], instance=instance, resources=resources).success

@@ -122,3 +122,17 @@ def test_a_series_expression_that_reads_the_next_row_is_caught(monkeypatch):
     assert {leak.feature for leak in leaks} == {"peek_series"}
     # the last day of the batch has no next row either way: nothing to flag there
     assert guard.find_leaks(stored, universe, bars, actions, funds, [DAYS[-1]], config) == []
+
+
+def test_a_sample_of_instruments_is_recomputed_exactly_and_still_catches_a_leak(monkeypatch):
+    universe, bars, actions, funds = _inputs()
+    stored = compute_features(universe, bars, actions, funds, DAYS)
+    assert guard.find_leaks(stored, universe, bars, actions, funds, DAYS[:2], instruments=5, seed=3) == []
+    peek = Feature("peek_series", "leaky", "next close / close - 1", 2,
+                   expr=pl.col("close").shift(-1) / pl.col("close") - 1.0)
+    monkeypatch.setattr(registry, "_REGISTRY", build_registry([*LIBRARY, peek]))
+    config = FeatureConfig(features=("return_5d", "peek_series"))
+    leaky = compute_features(universe, bars, actions, funds, DAYS, config)
+    leaks = guard.find_leaks(leaky, universe, bars, actions, funds, DAYS[:1], config, instruments=5, seed=3)
+    assert [leak.feature for leak in leaks] == ["peek_series"]
+    assert len(leaks[0].instruments) <= 5

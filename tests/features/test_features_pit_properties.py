@@ -205,7 +205,7 @@ def batch_of_case(case: int) -> tuple[list[dt.date], pl.DataFrame]:
                                   tables["fundamentals"], days, config)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=CASES, pick=st.integers(0, 10_000))
 def test_a_day_computed_in_a_batch_equals_the_day_computed_alone(case, pick):
     # the engine evaluates a year's days on one context and recomputes alone only the days

@@ -91,6 +91,9 @@ def test_deterministic_and_independent_of_batching_and_subset():
     assert full.equals(run(pl.Series(list(reversed(DAYS))), FeatureConfig(batch_days=1)))
     single = run([DAYS[7]])
     assert single.equals(full.filter(pl.col("date") == DAYS[7]))
+    # a subset of instruments: their rows exactly (sector ranks still see every instrument)
+    some = tuple(sorted(full["instrument_id"].unique().to_list())[::3])
+    assert run(DAYS, FeatureConfig(instruments=some)).equals(full.filter(pl.col("instrument_id").is_in(list(some))))
     subset = run(DAYS, FeatureConfig(features=("book_to_price_sector_rank", "return_5d")))
     assert subset.columns == ["date", "instrument_id", "return_5d", "book_to_price_sector_rank"]
     assert subset.equals(full.select(subset.columns))

@@ -21,7 +21,7 @@ from dagster import (
 from mlflow import MlflowClient
 from servers import start_server
 
-from quant_assets.instance import LOCAL_INSTANCE_YAML
+from quant_assets.instance import local_instance_yaml
 from quant_assets.serving import registry
 from resources.io_manager import DeltaIOManager
 from resources.tracking import MlflowTracking
@@ -120,7 +120,7 @@ def test_daemon_runs_the_sensor_and_rolls_back(tmp_path):
     dagster_home = tmp_path / "dagster"
     home.mkdir()
     dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML)
+    (dagster_home / "dagster.yaml").write_text(local_instance_yaml(dagster_home))
     client = make_registry(home)
     write_partition(Warehouse(str(home / "warehouse")), "drift_report", drift_rows(0.9))
     with DagsterInstance.from_config(str(dagster_home)) as instance:

@@ -522,7 +522,7 @@ def _fundamentals_at(
             & (pe.shift(k) <= pe - pl.duration(days=_YEAR_AGO_DAYS[0]))
         ).then(pl.lit(k))
         for k in range(1, longest)
-    ) if longest > 1 else pl.lit(None, dtype=pl.Int32)
+    ) if longest > 1 else pl.lit(None, dtype=pl.Int32)  # one quarter per group: no year-ago
 
     def at_lag(col: pl.Expr) -> pl.Expr:
         return pl.coalesce(
@@ -541,8 +541,8 @@ def _fundamentals_at(
         .with_columns(
             # left to right, as the four quarters come (pit.py: no layout-dependent sums)
             pl.when(ttm_ok).then(((value.shift(3) + value.shift(2)) + value.shift(1)) + value).alias("_ttm"),
-            at_lag(value).alias("_year_ago"),
-            at_lag(pe).alias("_year_ago_period_end"),
+            at_lag(value).cast(pl.Float64).alias("_year_ago"),
+            at_lag(pe).cast(pl.Date).alias("_year_ago_period_end"),
         )
         .filter(pl.col("_last"))
         .select(*group, pe.alias("_period_end"), value.alias("_value"), "_ttm", "_year_ago", "_year_ago_period_end")

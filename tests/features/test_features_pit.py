@@ -182,3 +182,14 @@ def test_total_return_index_adds_dividends_and_removes_splits():
     assert tr[2] / tr[1] - 1 == pytest.approx(2 * 50.0 / 101.0 - 1)
     assert tr[3] / tr[2] - 1 == pytest.approx((49.0 + 1.0) / 50.0 - 1)
     assert tr[1] / tr[0] - 1 == pytest.approx(0.01)
+
+
+def test_fundamentals_with_a_single_quarter_known():
+    # one row per (instrument, field): no trailing sum, no year-ago quarter, typed nulls
+    day = dt.date(2024, 5, 15)
+    funds = funds_frame([("A", "net_income", dt.date(2024, 3, 31), 5.0, at(dt.date(2024, 4, 30), 12)),
+                         ("A", "revenue", dt.date(2024, 3, 31), 50.0, at(dt.date(2024, 4, 30), 12))])
+    out = fundamentals_as_of(funds, actions_frame([]), [day])
+    assert out.select("net_income", "revenue").row(0) == (5.0, 50.0)
+    assert out.schema["net_income_year_ago"] == pl.Float64 and out["net_income_year_ago"].to_list() == [None]
+    assert out["net_income_ttm"].to_list() == [None]

@@ -84,6 +84,41 @@ def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def ensure_sqlite_store(tracking_uri: str, artifact_root: str = "") -> None:
+    """Create a local SQLite MLflow store all at once, if it does not exist yet.
+
+    MLflow builds its schema lazily, on first use, as a chain of Alembic migrations each
+    committed on its own: a process killed in the middle (SIGKILL, OOM, a pod eviction)
+    leaves a half-migrated file on which every later run fails ("table datasets already
+    exists"). So the schema is built in a private temporary file next to the store and
+    only a complete store is put in place, with ``os.link`` (atomic, never replaces a
+    file: a concurrent creator's equal store wins). A kill leaves at most a stray
+    ``.mlflow.db.init-*`` file, never a broken store.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    import uuid
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.init-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        # the tracking store's schema includes the model registry's tables
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", _artifact_root(artifact_root) or str(path.parent / "mlruns"))
+        store.engine.dispose()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
 def _artifact_root(location: str) -> str | None:
     if not location:
         return None
@@ -103,7 +138,9 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment: str = Field(default="quant-assets", description="MLflow experiment name")
 
     def client(self) -> MlflowClient:
-        """A fresh client bound to this resource's tracking URI."""
+        """A fresh client bound to this resource's tracking URI (a local SQLite store is
+        created complete or not at all, see `ensure_sqlite_store`)."""
+        ensure_sqlite_store(self.tracking_uri, self.artifact_location)
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def experiment_id(self) -> str:

@@ -16,7 +16,8 @@ kill prints one JSON line (kill point, what was committed before it, partitions 
 problems; pytest -s shows them) and appends it to the file QUANT_CRASH_RECORD when set.
 
 Plus one kill at a fixed point inside MLflow's SQLite store creation (what a fresh home's
-first model month does), xfail until resources/tracking.py creates the store atomically.
+first model month does): resources/tracking.py creates the store in a temporary file and
+links it into place, so the kill leaves no store or a complete one.
 """
 
 from __future__ import annotations
@@ -175,13 +176,6 @@ def test_monthly_chain_sigkill_at_random_points_loses_nothing(monthly_reference,
     assert crashed  # at least one real crash
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resources/tracking.py lets MLflow create its SQLite store lazily, through "
-    "migrations committed one by one: a kill inside leaves a store every later run fails on. "
-    "Fix: create it in a temporary file and link it into place (reported diff); then "
-    "remove this mark",
-)
 def test_kill_inside_mlflow_store_creation_leaves_a_usable_store(tmp_path):
     """What the sweep's fresh-home kills in the first model month found, at a fixed point:
     killed right after a migration's DDL, before its version stamp."""

@@ -43,7 +43,7 @@ from quant_assets.features import (
     required_lookback_days,
 )
 from quant_assets.partitions import SETTINGS, trading_day_partitions
-from quant_assets.retries import IO_RETRY
+from quant_assets.retries import IO_RETRY, not_retried
 
 GROUP = "features"
 # About four years per run: 10 years of 500 instruments in 3 runs, each well under a GB
@@ -153,7 +153,9 @@ pit_features = build_pit_features(features_code_version())
 def labels(context: AssetExecutionContext, market_bars: pl.DataFrame, corporate_actions: pl.DataFrame):
     """Forward total return over (D, D+h] trading days with its interval [t0, t1]."""
     days = _days(context)
-    with measured(context) as meter:
+    # compute_labels' ValueErrors (bars not yet there for t1, non-trading days) are
+    # deterministic: fail at once rather than through the I/O retries
+    with measured(context) as meter, not_retried(ValueError):
         frame = compute_labels(market_bars, corporate_actions, days, horizon=SETTINGS.label_horizon)
         meter.rows(rows_in=market_bars.height, rows_out=frame.height)
     return Output(frame, metadata={"days": len(days), "rows": frame.height,

@@ -129,6 +129,9 @@ def seaweedfs_s3(root: Path):
         f"-volume.port={volume}", f"-volume.port.grpc={grpc[1]}",
         f"-filer.port={filer}", f"-filer.port.grpc={grpc[2]}",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={grpc[3]}", f"-s3.config={config}",
+        # the Iceberg and Lance catalogs listen on fixed ports (8181, 9101): off, or two
+        # stacks started side by side (xdist workers) kill each other
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=64", "-volume.max=0",
     ]
     endpoint = f"http://{LOCALHOST}:{s3}"
@@ -182,6 +185,37 @@ def mlflow_server(root: Path, pg_port: int, s3_endpoint: str):
         yield server, f"http://{LOCALHOST}:{port}"
 
 
+def platform_env(home: Path, mlflow_uri: str, s3_endpoint: str, pg_port: int) -> dict[str, str]:
+    """The environment of a platform process on the stack: QUANT_HOME `home` with a
+    DAGSTER_HOME holding the deployment's instance file (unmodified), Delta on the bucket,
+    the MLflow server, Postgres credentials."""
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    return {
+        "QUANT_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "QUANT_WAREHOUSE_URI": f"s3://{BUCKET}/warehouse",
+        "QUANT_MLFLOW_URI": mlflow_uri,
+        # '' = the server's default artifact root (mlflow-artifacts:/ -> s3://quant/mlflow)
+        "QUANT_MLFLOW_ARTIFACTS": "",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # commits by conditional put (the gateway enforces If-None-Match), no unsafe rename
+        "AWS_CONDITIONAL_PUT": "etag",
+        "DAGSTER_PG_USERNAME": PG_USER,
+        "DAGSTER_PG_PASSWORD": PG_PASSWORD,
+        "DAGSTER_PG_HOST": LOCALHOST,
+        "DAGSTER_PG_PORT": str(pg_port),
+        "DAGSTER_PG_DB": "dagster",
+        "DAGSTER_COMPUTE_LOG_BUCKET": BUCKET,
+    }
+
+
 @pytest.fixture(scope="module")
 def stack():
     pytest.importorskip(
@@ -197,33 +231,7 @@ def stack():
         s3 = wait_for_s3()
         ml, mlflow_uri = stack_.enter_context(mlflow_server(root, pg_port, endpoint))
         home = root / "quant"
-        dagster_home = home / "dagster"
-        dagster_home.mkdir(parents=True)
-        # the deployment's instance file, unmodified
-        shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
-        env = {
-            "QUANT_HOME": str(home),
-            "DAGSTER_HOME": str(dagster_home),
-            "QUANT_WAREHOUSE_URI": f"s3://{BUCKET}/warehouse",
-            "QUANT_MLFLOW_URI": mlflow_uri,
-            # '' = the server's default artifact root (mlflow-artifacts:/ -> s3://quant/mlflow)
-            "QUANT_MLFLOW_ARTIFACTS": "",
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_REGION": "us-east-1",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            # commits by conditional put (the gateway enforces If-None-Match), no unsafe rename
-            "AWS_CONDITIONAL_PUT": "etag",
-            "DAGSTER_PG_USERNAME": PG_USER,
-            "DAGSTER_PG_PASSWORD": PG_PASSWORD,
-            "DAGSTER_PG_HOST": LOCALHOST,
-            "DAGSTER_PG_PORT": str(pg_port),
-            "DAGSTER_PG_DB": "dagster",
-            "DAGSTER_COMPUTE_LOG_BUCKET": BUCKET,
-            **RANGE,
-        }
+        env = {**platform_env(home, mlflow_uri, endpoint, pg_port), **RANGE}
         demo_env = {**os.environ, **env, "PYTHONWARNINGS": "ignore",
                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8"}
         for name in ("AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_SESSION_TOKEN", "AWS_PROFILE"):

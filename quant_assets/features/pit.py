@@ -172,35 +172,6 @@ def _first_known(market_bars: Frame) -> pl.LazyFrame:
     )
 
 
-def market_days_as_of(
-    market_bars: Frame,
-    dates: Iterable[dt.date] | pl.Series,
-    *,
-    lookback: int | None = None,
-    cutoff_time: dt.time = DEFAULT_CUTOFF,
-) -> Frame:
-    """For each as-of day D, its last `lookback` market days (all when None).
-
-    Columns: as_of, date, lag (0 = D, 1 = the market day before, ...). A date counts as a
-    market day as of D when a bar dated on it is known at cutoff(D). As-of days without a
-    known bar of their own are left out (their universe is empty).
-    """
-    days = (
-        as_date_frame(dates)
-        .lazy()
-        .with_columns(cutoff_expr("as_of", cutoff_time).alias("_cutoff"))
-        .join(_first_known(market_bars), how="cross")
-        .filter((pl.col("date") <= pl.col("as_of")) & (pl.col("_first_known") <= pl.col("_cutoff")))
-        .sort(["as_of", "date"], descending=[False, True])
-        .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over("as_of").alias("lag"))
-    )
-    if lookback is not None:
-        days = days.filter(pl.col("lag") < lookback)
-    has_today = days.filter((pl.col("lag") == 0) & (pl.col("date") == pl.col("as_of"))).select("as_of")
-    out = days.join(has_today, on="as_of", how="semi").select("as_of", "date", "lag").sort("as_of", "date")
-    return _like(out, market_bars)
-
-
 def context_days(
     market_bars: Frame,
     dates: Iterable[dt.date] | pl.Series,
@@ -211,9 +182,10 @@ def context_days(
     """The market days of each as-of day D's context (module doc): D's `CONTEXT_PERIOD` up to
     D, and the last `before` market days before the period's first day (all when None).
 
-    Columns: as_of, date; sorted. Market days as in `market_days_as_of`, but an as-of day
-    without a known bar of its own keeps its context (the engine evaluates a whole year on
-    the context of its last asked day, which may be such a day).
+    Columns: as_of, date; sorted. A date counts as a market day as of D when a bar dated on
+    it is known at cutoff(D). An as-of day without a known bar of its own keeps its context
+    (the engine evaluates a whole year on the context of its last asked day, which may be
+    such a day); its universe is empty.
     """
     days = (
         as_date_frame(dates)

@@ -125,6 +125,18 @@ def months_in(context: AssetExecutionContext) -> list[dt.date]:
     return months
 
 
+def _month_lineage(context, config, month, pit_features: VersionedFrame, labels: VersionedFrame) -> dict:
+    """The lineage record of one model month (lgbm_model and seq_model)."""
+    return lineage_of(
+        context,
+        inputs={"pit_features": pit_features, "labels": labels},
+        config=config.model_dump(),
+        seeds={"model": config.seed},
+        partition_keys=[month.isoformat()],
+        feature_versions=feature_versions(),
+    )
+
+
 @asset(
     group_name=GROUP,
     partitions_def=monthly_partitions,
@@ -158,14 +170,7 @@ def lgbm_model(
             scores_hash = month_predictions_hash(
                 predict_lgbm_month(trained, pit_features.frame, month)
             )
-            lineage = lineage_of(
-                context,
-                inputs={"pit_features": pit_features, "labels": labels},
-                config=config.model_dump(),
-                seeds={"model": config.seed},
-                partition_keys=[month.isoformat()],
-                feature_versions=feature_versions(),
-            )
+            lineage = _month_lineage(context, config, month, pit_features, labels)
             with tracking.run(
                 f"lgbm_model {month:%Y-%m}",
                 lineage,
@@ -267,14 +272,7 @@ def seq_model(
             scores = predict_seq_month(trained, pit_features.frame, month)
             scores_hash = month_predictions_hash(scores)
             oos_ic = _rank_ic(scores, labels.frame)
-            lineage = lineage_of(
-                context,
-                inputs={"pit_features": pit_features, "labels": labels},
-                config=config.model_dump(),
-                seeds={"model": config.seed},
-                partition_keys=[month.isoformat()],
-                feature_versions=feature_versions(),
-            )
+            lineage = _month_lineage(context, config, month, pit_features, labels)
             with tracking.run(
                 f"seq_model {month:%Y-%m}",
                 lineage,

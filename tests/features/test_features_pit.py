@@ -12,7 +12,6 @@ from quant_assets.features import FeatureConfig, as_of, compute_features, total_
 from quant_assets.features.pit import (
     context_days,
     fundamentals_as_of,
-    market_days_as_of,
     pit_panel,
     pit_universe,
 )
@@ -115,15 +114,16 @@ def test_dividend_factor_uses_the_close_before_the_ex_date():
     assert panel["close"].to_list() == [100.0] * 3
 
 
-def test_missing_bars_and_late_bars_follow_the_market_days_as_of():
+def test_missing_bars_and_late_bars_follow_the_market_days_of_the_context():
     days = DAYS[:5]
     bars = bars_frame([
         (days[0], "A", 10.0), (days[1], "A", 11.0), (days[3], "A", 12.0), (days[4], "A", 13.0),
         (days[0], "B", 20.0), (days[1], "B", 20.0), (days[2], "B", 20.0, 1.0, at(days[3], 9)),  # late bar
         (days[3], "B", 20.0), (days[4], "B", 21.0),
     ])
-    md = market_days_as_of(bars, [days[2], days[3]])
-    assert md.filter(pl.col("as_of") == days[2]).height == 0  # no bar of days[2] known on days[2]
+    md = context_days(bars, [days[2], days[3]])
+    # no bar of days[2] known on days[2]: not a market day as of days[2], one as of days[3]
+    assert md.filter(pl.col("as_of") == days[2])["date"].to_list() == days[:2]
     assert md.filter(pl.col("as_of") == days[3])["date"].to_list() == days[:4]
     panel = pit_panel(bars, actions_frame([]), [days[4]])
     a = panel.filter(pl.col("instrument_id") == "A")

@@ -61,14 +61,13 @@ from servers import (
 )
 from test_golden_flow import RUN_SPECIFIC, TABLES
 from test_production_stack import (
-    ACCESS_KEY,
     BUCKET,
     JOBS,
     PG_PASSWORD,
     PG_USER,
     RANGE,
-    SECRET_KEY,
     mlflow_server,
+    platform_env,
     postgres_server,
     seaweedfs_s3,
 )
@@ -206,29 +205,8 @@ def faulted(tmp_path_factory):
             mp.setenv("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
             ml, mlflow_uri = stack.enter_context(mlflow_server(root, pg_port, proxy.endpoint))
         home = root / "quant"
-        dagster_home = home / "dagster"
-        dagster_home.mkdir(parents=True)
-        shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
-        env = {
-            "QUANT_HOME": str(home),
-            "DAGSTER_HOME": str(dagster_home),
-            "QUANT_WAREHOUSE_URI": f"s3://{BUCKET}/warehouse",
-            "QUANT_MLFLOW_URI": mlflow_uri,
-            "QUANT_MLFLOW_ARTIFACTS": "",
-            "AWS_ENDPOINT_URL": proxy.endpoint,  # every S3 client goes through the faults
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_REGION": "us-east-1",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_CONDITIONAL_PUT": "etag",
-            "DAGSTER_PG_USERNAME": PG_USER,
-            "DAGSTER_PG_PASSWORD": PG_PASSWORD,
-            "DAGSTER_PG_HOST": LOCALHOST,
-            "DAGSTER_PG_PORT": str(pg_port),
-            "DAGSTER_PG_DB": "dagster",
-            "DAGSTER_COMPUTE_LOG_BUCKET": BUCKET,
-        }
+        # every S3 client goes through the faults
+        env = platform_env(home, mlflow_uri, proxy.endpoint, pg_port)
         wait_for_http(f"{mlflow_uri}/health", timeout=180, server=ml)
         assert reference.process.wait(timeout=600) == 0, reference.tail()
         t_ready = time.monotonic()

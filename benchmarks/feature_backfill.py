@@ -103,7 +103,7 @@ def dagster_child(home: Path) -> dict:
     import quant_assets.features.assets as feature_assets
     from quant_assets.definitions import defs
     from quant_assets.partitions import trading_day_partitions
-    from resources.warehouse import Warehouse
+    from quant_assets.warehouse import Warehouse
 
     timers = _Timers()
     instance = DagsterInstance.get()

@@ -51,7 +51,7 @@ def build_world(home: Path, n_days: int = 150, n_instruments: int = 100, seed: i
     from quant_assets.serving import registry
     from quant_assets.settings import Settings
     from resources.tracking import MlflowTracking
-    from resources.warehouse import Warehouse
+    from quant_assets.warehouse import Warehouse
 
     settings = Settings.from_env()
     features = sorted(FEATURES)

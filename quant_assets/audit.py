@@ -139,7 +139,7 @@ def _warehouse_root(root: str | None) -> str:
 
 def record(events: Sequence[AuditEvent] | AuditEvent, root: str | None = None) -> int:
     """Append events to ``<warehouse>/audit_log`` in one commit; returns the rows written."""
-    from resources.warehouse import Warehouse
+    from quant_assets.warehouse import Warehouse
 
     events = [events] if isinstance(events, AuditEvent) else list(events)
     if not events:
@@ -161,7 +161,7 @@ def read(
     """Audit rows (oldest first), optionally filtered; empty when nothing was recorded."""
     from deltalake import DeltaTable
 
-    from resources.warehouse import storage_options_from_env
+    from quant_assets.warehouse import storage_options_from_env
 
     root = _warehouse_root(root)
     uri = root.rstrip("/") + "/" + AUDIT_TABLE

@@ -92,7 +92,7 @@ def main() -> int:
 
 def print_summary(settings, elapsed: float) -> None:
     from quant_assets.validation.report import format_metric
-    from resources.warehouse import Warehouse
+    from quant_assets.warehouse import Warehouse
 
     wh = Warehouse(settings.warehouse_uri)
     report = dict(wh.read(["validation_report"]).frame.iter_rows())

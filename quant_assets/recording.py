@@ -13,7 +13,7 @@ from typing import Any
 from dagster import AssetExecutionContext, MetadataValue
 
 from quant_assets.lineage import collect_lineage
-from resources.warehouse import VersionedFrame
+from quant_assets.warehouse import VersionedFrame
 
 
 def input_versions(inputs: Mapping[str, VersionedFrame]) -> dict[str, int]:

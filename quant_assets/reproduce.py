@@ -116,8 +116,8 @@ def reproduce_run(
     """Rebuild the model month of MLflow run `run_id` and compare hashes (see module doc)."""
     from mlflow.exceptions import MlflowException
 
+    from quant_assets.warehouse import Warehouse
     from resources import build_resources
-    from resources.warehouse import Warehouse
 
     settings = settings or Settings.from_env()
     tracking = build_resources(settings)["tracking"]

@@ -1,4 +1,4 @@
-"""Dagster IO manager over the Delta warehouse (see resources/warehouse.py for why not
+"""Dagster IO manager over the Delta warehouse (see quant_assets/warehouse.py for why not
 the stock dagster-deltalake manager).
 
 - time-window partitioned asset (one partition or a range): write and read the rows
@@ -25,7 +25,7 @@ from dagster import (
     TimeWindowPartitionsDefinition,
 )
 
-from resources.warehouse import (
+from quant_assets.warehouse import (
     PartitionKeys,
     PartitionWindow,
     Selection,

@@ -29,7 +29,7 @@ from quant_assets.data import quality
 from quant_assets.data.files import LandingFileError, list_landing_files, read_market_bars_file
 from quant_assets.jobs import daily_features_job
 from quant_assets.partitions import SETTINGS, trading_day_partitions
-from resources.warehouse import PartitionWindow, Warehouse, WarehouseError
+from quant_assets.warehouse import PartitionWindow, Warehouse, WarehouseError
 
 REJECTED = "rejected"
 

@@ -46,7 +46,7 @@ from quant_assets.partitions import SETTINGS, monthly_partitions, trading_day_pa
 from quant_assets.serving import drift, registry
 from resources.io_manager import DeltaIOManager
 from resources.tracking import MlflowTracking
-from resources.warehouse import PartitionKeys, PartitionWindow, Warehouse
+from quant_assets.warehouse import PartitionKeys, PartitionWindow, Warehouse
 
 PSI_THRESHOLD = 0.25
 MAX_FEATURES_OVER = 10

@@ -31,7 +31,7 @@ from quant_assets.partitions import monthly_partitions, trading_day_partitions
 from quant_assets.settings import Settings
 from resources import build_resources
 from resources.io_manager import DeltaIOManager
-from resources.warehouse import PartitionWindow, Warehouse, content_hash
+from quant_assets.warehouse import PartitionWindow, Warehouse, content_hash
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("backtest_restart")]
 

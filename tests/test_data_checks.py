@@ -18,7 +18,7 @@ from quant_assets.data.simulator import SimulatorConfig, simulate_market
 from quant_assets.features.assets import pit_features
 from resources.io_manager import DeltaIOManager
 from resources.market_source import MarketSource
-from resources.warehouse import Warehouse, content_hash
+from quant_assets.warehouse import Warehouse, content_hash
 from sensors.landing import evaluate_landing, landing_files_sensor
 
 DAY = "2022-06-01"

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, materialize
 
-from resources.warehouse import Warehouse, content_hash
+from quant_assets.warehouse import Warehouse, content_hash
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("golden")]
 

@@ -370,7 +370,7 @@ def test_overlapping_range_backfills_on_s3_leave_no_duplicates(stack, monkeypatc
     from quant_assets.features.assets import pit_features
     from quant_assets.settings import Settings
     from resources import build_resources
-    from resources.warehouse import Warehouse, content_hash
+    from quant_assets.warehouse import Warehouse, content_hash
 
     settings = Settings.from_env()
     wh = Warehouse(settings.warehouse_uri)

@@ -32,7 +32,7 @@ from quant_assets.models.walkforward import first_trading_day, training_cutoff
 from quant_assets.reproduce import ReproduceError, reproduce_run
 from quant_assets.settings import Settings
 from resources import build_resources
-from resources.warehouse import PartitionWindow, Warehouse
+from quant_assets.warehouse import PartitionWindow, Warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reproduce")]
 

@@ -24,7 +24,7 @@ from dagster._core.storage.tags import (
 )
 
 from resources.io_manager import DeltaIOManager
-from resources.warehouse import PartitionWindow, Warehouse, WarehouseError
+from quant_assets.warehouse import PartitionWindow, Warehouse, WarehouseError
 
 D = dt.date.fromisoformat
 DAYS = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-11")

@@ -24,11 +24,11 @@ from quant_assets.economics import measured
 from quant_assets.features import total_return_index
 from quant_assets.models.assets import months_in
 from quant_assets.partitions import monthly_partitions
+from quant_assets.performance import performance_summary
 from quant_assets.recording import lineage_metadata, lineage_of
 from quant_assets.retries import IO_RETRY, not_retried, refuse
-from quant_assets.validation.stats import performance_summary
+from quant_assets.warehouse import VersionedFrame
 from resources.tracking import MlflowTracking
-from resources.warehouse import VersionedFrame
 
 GROUP = "backtest"
 

@@ -45,10 +45,11 @@ from quant_assets.models.walkforward import (
     join_features_labels,
 )
 from quant_assets.partitions import SETTINGS, monthly_partitions, sweep_trial_partitions
+from quant_assets.performance import rank_information_coefficient
 from quant_assets.recording import input_versions, lineage_metadata, lineage_of
 from quant_assets.retries import IO_RETRY, refuse
+from quant_assets.warehouse import VersionedFrame
 from resources.tracking import MlflowTracking
-from resources.warehouse import VersionedFrame
 
 GROUP = "models"
 REGISTERED_MODEL = "quant-assets-lgbm"
@@ -308,14 +309,13 @@ def seq_model(
 
 
 def _rank_ic(scores: pl.DataFrame, labels: pl.DataFrame) -> float:
-    """Mean daily Spearman correlation of scores with realised forward returns (NaN if none)."""
-    daily = (
-        scores.join(labels.select("date", "instrument_id", "fwd_return"), on=["date", "instrument_id"])
-        .group_by("date")
-        .agg(pl.corr("score", "fwd_return", method="spearman").alias("ic"))
-        .filter(pl.col("ic").is_finite())
+    """Mean daily rank IC of scores against realised forward returns (NaN if none)."""
+    joined = scores.join(
+        labels.select("date", "instrument_id", "fwd_return"), on=["date", "instrument_id"]
     )
-    return float(daily["ic"].mean()) if daily.height else float("nan")
+    return rank_information_coefficient(
+        joined["date"].to_physical().to_numpy(), joined["score"].to_numpy(), joined["fwd_return"].to_numpy()
+    ).mean
 
 
 SWEEP_OUTPUTS = ("sweep_trials", "trial_returns")

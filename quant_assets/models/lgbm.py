@@ -28,6 +28,8 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
+from quant_assets.performance import rank_correlation, rank_information_coefficient
+
 KEYS = ("date", "instrument_id")
 
 
@@ -97,25 +99,6 @@ def _feature_matrix(frame: pl.DataFrame, feature_cols: list[str]) -> np.ndarray:
         .to_numpy()
         .astype(np.float64, copy=False)
     )
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2:
-        return float("nan")
-    out = pl.DataFrame({"a": a, "b": b}).select(pl.corr("a", "b", method="spearman")).item()
-    return float("nan") if out is None else float(out)
-
-
-def _daily_ic(dates: pl.Series, pred: np.ndarray, target: np.ndarray) -> float:
-    if len(pred) == 0:
-        return float("nan")
-    per_day = (
-        pl.DataFrame({"date": dates, "p": pred, "y": target})
-        .group_by("date")
-        .agg(pl.corr("p", "y", method="spearman").alias("ic"))
-        .filter(pl.col("ic").is_not_null() & pl.col("ic").is_not_nan())
-    )
-    return float(per_day["ic"].mean()) if per_day.height else float("nan")
 
 
 @dataclass(frozen=True)
@@ -264,8 +247,10 @@ def train_lgbm(
     if X_val is not None:
         pred_val = final.predict(X_val, num_threads=config.num_threads)
         metrics["valid_l2"] = float(np.mean((pred_val - y_val) ** 2))
-        metrics["valid_ic"] = _spearman(pred_val, y_val)
-        metrics["valid_ic_daily_mean"] = _daily_ic(valid.get_column("date"), pred_val, y_val)
+        metrics["valid_ic"] = rank_correlation(pred_val, y_val)
+        metrics["valid_ic_daily_mean"] = rank_information_coefficient(
+            valid.get_column("date").to_physical().to_numpy(), pred_val, y_val
+        ).mean
 
     used_dates = clean.get_column("date")
     return TrainedModel(

@@ -64,7 +64,8 @@ import torch
 from torch import nn
 
 from quant_assets.calendar import shift_trading_days
-from quant_assets.models.lgbm import _daily_ic, _spearman, split_purged
+from quant_assets.models.lgbm import split_purged
+from quant_assets.performance import rank_correlation, rank_information_coefficient
 
 KEYS = ("date", "instrument_id")
 DEVICES = ("auto", "cpu", "cuda")
@@ -511,8 +512,10 @@ def train_seq(
             pred_val = _predict_batches(net, inputs, valid_index, _PREDICT_BATCH).cpu().numpy()
             pred_val = pred_val.astype(np.float64)
             metrics["valid_loss"] = float(np.mean((pred_val - y_val_np) ** 2))
-            metrics["valid_ic"] = _spearman(pred_val, y_val_np)
-            metrics["valid_ic_daily_mean"] = _daily_ic(valid.get_column("date"), pred_val, y_val_np)
+            metrics["valid_ic"] = rank_correlation(pred_val, y_val_np)
+            metrics["valid_ic_daily_mean"] = rank_information_coefficient(
+                valid.get_column("date").to_physical().to_numpy(), pred_val, y_val_np
+            ).mean
 
     used_dates = clean.get_column("date")
     return TrainedSeqModel(

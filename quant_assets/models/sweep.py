@@ -35,7 +35,7 @@ from quant_assets.lineage import canonical_json
 from quant_assets.models.lgbm import LGBMConfig, TrainedModel
 from quant_assets.models.monthly import fit_lgbm_month, predict_lgbm_month
 from quant_assets.models.walkforward import WalkForwardConfig
-from quant_assets.validation.stats import performance_summary
+from quant_assets.performance import performance_summary
 
 SECTIONS = {"lgbm": LGBMConfig, "strategy": StrategySpec}
 METHODS = ("grid", "random", "sobol")

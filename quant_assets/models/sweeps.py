@@ -36,8 +36,8 @@ from dagster import (
 from quant_assets.lineage import collect_lineage
 from quant_assets.models.sweep import SearchSpace, TrialSpec, plan_trials
 from quant_assets.partitions import monthly_partitions, sweep_trial_partitions
+from quant_assets.warehouse import PartitionKeys, Warehouse
 from resources.tracking import MlflowTracking
-from resources.warehouse import PartitionKeys, Warehouse
 
 PLAN_TABLE = ["sweep_plan"]
 REGISTRY_TABLE = ["sweep_trials"]

@@ -16,7 +16,7 @@ import polars as pl
 from quant_assets.calendar import shift_trading_days, trading_days
 from quant_assets.data.simulator import SimulatorConfig, simulate_market
 from quant_assets.features import compute_features, compute_labels
-from resources.warehouse import PartitionWindow, Warehouse
+from quant_assets.warehouse import PartitionWindow, Warehouse
 
 
 class Panel(NamedTuple):

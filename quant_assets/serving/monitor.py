@@ -7,7 +7,7 @@ Pure: numpy and polars, plus the strategy and statistics cores (no Dagster, no M
   scored days (``daily_scores``) with realised total-return closes. The book starts flat
   ``WARMUP_DAYS`` before the window (execution lag 1: the first day only decides weights),
   so the window's returns are those of an established book.
-* Realised Sharpe: annualised Sharpe (``validation.stats.sharpe``) of the last ``window``
+* Realised Sharpe: annualised Sharpe (``performance.sharpe``) of the last ``window``
   (default 21) daily net returns.
 * Reference: every rolling ``window``-day annualised Sharpe of the backtest's
   ``net_return`` (same scale), up to the monitored day; its mean and std (ddof=1).
@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from quant_assets.backtest.strategy import StrategySpec, run_long_short
-from quant_assets.validation.stats import sharpe
+from quant_assets.performance import sharpe
 
 WINDOW = 21
 WARMUP_DAYS = 2

@@ -86,7 +86,7 @@ def registry_loaders(tracking_uri: str, warehouse_uri: str, alias: str, name: st
     from mlflow import MlflowClient
 
     from quant_assets.serving import registry
-    from resources.warehouse import Warehouse
+    from quant_assets.warehouse import Warehouse
 
     client = MlflowClient(tracking_uri=tracking_uri)
     warehouse = Warehouse(warehouse_uri)

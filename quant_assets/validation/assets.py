@@ -32,8 +32,8 @@ from quant_assets.validation.promotion import promote
 from quant_assets.validation.report import render_markdown, summarise
 from quant_assets.validation.tearsheet import TearSheetInputs, monthly_ic, render_tearsheet
 from quant_assets.validation.trials import build_trial_set
+from quant_assets.warehouse import VersionedFrame, Warehouse
 from resources.tracking import MlflowTracking
-from resources.warehouse import VersionedFrame, Warehouse
 
 GROUP = "validation"
 VARIANT_QUANTILES = (0.1, 0.2, 0.3)

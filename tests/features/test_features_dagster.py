@@ -53,7 +53,7 @@ from quant_assets.instance import local_instance_yaml, relax_local_sqlite
 from quant_assets.partitions import SETTINGS, trading_day_partitions
 from resources import build_resources
 from resources.io_manager import DeltaIOManager
-from resources.warehouse import Warehouse
+from quant_assets.warehouse import Warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("features_dagster")]
 

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import polars as pl
 from deltalake.exceptions import CommitFailedError
 
-from resources.warehouse import (
+from quant_assets.warehouse import (
     PartitionWindow,
     Selection,
     Warehouse,

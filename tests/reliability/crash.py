@@ -104,7 +104,7 @@ def table_state(home: Path) -> dict[str, dict]:
     """Per table: whole-table content hash and a content hash per day (daily tables)."""
     import polars as pl
 
-    from resources.warehouse import Warehouse, content_hash
+    from quant_assets.warehouse import Warehouse, content_hash
 
     wh = Warehouse(str(home / "warehouse"))
     out: dict[str, dict] = {}
@@ -292,7 +292,7 @@ def prepare_monthly_base(home: Path) -> None:
     """The chain's upstream, written straight to Delta as the data/feature assets would
     (simulated market + real point-in-time features and labels over the settings' range)."""
     from quant_assets.models.synthetic import simulated_panel, write_panel
-    from resources.warehouse import Warehouse
+    from quant_assets.warehouse import Warehouse
 
     settings = settings_for(home)
     write_panel(Warehouse(settings.warehouse_uri),
@@ -396,7 +396,7 @@ def monthly_state(home: Path, tables: tuple[str, ...] = BASE_TABLES + MONTHLY) -
     not open or read."""
     import polars as pl
 
-    from resources.warehouse import Warehouse, content_hash
+    from quant_assets.warehouse import Warehouse, content_hash
 
     wh = Warehouse(str(home / "warehouse"))
     out: dict[str, dict] = {}

@@ -28,7 +28,7 @@ from quant_assets.features.assets import pit_features
 from quant_assets.settings import Settings
 from resources import build_resources
 from resources.market_source import MarketSource
-from resources.warehouse import Warehouse, content_hash
+from quant_assets.warehouse import Warehouse, content_hash
 from sensors.landing import REJECTED, evaluate_landing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))

@@ -21,7 +21,7 @@ import pytest
 from concurrency import INSTRUMENTS, TEST_ID_KEY, day_frame, day_window
 from servers import start_server, stop_process_group
 
-from resources.warehouse import Warehouse
+from quant_assets.warehouse import Warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 

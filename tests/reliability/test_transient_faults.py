@@ -327,7 +327,7 @@ def test_every_run_succeeded_and_history_is_complete(histories):
 
 
 def test_delta_tables_equal_the_fault_free_reference(stack_env):
-    from resources.warehouse import Warehouse, content_hash
+    from quant_assets.warehouse import Warehouse, content_hash
 
     faulted = Warehouse(f"s3://{BUCKET}/warehouse")
     reference = Warehouse(str(stack_env["ref_home"] / "warehouse"))
@@ -342,7 +342,7 @@ def test_delta_tables_equal_the_fault_free_reference(stack_env):
 def test_mlflow_runs_and_artifacts_are_complete(stack_env, histories):
     from mlflow import MlflowClient
 
-    from resources.warehouse import Warehouse
+    from quant_assets.warehouse import Warehouse
 
     def runs(client: MlflowClient) -> list:
         exp = client.get_experiment_by_name("quant-assets")

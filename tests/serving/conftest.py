@@ -62,7 +62,7 @@ def write_raw_world(settings) -> None:
     from quant_assets import calendar
     from quant_assets.data.simulator import SimulatorConfig, simulate_market
     from quant_assets.features import FeatureConfig, compute_features, compute_labels
-    from resources.warehouse import PartitionWindow, Warehouse
+    from quant_assets.warehouse import PartitionWindow, Warehouse
 
     wh = Warehouse(settings.warehouse_uri)
     md = simulate_market(SimulatorConfig(
@@ -93,7 +93,7 @@ def world(tmp_path_factory) -> World:
     from quant_assets.backtest.assets import backtest
     from quant_assets.models.assets import lgbm_model, oos_predictions
     from resources import build_resources
-    from resources.warehouse import Warehouse
+    from quant_assets.warehouse import Warehouse
 
     home = tmp_path_factory.mktemp("serving-world")
     settings = settings_for(home)

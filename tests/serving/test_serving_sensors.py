@@ -25,7 +25,7 @@ from quant_assets.instance import local_instance_yaml
 from quant_assets.serving import registry
 from resources.io_manager import DeltaIOManager
 from resources.tracking import MlflowTracking
-from resources.warehouse import PartitionWindow, Warehouse
+from quant_assets.warehouse import PartitionWindow, Warehouse
 from sensors.monitoring import ALERTS_TABLE, serving_alarm_sensor
 
 DAY = "2023-02-28"

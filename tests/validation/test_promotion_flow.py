@@ -28,7 +28,7 @@ from quant_assets.validation.promotion import CHAMPION, PREVIOUS_CHAMPION
 from resources.io_manager import DeltaIOManager
 from resources.market_source import MarketSource
 from resources.tracking import MlflowTracking
-from resources.warehouse import Warehouse
+from quant_assets.warehouse import Warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("promotion")]
 

@@ -46,15 +46,15 @@ def build_world(home: Path, n_days: int = 150, n_instruments: int = 100, seed: i
     from mlflow import MlflowClient
 
     from quant_assets.calendar import shift_trading_days, trading_days
-    from quant_assets.features import FEATURES
+    from quant_assets.features import active_features
     from quant_assets.models.lgbm import LGBMConfig, train_lgbm
     from quant_assets.serving import registry
     from quant_assets.settings import Settings
-    from resources.tracking import MlflowTracking
     from quant_assets.warehouse import Warehouse
+    from resources.tracking import MlflowTracking
 
     settings = Settings.from_env()
-    features = sorted(FEATURES)
+    features = sorted(active_features())
     rng = np.random.default_rng(seed)
     days = trading_days(dt.date(2022, 1, 3), dt.date(2022, 12, 30))[:n_days]
     n = len(days) * n_instruments

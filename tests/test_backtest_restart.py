@@ -29,9 +29,9 @@ from quant_assets.backtest.assets import backtest, strategy_grid
 from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
 from quant_assets.partitions import monthly_partitions, trading_day_partitions
 from quant_assets.settings import Settings
+from quant_assets.warehouse import PartitionWindow, Warehouse, content_hash
 from resources import build_resources
 from resources.io_manager import DeltaIOManager
-from quant_assets.warehouse import PartitionWindow, Warehouse, content_hash
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("backtest_restart")]
 

@@ -16,9 +16,9 @@ from quant_assets.data.assets import corporate_actions, fundamentals, market_bar
 from quant_assets.data.files import write_market_bars_file
 from quant_assets.data.simulator import SimulatorConfig, simulate_market
 from quant_assets.features.assets import pit_features
+from quant_assets.warehouse import Warehouse, content_hash
 from resources.io_manager import DeltaIOManager
 from resources.market_source import MarketSource
-from quant_assets.warehouse import Warehouse, content_hash
 from sensors.landing import evaluate_landing, landing_files_sensor
 
 DAY = "2022-06-01"

@@ -369,8 +369,8 @@ def test_overlapping_range_backfills_on_s3_leave_no_duplicates(stack, monkeypatc
     from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
     from quant_assets.features.assets import pit_features
     from quant_assets.settings import Settings
-    from resources import build_resources
     from quant_assets.warehouse import Warehouse, content_hash
+    from resources import build_resources
 
     settings = Settings.from_env()
     wh = Warehouse(settings.warehouse_uri)

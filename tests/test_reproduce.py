@@ -31,8 +31,8 @@ from quant_assets.models.synthetic import simulated_panel, write_panel
 from quant_assets.models.walkforward import first_trading_day, training_cutoff
 from quant_assets.reproduce import ReproduceError, reproduce_run
 from quant_assets.settings import Settings
-from resources import build_resources
 from quant_assets.warehouse import PartitionWindow, Warehouse
+from resources import build_resources
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reproduce")]
 

@@ -23,8 +23,8 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from resources.io_manager import DeltaIOManager
 from quant_assets.warehouse import PartitionWindow, Warehouse, WarehouseError
+from resources.io_manager import DeltaIOManager
 
 D = dt.date.fromisoformat
 DAYS = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-11")

@@ -7,29 +7,26 @@
 - `features_for_scoring(as_of, universe, market_bars, corporate_actions, fundamentals)`:
   one day's features from live inputs, equal to the stored `pit_features` partition.
 - `guard.find_leaks`: recompute days from inputs cut at the cutoff (the leak check).
-- `FEATURES` (name -> Feature), `feature_versions()`, `features_code_version()`,
+- `active_features()` (name -> Feature), `feature_versions()`, `features_code_version()`,
   `required_lookback_days()`.
 """
 
-from quant_assets.features.labels import LABEL_COLUMNS, compute_labels, label_ready
-from quant_assets.features.online import features_for_scoring
-from quant_assets.features.pit import as_of, total_return_index
-from quant_assets.features.registry import (
-    Feature,
-    FeatureConfig,
-    compute_features,
+from quant_assets.features.catalog import (
+    active_features,
     feature_versions,
     features_code_version,
     required_lookback_days,
 )
-from quant_assets.features.registry import _features as _registry
-
-FEATURES = _registry()
+from quant_assets.features.definition import Feature
+from quant_assets.features.engine import FeatureConfig, compute_features
+from quant_assets.features.labels import LABEL_COLUMNS, compute_labels, label_ready
+from quant_assets.features.online import features_for_scoring
+from quant_assets.features.pit import as_of, total_return_index
 
 __all__ = [
-    "FEATURES",
     "LABEL_COLUMNS",
     "Feature",
+    "active_features",
     "FeatureConfig",
     "as_of",
     "compute_features",

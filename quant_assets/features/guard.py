@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from quant_assets.features import pit
-from quant_assets.features.registry import FeatureConfig, compute_features
+from quant_assets.features.engine import FeatureConfig, compute_features
 
 KEY = ("date", "instrument_id")
 # The pseudo-feature name of a difference in the set of rows (an instrument present on one

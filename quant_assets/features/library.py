@@ -1,5 +1,5 @@
 """The feature library: polars expressions in the families of Qlib's Alpha158, plus PIT
-fundamentals and sector-relative scores. Evaluation rules are in `registry.py`.
+fundamentals and sector-relative scores. Evaluation rules are in `definition.py`.
 
 Series builders read one instrument's PIT-adjusted context as of D (date, open, high, low,
 close, volume, traded_close, traded_volume, ret, market_ret; the value at D's row is the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from quant_assets.features.registry import Feature
+from quant_assets.features.definition import Feature
 
 # --------------------------------------------------------------------------- series builders
 

@@ -18,7 +18,8 @@ import polars as pl
 
 from quant_assets import calendar
 from quant_assets.features import pit
-from quant_assets.features.registry import FeatureConfig, compute_features, required_lookback_days
+from quant_assets.features.catalog import required_lookback_days
+from quant_assets.features.engine import FeatureConfig, compute_features
 
 
 def lookback_start(as_of: dt.date) -> dt.date:

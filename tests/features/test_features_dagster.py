@@ -41,19 +41,19 @@ from quant_assets import calendar
 from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
 from quant_assets.features import (
     FeatureConfig,
+    catalog,
     features_code_version,
     features_for_scoring,
-    registry,
     required_lookback_days,
 )
 from quant_assets.features.assets import LEAK_CHECK, build_pit_features, pit_features
+from quant_assets.features.definition import Feature, build_catalog
 from quant_assets.features.library import LIBRARY, period_return
-from quant_assets.features.registry import Feature, build_registry
 from quant_assets.instance import local_instance_yaml, relax_local_sqlite
 from quant_assets.partitions import SETTINGS, trading_day_partitions
+from quant_assets.warehouse import Warehouse
 from resources import build_resources
 from resources.io_manager import DeltaIOManager
-from quant_assets.warehouse import Warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("features_dagster")]
 
@@ -187,7 +187,7 @@ def _peek_next_close() -> Feature:
 
 def test_leaky_feature_fails_the_check_and_blocks_downstream(env, monkeypatch):
     instance, _, warehouse = env
-    monkeypatch.setattr(registry, "_REGISTRY", build_registry([*LIBRARY, _peek_next_close()]))
+    monkeypatch.setattr(catalog, "_ACTIVE", build_catalog([*LIBRARY, _peek_next_close()]))
 
     @asset(partitions_def=trading_day_partitions, metadata={"partition_expr": "date"},
            ins={"pit_features": AssetIn()}, backfill_policy=BackfillPolicy.multi_run(400))
@@ -239,7 +239,7 @@ def test_changed_definition_marks_materialised_partitions_stale(env, good_run, m
     ]
     assert changed[1].expr_builder is period_return
     old_version = features_code_version()
-    monkeypatch.setattr(registry, "_REGISTRY", build_registry(changed))
+    monkeypatch.setattr(catalog, "_ACTIVE", build_catalog(changed))
     new_version = features_code_version()
     assert new_version != old_version
     rebuilt = build_pit_features(new_version)

@@ -12,13 +12,13 @@ from quant_assets.calendar import trading_days
 from quant_assets.data.simulator import SimulatorConfig, simulate_market
 from quant_assets.features import (
     FeatureConfig,
+    catalog,
     compute_features,
     features_for_scoring,
     guard,
-    registry,
 )
+from quant_assets.features.definition import Feature, build_catalog
 from quant_assets.features.library import LIBRARY
-from quant_assets.features.registry import Feature, build_registry
 
 SOME = ("return_5d", "volatility_20d", "log_market_cap", "return_5d_sector_rank")
 CONFIG = FeatureConfig(features=SOME)
@@ -86,7 +86,7 @@ def test_a_feature_reading_the_next_day_is_caught(monkeypatch):
         "peek_next_close", "leaky", "next close / close - 1", 1,
         expr=pl.col("close").shift(-1).over("instrument_id") / pl.col("close") - 1.0, kind="snapshot",
     )
-    monkeypatch.setattr(registry, "_REGISTRY", build_registry([*LIBRARY, leaky]))
+    monkeypatch.setattr(catalog, "_ACTIVE", build_catalog([*LIBRARY, leaky]))
     universe, bars, actions, funds = _inputs()
     config = FeatureConfig(features=(*SOME, "peek_next_close"))
     stored = compute_features(universe, bars, actions, funds, DAYS, config)
@@ -113,7 +113,7 @@ def test_a_series_expression_that_reads_the_next_row_is_caught(monkeypatch):
     # Computed alone, the day has no next row: the guard recomputes it so and flags it.
     peek = Feature("peek_series", "leaky", "next close / close - 1", 2,
                    expr=pl.col("close").shift(-1) / pl.col("close") - 1.0)
-    monkeypatch.setattr(registry, "_REGISTRY", build_registry([*LIBRARY, peek]))
+    monkeypatch.setattr(catalog, "_ACTIVE", build_catalog([*LIBRARY, peek]))
     universe, bars, actions, funds = _inputs()
     config = FeatureConfig(features=("return_5d", "peek_series"))
     stored = compute_features(universe, bars, actions, funds, DAYS, config)
@@ -130,7 +130,7 @@ def test_a_sample_of_instruments_is_recomputed_exactly_and_still_catches_a_leak(
     assert guard.find_leaks(stored, universe, bars, actions, funds, DAYS[:2], instruments=5, seed=3) == []
     peek = Feature("peek_series", "leaky", "next close / close - 1", 2,
                    expr=pl.col("close").shift(-1) / pl.col("close") - 1.0)
-    monkeypatch.setattr(registry, "_REGISTRY", build_registry([*LIBRARY, peek]))
+    monkeypatch.setattr(catalog, "_ACTIVE", build_catalog([*LIBRARY, peek]))
     config = FeatureConfig(features=("return_5d", "peek_series"))
     leaky = compute_features(universe, bars, actions, funds, DAYS, config)
     leaks = guard.find_leaks(leaky, universe, bars, actions, funds, DAYS[:1], config, instruments=5, seed=3)

@@ -17,14 +17,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from quant_assets.calendar import cutoff, trading_days
-from quant_assets.features import FEATURES, FeatureConfig, compute_features
+from quant_assets.features import FeatureConfig, active_features, compute_features
 
 UTC = dt.UTC
 START = dt.date(2024, 1, 2)
 ALL_DAYS = trading_days(START, dt.date(2024, 6, 28))
 FIELDS = ("net_income", "revenue", "operating_cash_flow", "book_equity", "total_assets", "shares_outstanding")
 TIME = pl.Datetime("us", "UTC")
-SERIES = [f.name for f in FEATURES.values() if f.kind == "series"]
+SERIES = [f.name for f in active_features().values() if f.kind == "series"]
 
 
 def _at(day: dt.date, hour: float) -> dt.datetime:
@@ -192,7 +192,7 @@ def test_the_cases_exercise_late_and_restated_rows():
         nonnull += before.select(pl.exclude("date", "instrument_id").is_not_null().sum()).sum_horizontal()[0]
     assert late_bars > 50 and late_actions > 20 and restated > 50
     assert sum(market_case(c)[3].height > 0 for c in range(N_CASES)) > 0.8 * N_CASES
-    assert nonnull > 0.5 * sum(market_case(c)[3].height for c in range(N_CASES)) * (len(FEATURES))
+    assert nonnull > 0.5 * sum(market_case(c)[3].height for c in range(N_CASES)) * (len(active_features()))
 
 
 @functools.cache

@@ -11,9 +11,9 @@ import pytest
 from quant_assets.calendar import cutoff, shift_trading_days, trading_days
 from quant_assets.data.simulator import SimulatorConfig, simulate_market
 from quant_assets.features import (
-    FEATURES,
     Feature,
     FeatureConfig,
+    active_features,
     compute_features,
     feature_versions,
     features_code_version,
@@ -46,14 +46,14 @@ def test_version_tracks_the_definition_not_the_words():
 
 
 def test_registry_contents():
-    assert len(FEATURES) >= 60
-    assert list(feature_versions()) == list(FEATURES)
+    assert len(active_features()) >= 60
+    assert list(feature_versions()) == list(active_features())
     assert all(len(v) == 12 for v in feature_versions().values())
-    assert len(set(feature_versions().values())) == len(FEATURES)  # no two identical definitions
+    assert len(set(feature_versions().values())) == len(active_features())  # no two identical definitions
     assert features_code_version() == features_code_version()
-    assert required_lookback_days() > max(f.window for f in FEATURES.values())
-    for f in FEATURES.values():
-        assert set(f.depends_on) <= set(FEATURES)
+    assert required_lookback_days() > max(f.window for f in active_features().values())
+    for f in active_features().values():
+        assert set(f.depends_on) <= set(active_features())
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,9 +73,9 @@ DAYS = trading_days(dt.date(2022, 11, 1), dt.date(2022, 11, 30))
 
 def test_output_schema_rows_and_order():
     out = run(DAYS[:5])
-    assert out.columns == ["date", "instrument_id", *FEATURES]
+    assert out.columns == ["date", "instrument_id", *active_features()]
     assert out.schema["date"] == pl.Date and out.schema["instrument_id"] == pl.String
-    assert all(out.schema[n] == pl.Float64 for n in FEATURES)
+    assert all(out.schema[n] == pl.Float64 for n in active_features())
     assert out.equals(out.sort("date", "instrument_id"))
     m = market()
     members = pit_universe(m.universe, m.market_bars, DAYS[:5])
@@ -115,7 +115,7 @@ def test_windows_are_honest_and_short_history_is_null():
     m = market()
     day = DAYS[-1]
     full = run([day])
-    series = [f for f in FEATURES.values() if f.kind == "series"]
+    series = [f for f in active_features().values() if f.kind == "series"]
     for window in sorted({f.window for f in series}):
         names = [f.name for f in series if f.window == window]
         enough = run([day], FeatureConfig(features=tuple(names)),

@@ -26,9 +26,9 @@ from dagster._core.storage.tags import (
 from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
 from quant_assets.features.assets import pit_features
 from quant_assets.settings import Settings
+from quant_assets.warehouse import Warehouse, content_hash
 from resources import build_resources
 from resources.market_source import MarketSource
-from quant_assets.warehouse import Warehouse, content_hash
 from sensors.landing import REJECTED, evaluate_landing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))

@@ -92,8 +92,8 @@ def world(tmp_path_factory) -> World:
 
     from quant_assets.backtest.assets import backtest
     from quant_assets.models.assets import lgbm_model, oos_predictions
-    from resources import build_resources
     from quant_assets.warehouse import Warehouse
+    from resources import build_resources
 
     home = tmp_path_factory.mktemp("serving-world")
     settings = settings_for(home)

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
+from quant_assets.performance import sharpe
 from quant_assets.serving.monitor import rolling_sharpe, signal_health
 from quant_assets.serving.scoring import PayloadError, rows_to_matrix
-from quant_assets.performance import sharpe
 
 COLS = ["a", "b", "c"]
 

@@ -23,9 +23,9 @@ from servers import start_server
 
 from quant_assets.instance import local_instance_yaml
 from quant_assets.serving import registry
+from quant_assets.warehouse import PartitionWindow, Warehouse
 from resources.io_manager import DeltaIOManager
 from resources.tracking import MlflowTracking
-from quant_assets.warehouse import PartitionWindow, Warehouse
 from sensors.monitoring import ALERTS_TABLE, serving_alarm_sensor
 
 DAY = "2023-02-28"

@@ -25,10 +25,10 @@ from quant_assets.validation import assets as validation_assets
 from quant_assets.validation.checks import CHECKS
 from quant_assets.validation.gate import PASS_METRIC
 from quant_assets.validation.promotion import CHAMPION, PREVIOUS_CHAMPION
+from quant_assets.warehouse import Warehouse
 from resources.io_manager import DeltaIOManager
 from resources.market_source import MarketSource
 from resources.tracking import MlflowTracking
-from quant_assets.warehouse import Warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("promotion")]
 

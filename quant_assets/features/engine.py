@@ -1,209 +1,23 @@
-"""The feature registry and the point-in-time feature engine.
+"""The point-in-time feature engine: features of as-of days from the raw bitemporal tables.
 
-A `Feature` is a named polars expression with a version: a short sha256 of its definition
-(the source of its builder and of the package helpers the builder calls, its parameters,
-its window and kind), so editing a definition changes its version and the asset's code
-version. Names, families and descriptions are documentation and do not enter the version.
-
-Two kinds of feature
---------------------
-- "series": evaluated on ONE instrument's PIT-adjusted context as of D (`pit.pit_panel`
-  columns date, open, high, low, close, volume, traded_close, traded_volume, ret,
-  market_ret; rows sorted by date: a null row, then the context's market days, the last
-  row is D, missing bars are null rows). The feature of D is the expression's value at D's
-  row, so expressions must be causal: rolling statistics (`rolling_mean(20,
-  min_samples=20)`), positive shifts and element-wise arithmetic, never a look at later rows
-  (`shift(-1)`, `reverse`, whole-column reductions); the leak check catches one that does.
-  `window` = market days it reads, D included (at most `before + 1`: every context has at
-  least that many rows). The leading null row makes every context carry a missing value,
-  so polars evaluates a context with the same (null-aware) kernels whatever follows D.
-- "snapshot": evaluated on the cross-section of D, one row per instrument of D's universe,
-  columns date, instrument_id, sector, close and volume (as traded on D), the
-  PIT fundamentals of `pit.fundamentals_as_of`, and every feature computed before it in
-  registry order (`depends_on` names those it needs). Cross-sectional operations use
-  `.over("date")` or `.over(["date", "sector"])`.
+See ``definition.py`` for the two kinds of feature (series on one instrument's
+point-in-time context, snapshots on a day's cross-section) and ``catalog.py`` for which
+features are computed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
-import inspect
-import types
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
 from quant_assets.calendar import DEFAULT_CUTOFF
 from quant_assets.features import pit
-
-KINDS = ("series", "snapshot")
-# Columns a snapshot expression can read besides features; no feature may take these names.
-SNAPSHOT_INPUTS: tuple[str, ...] = (
-    "date",
-    "instrument_id",
-    "sector",
-    "close",
-    "volume",
-    *pit.FUNDAMENTAL_FIELDS,
-    *(f"{f}_year_ago" for f in pit.FUNDAMENTAL_FIELDS),
-    *(f"{f}_ttm" for f in pit.FLOW_FIELDS),
-)
-# Extra market days of history to load beyond the longest context (holidays, late bars).
-LOOKBACK_MARGIN_DAYS = 5
-# Most market days a context period (pit.CONTEXT_PERIOD, a year) can have before D: a
-# context reaches back to the period's first day and then a full window further.
-PERIOD_MARKET_DAYS = 253
-
-
-# --------------------------------------------------------------------------- versions
-
-
-def _code_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
-
-
-def _fingerprint(fn: Callable[..., Any], seen: set[int]) -> list[str]:
-    """Source of `fn` plus, recursively, of the package functions and constants it uses."""
-    fn = inspect.unwrap(fn)
-    if id(fn) in seen:
-        return []
-    seen.add(id(fn))
-    try:
-        parts = [inspect.getsource(fn)]
-    except (OSError, TypeError):  # no source file (e.g. built with exec): use the bytecode
-        parts = [fn.__code__.co_code.hex(), repr(fn.__code__.co_consts)]
-    for cell in fn.__closure__ or ():
-        parts.append(repr(cell.cell_contents))
-    for name in sorted(_code_names(fn.__code__)):
-        obj = fn.__globals__.get(name)
-        if inspect.isfunction(obj) and obj.__module__.startswith("quant_assets"):
-            parts += _fingerprint(obj, seen)
-        elif isinstance(obj, int | float | str | bool | tuple | frozenset):
-            parts.append(f"{name}={obj!r}")
-    return parts
-
-
-def _short_hash(parts: Iterable[str]) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:12]
-
-
-@dataclass(frozen=True)
-class Feature:
-    """One feature: give `expr_builder` (called with `params`) or a ready `expr`."""
-
-    name: str
-    family: str
-    description: str
-    window: int
-    expr_builder: Callable[..., pl.Expr] | None = field(default=None, compare=False)
-    params: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
-    expr: pl.Expr | None = field(default=None, compare=False)
-    kind: str = "series"
-    depends_on: tuple[str, ...] = ()
-    version: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        if (self.expr_builder is None) == (self.expr is None):
-            raise ValueError(f"feature {self.name!r}: give exactly one of expr_builder or expr")
-        if self.kind not in KINDS:
-            raise ValueError(f"feature {self.name!r}: kind must be one of {KINDS}")
-        if self.window < 1:
-            raise ValueError(f"feature {self.name!r}: window must be >= 1")
-        if self.name in SNAPSHOT_INPUTS:
-            raise ValueError(f"feature {self.name!r} shadows an input column")
-        if self.expr is not None:
-            definition = [self.expr.meta.serialize(format="json")]
-        else:
-            definition = _fingerprint(self.expr_builder, set())
-        object.__setattr__(
-            self,
-            "version",
-            _short_hash([self.kind, str(self.window), repr(self.params), repr(self.depends_on), *definition]),
-        )
-
-    def build(self) -> pl.Expr:
-        """The expression, aliased to the feature's name."""
-        return _built(self)
-
-
-@functools.lru_cache(maxsize=4096)
-def _built(feature: Feature) -> pl.Expr:
-    # expressions are immutable: build each feature's once per process
-    expr = feature.expr if feature.expr is not None else feature.expr_builder(**dict(feature.params))
-    return expr.alias(feature.name)
-
-
-def __getattr__(name: str) -> Any:
-    # FEATURES is built from library.py, which imports Feature from here: resolve lazily.
-    if name == "FEATURES":
-        return _features()
-    raise AttributeError(name)
-
-
-_REGISTRY: dict[str, Feature] | None = None
-
-
-def _features() -> dict[str, Feature]:
-    global _REGISTRY
-    if _REGISTRY is None:
-        from quant_assets.features.library import LIBRARY
-
-        _REGISTRY = build_registry(LIBRARY)
-    return _REGISTRY
-
-
-def build_registry(features: Iterable[Feature]) -> dict[str, Feature]:
-    """name -> Feature in the given order, after checking names and dependencies."""
-    out: dict[str, Feature] = {}
-    for feature in features:
-        if feature.name in out:
-            raise ValueError(f"duplicate feature name {feature.name!r}")
-        for dep in feature.depends_on:
-            if dep not in out:
-                raise ValueError(f"feature {feature.name!r} depends on {dep!r}, not registered before it")
-        out[feature.name] = feature
-    return out
-
-
-def feature_versions() -> dict[str, str]:
-    """name -> version of every registered feature, in registry order."""
-    return {name: f.version for name, f in _features().items()}
-
-
-def features_code_version() -> str:
-    """One hash of every feature version and of the PIT engine's code (the asset code_version)."""
-    engine = [Path(pit.__file__).read_text(), Path(__file__).read_text()]
-    return _short_hash([*(f"{n}={v}" for n, v in feature_versions().items()), *engine])
-
-
-def max_window(features: Iterable[Feature] | None = None) -> int:
-    return max(f.window for f in (features if features is not None else _features().values()))
-
-
-def context_before() -> int:
-    """Market days before the first day of D's context period in D's context: the longest window of the
-    whole registry minus D's row (the same for every subset, so a subset's values are
-    bit-identical to the full run's)."""
-    return max_window() - 1
-
-
-def required_lookback_days() -> int:
-    """Trading days of bars before the first as-of day that the features need."""
-    return context_before() + PERIOD_MARKET_DAYS + LOOKBACK_MARGIN_DAYS
-
+from quant_assets.features.catalog import active_features, context_before
+from quant_assets.features.definition import Feature
 
 # --------------------------------------------------------------------------- the engine
 
@@ -211,7 +25,7 @@ def required_lookback_days() -> int:
 @dataclass(frozen=True)
 class FeatureConfig:
     cutoff_time: dt.time = DEFAULT_CUTOFF
-    features: tuple[str, ...] | None = None  # a subset of FEATURES (default: all)
+    features: tuple[str, ...] | None = None  # a subset of the active features (default: all)
     batch_days: int = 260  # as-of days evaluated together, within one context period (bounds memory)
     max_fundamental_age_days: int = pit.FUNDAMENTAL_MAX_AGE_DAYS
     # Rows of these instruments only (default: all). The market return and the
@@ -262,7 +76,7 @@ def compute_features(
     the feature subset: bit-identical to computing the day alone.
     """
     cfg = config or FeatureConfig()
-    registry = _features()
+    registry = active_features()
     selected = list(cfg.features) if cfg.features is not None else list(registry)
     needed = _with_dependencies(registry, selected)
     selected = [n for n in registry if n in set(selected)]
@@ -397,17 +211,17 @@ def _batch_plan(
     series = [f for f in needed if f.kind == "series"]
     # each series feature is its expression's value at D's row of D's view
     if cfg.instruments is None:
-        evaluated = panel.with_columns(_built(f).over("_context").alias(f.name) for f in series)
+        evaluated = panel.with_columns(f.build().over("_context").alias(f.name) for f in series)
     else:
         # the series that snapshot features read across instruments, for every instrument;
         # the rest for the asked instruments only
         wanted = pl.col("instrument_id").is_in(list(cfg.instruments))
         shared = _cross_sectional_inputs(needed)
-        evaluated = panel.with_columns(_built(f).over("_context").alias(f.name) for f in series if f.name in shared)
+        evaluated = panel.with_columns(f.build().over("_context").alias(f.name) for f in series if f.name in shared)
         evaluated = pl.concat(
             [
                 evaluated.filter(wanted).with_columns(
-                    _built(f).over("_context").alias(f.name) for f in series if f.name not in shared
+                    f.build().over("_context").alias(f.name) for f in series if f.name not in shared
                 ),
                 evaluated.filter(~wanted),
             ],

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return audit_cli(rest)
     if args.command == "platform-report":
-        from quant_assets.economics import main as platform_report
+        from quant_assets.cli.platform_report import main as platform_report
 
         return platform_report(rest)
     return 2

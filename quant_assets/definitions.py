@@ -16,7 +16,8 @@ from quant_assets.features import assets as feature_assets
 from quant_assets.instance import relax_local_sqlite
 from quant_assets.models import assets as model_assets
 from quant_assets.partitions import SETTINGS
-from quant_assets.placement import apply_placement, executor_for, load_policy
+from quant_assets.placement.apply import apply_placement, executor_for
+from quant_assets.placement.policy import load_policy
 from quant_assets.serving import assets as serving_assets
 from quant_assets.validation import assets as validation_assets
 from quant_assets.validation import checks as validation_checks

@@ -21,7 +21,8 @@ import time
 def main() -> int:
     t_start = time.perf_counter()
     from quant_assets.instance import prepare_local_instance, relax_local_sqlite
-    from quant_assets.placement import configure_local_instance, load_policy
+    from quant_assets.placement.apply import configure_local_instance
+    from quant_assets.placement.policy import load_policy
     from quant_assets.settings import Settings
 
     settings = Settings.from_env()

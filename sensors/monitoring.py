@@ -44,9 +44,9 @@ from dagster import (
 from quant_assets import calendar
 from quant_assets.partitions import SETTINGS, monthly_partitions, trading_day_partitions
 from quant_assets.serving import drift, registry
+from quant_assets.warehouse import PartitionKeys, PartitionWindow, Warehouse
 from resources.io_manager import DeltaIOManager
 from resources.tracking import MlflowTracking
-from quant_assets.warehouse import PartitionKeys, PartitionWindow, Warehouse
 
 PSI_THRESHOLD = 0.25
 MAX_FEATURES_OVER = 10

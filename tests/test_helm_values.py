@@ -16,7 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from quant_assets.placement import K8S_VERSION, POOL_LABEL, load_policy
+from quant_assets.placement.kubernetes import K8S_VERSION
+from quant_assets.placement.policy import POOL_LABEL, load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -107,7 +108,7 @@ def test_run_launcher_and_executor_run_in_kubernetes(values, monkeypatch):
     assert all(isinstance(v, str) for v in env.values())  # ConfigMap data must be strings
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    from quant_assets.placement import executor_for
+    from quant_assets.placement.apply import executor_for
     from quant_assets.settings import Settings
 
     settings = Settings.from_env()
@@ -288,7 +289,7 @@ def test_instance_file_is_valid_for_dagster(tmp_path, monkeypatch, instance_yaml
     assert logs.value["bucket"] == INSTANCE_ENV["DAGSTER_COMPUTE_LOG_BUCKET"]
     assert config["concurrency"]["pools"]["granularity"] == "op"
     # the demo and configure_local_instance merge pool settings into this file: still valid
-    from quant_assets.placement import write_local_concurrency_config
+    from quant_assets.placement.apply import write_local_concurrency_config
 
     write_local_concurrency_config(tmp_path)
     dagster_instance_config(str(tmp_path))

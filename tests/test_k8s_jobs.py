@@ -22,13 +22,9 @@ from dagster_k8s.job import (
 )
 from kubernetes.client import ApiClient
 
-from quant_assets.placement import (
-    K8S_CONFIG_TAG,
-    K8S_VERSION,
-    POOL_LABEL,
-    apply_placement,
-    load_policy,
-)
+from quant_assets.placement.apply import K8S_CONFIG_TAG, apply_placement
+from quant_assets.placement.kubernetes import K8S_VERSION
+from quant_assets.placement.policy import POOL_LABEL, load_policy
 
 JOB_IMAGE = "quant-assets:0.1.0"
 RUN_ID = "7d3c2a5e-1b4f-4c8e-9a60-0f2b7c1d9e35"

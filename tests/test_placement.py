@@ -31,17 +31,20 @@ from dagster._core.execution.api import create_execution_plan
 from dagster._core.instance.config import PoolGranularity
 from dagster_k8s import k8s_job_executor
 
-from quant_assets.placement import (
-    DEFAULT_POLICY_PATH,
+from quant_assets.placement.apply import (
     K8S_CONFIG_TAG,
-    K8S_VERSION,
-    POOL_LABEL,
-    PolicyError,
     apply_placement,
     configure_local_instance,
     executor_for,
-    load_policy,
+    k8s_config_for,
     local_pool_limits,
+)
+from quant_assets.placement.kubernetes import K8S_VERSION
+from quant_assets.placement.policy import (
+    DEFAULT_POLICY_PATH,
+    POOL_LABEL,
+    PolicyError,
+    load_policy,
     parse_policy,
 )
 
@@ -394,7 +397,7 @@ def test_unplaced_asset_without_default_names_the_asset():
 
 def test_unknown_pool_lookup_is_a_policy_error(policy):
     with pytest.raises(PolicyError, match="unknown pool 'tpu'"):
-        policy.k8s_config_for("tpu")
+        k8s_config_for(policy, "tpu")
 
 
 # ---------------------------------------------------------------- the real code location
@@ -414,7 +417,7 @@ def test_every_real_asset_gets_a_pool_and_the_k8s_tag(real_assets, placed, polic
             pool = policy.pool_for(spec)
             assert a.op.pool == pool
             assert spec.tags[POOL_LABEL] == pool
-            assert json.loads(a.op.tags[K8S_CONFIG_TAG]) == policy.k8s_config_for(pool)
+            assert json.loads(a.op.tags[K8S_CONFIG_TAG]) == k8s_config_for(policy, pool)
     pools = {k: p for k, (p, _) in _placement(placed).items()}
     assert pools["pit_features"] == "cpu-highmem"
     assert pools["lgbm_model"] == "cpu"
@@ -468,7 +471,7 @@ def test_real_definitions_load_with_the_pools_on_every_step(stages, placed, poli
             pool = policy.pool_for(next(iter(assets_def.specs)))
             # what the executors read: the step's pool and its dagster-k8s/config tag
             assert step.pool == pool
-            assert json.loads(step.tags[K8S_CONFIG_TAG]) == policy.k8s_config_for(pool)
+            assert json.loads(step.tags[K8S_CONFIG_TAG]) == k8s_config_for(policy, pool)
             for key in assets_def.keys:
                 assert graph.get(key).pools == {pool}
             seen |= assets_def.keys
@@ -637,7 +640,7 @@ def test_pool_limits_are_applied_to_a_real_instance(tmp_path, policy):
 
 
 def test_concurrency_config_merge_keeps_a_valid_instance_config(tmp_path, policy):
-    from quant_assets.placement import write_local_concurrency_config
+    from quant_assets.placement.apply import write_local_concurrency_config
 
     home = tmp_path / "legacy"
     home.mkdir()
@@ -688,7 +691,8 @@ from pathlib import Path
 
 from dagster import Definitions, asset, define_asset_job, multiprocess_executor
 
-from quant_assets.placement import apply_placement, parse_policy
+from quant_assets.placement.apply import apply_placement
+from quant_assets.placement.policy import parse_policy
 
 LOG = Path(os.environ["PLACEMENT_TEST_LOG"])
 POLICY = parse_policy(json.loads(os.environ["PLACEMENT_TEST_POLICY"]))

@@ -280,7 +280,7 @@ def test_run_history_is_in_postgres(stack):
     # market_bars + pit_features + labels per trading day (~100 days), plus the rest
     assert materialisations > 3 * 95
     # pools.yaml's local limits were applied to the Postgres instance
-    from quant_assets.placement import load_policy
+    from quant_assets.placement.policy import load_policy
 
     assert slots == {name: p.local_limit for name, p in load_policy().pools.items()}
 
@@ -342,7 +342,7 @@ def test_mlflow_server_holds_lineage(stack):
 def test_platform_report_reads_the_postgres_instance(stack, monkeypatch):
     from dagster import DagsterInstance
 
-    from quant_assets.economics import platform_report
+    from quant_assets.cli.platform_report import platform_report
 
     for name, value in stack["env"].items():
         monkeypatch.setenv(name, value)

@@ -148,7 +148,8 @@ def test_seq_model_months_reproduce_on_cpu(flow):
         reproduce_run("0" * 32, settings)
     # placed on the gpu pool by deploy/pools.yaml (kind pytorch), CPU locally
     from quant_assets.models.assets import seq_model
-    from quant_assets.placement import apply_placement, load_policy
+    from quant_assets.placement.apply import apply_placement
+    from quant_assets.placement.policy import load_policy
 
     (placed,) = apply_placement([seq_model], load_policy())
     assert placed.op.pool == "gpu" and "pytorch" in placed.specs_by_key[placed.key].kinds

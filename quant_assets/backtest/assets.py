@@ -20,13 +20,13 @@ from dagster import (
 from quant_assets import calendar
 from quant_assets.backtest.monthly_grid import GridSpec, evaluate_month
 from quant_assets.backtest.strategy import StrategySpec, StrategyState, run_long_short
-from quant_assets.economics import measured
 from quant_assets.features import total_return_index
 from quant_assets.models.assets import months_in
 from quant_assets.partitions import monthly_partitions
 from quant_assets.performance import performance_summary
 from quant_assets.recording import lineage_metadata, lineage_of
 from quant_assets.retries import IO_RETRY, not_retried, refuse
+from quant_assets.run_costs import measured
 from quant_assets.warehouse import VersionedFrame
 from resources.tracking import MlflowTracking
 
@@ -93,7 +93,7 @@ def backtest(
 ):
     """Daily returns, costs, turnover and exposures of the long-short strategy on the
     month's out-of-sample predictions; the last row of each month carries its end state."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         months = months_in(context)
         first_key = monthly_partitions.get_first_partition_key()
         with not_retried(ValueError):  # a missing previous month stays missing on retry
@@ -196,7 +196,7 @@ def strategy_grid(
 ):
     """Every (instrument, parameter set) of the configured families over each month's
     total-return closes: total return, Sharpe, max drawdown and trade count."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         spec = config.spec()
         prices = total_return_index(market_bars.frame, corporate_actions.frame)
         parts = []

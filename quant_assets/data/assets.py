@@ -27,9 +27,9 @@ from dagster import (
 
 from quant_assets.data import quality
 from quant_assets.data.files import LandingFileError
-from quant_assets.economics import measured
 from quant_assets.partitions import trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried
+from quant_assets.run_costs import measured
 from resources.market_source import MarketSource
 
 GROUP = "market_data"
@@ -85,7 +85,7 @@ def _unpartitioned(name: str, check: Callable[[pl.DataFrame], list[quality.Viola
         description=f"Raw `{name}` table (bitemporal; see ARCHITECTURE.md for the schema).",
     )
     def _asset(context: AssetExecutionContext, market_source: MarketSource):
-        with measured(context, output_name="result") as meter:  # run economics; checks are outputs too
+        with measured(context, output_name="result") as meter:  # run costs; checks are outputs too
             frame = getattr(market_source.load(), name)
             violations = check(frame)
             meter.rows(rows_out=frame.height)
@@ -120,7 +120,7 @@ def market_bars(
 ):
     """Daily OHLCV as traded (unadjusted) with the time each bar became known."""
     window = context.partition_time_window
-    with measured(context, output_name="result") as meter:  # run economics; checks are outputs too
+    with measured(context, output_name="result") as meter:  # run costs; checks are outputs too
         with not_retried(LandingFileError):  # a bad file is bad on every attempt
             frame = market_source.market_bars(window.start.date(), window.end.date(), config.source)
         violations = quality.check_market_bars(frame, universe, as_of=dt.datetime.now(dt.UTC))

@@ -33,7 +33,6 @@ from dagster import (
     asset,
 )
 
-from quant_assets.economics import measured
 from quant_assets.features import (
     FeatureConfig,
     compute_features,
@@ -44,6 +43,7 @@ from quant_assets.features import (
 )
 from quant_assets.partitions import SETTINGS, trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried
+from quant_assets.run_costs import measured
 
 GROUP = "features"
 # About four years per run: 10 years of 500 instruments in 3 runs, each well under a GB
@@ -102,7 +102,7 @@ def build_pit_features(code_version: str) -> AssetsDefinition:
         knowledge_time <= cutoff(day) are seen (``quant_assets.features.pit``)."""
         days = _days(context)
         config = FeatureConfig(cutoff_time=SETTINGS.cutoff_time)
-        with measured(context, output_name="result") as meter:  # run economics; checks are outputs too
+        with measured(context, output_name="result") as meter:  # run costs; checks are outputs too
             frame = compute_features(universe, market_bars, corporate_actions, fundamentals, days, config)
             sampled = guard.sample_days(days, LEAK_CHECK_DAYS, SETTINGS.seed)
             leaks = guard.find_leaks(frame, universe, market_bars, corporate_actions, fundamentals, sampled, config,

@@ -27,7 +27,6 @@ from dagster import (
 )
 
 from quant_assets import calendar
-from quant_assets.economics import measured
 from quant_assets.features import feature_versions, features_code_version, total_return_index
 from quant_assets.lineage import collect_lineage
 from quant_assets.models.lgbm import LGBMConfig, TrainedModel, predictions_hash
@@ -48,6 +47,7 @@ from quant_assets.partitions import SETTINGS, monthly_partitions, sweep_trial_pa
 from quant_assets.performance import rank_information_coefficient
 from quant_assets.recording import input_versions, lineage_metadata, lineage_of
 from quant_assets.retries import IO_RETRY, refuse
+from quant_assets.run_costs import measured
 from quant_assets.warehouse import VersionedFrame
 from resources.tracking import MlflowTracking
 
@@ -159,7 +159,7 @@ def lgbm_model(
 ):
     """One LightGBM model per month, walk-forward, purged and embargoed; a row per month
     with the exact model string, its sha256, metrics and the MLflow run/version."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         joined = join_features_labels(pit_features.frame, labels.frame)
         features = feature_columns(pit_features.frame)
         rows, run_ids = [], []
@@ -216,7 +216,7 @@ def oos_predictions(
     context: AssetExecutionContext, lgbm_model: pl.DataFrame, pit_features: pl.DataFrame
 ):
     """Scores of each month's features by that month's model only (out of sample)."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         parts = []
         for record in lgbm_model.sort("date").iter_rows(named=True):
             month = record["date"]
@@ -263,7 +263,7 @@ def seq_model(
     """One GRU sequence model per month on the same purged, embargoed rows as `lgbm_model`;
     a row per month with the weights (base64), their sha256, the hash and rank IC of the
     month's out-of-sample scores, and the MLflow run (PyTorch flavour) and version."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         joined = join_features_labels(pit_features.frame, labels.frame)
         features = feature_columns(pit_features.frame)
         rows, run_ids = [], []

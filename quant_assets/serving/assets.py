@@ -30,10 +30,10 @@ from dagster import (
     asset,
 )
 
-from quant_assets.economics import measured
 from quant_assets.features import total_return_index
 from quant_assets.partitions import trading_day_partitions
 from quant_assets.retries import IO_RETRY, refuse
+from quant_assets.run_costs import measured
 from quant_assets.serving import drift, monitor, registry
 from quant_assets.serving.scoring import score_frame
 from resources.tracking import MlflowTracking
@@ -69,7 +69,7 @@ def daily_scores(
 ):
     """Scores of the day's point-in-time features by the current ``champion`` version
     (resolved when the run starts; a range run uses one version throughout)."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         served = registry.load_alias(tracking.client(), lgbm_model, registry.CHAMPION)
         start, end = _window(context)
         if pit_features.is_empty():
@@ -125,7 +125,7 @@ def drift_report(
 ):
     """PSI (reference-quantile bins) and KS of every feature and of the score: the last
     few scored days against the scoring version's training window."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         day = dt.date.fromisoformat(context.partition_key)  # one day a run (a range raises)
         today = daily_scores.filter(pl.col("date") == day)
         if today.is_empty():
@@ -224,7 +224,7 @@ def signal_health(
 ):
     """Realised 21-day Sharpe of the live signal against its backtest's rolling 21-day
     Sharpe distribution; beyond 2 sd the signal's capital multiplier drops to 0.5."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         day = dt.date.fromisoformat(context.partition_key)  # one day a run (a range raises)
         if daily_scores.filter(pl.col("date") == day).is_empty():
             raise refuse(f"signal_health {day}: daily_scores has no rows for {day}")

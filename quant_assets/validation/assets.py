@@ -21,11 +21,11 @@ from dagster import (
 from quant_assets.backtest.assets import BacktestConfig
 from quant_assets.backtest.strategy import StrategySpec, run_long_short
 from quant_assets.data import real
-from quant_assets.economics import measured
 from quant_assets.features import total_return_index
 from quant_assets.models.assets import REGISTERED_MODEL
 from quant_assets.recording import lineage_metadata, lineage_of
 from quant_assets.retries import IO_RETRY, refuse
+from quant_assets.run_costs import measured
 from quant_assets.validation import regimes
 from quant_assets.validation.gate import PASS_METRIC, GateThresholds, evaluate_gate
 from quant_assets.validation.promotion import promote
@@ -103,7 +103,7 @@ def validation_report(
     table (metric, value); the Markdown summary in metadata; the HTML tear sheet (equity,
     underwater, rolling Sharpe, monthly returns, IC, bootstrap, regimes, real-data stress
     windows, factor exposures) as ``report.html`` in MLflow."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         tracking: MlflowTracking = context.resources.tracking
         # sweep tables are read through the warehouse because they are optional: an asset
         # input would make the report wait for (or fail without) a sweep
@@ -228,7 +228,7 @@ def champion_model(
     month's version (the previous champion becomes ``previous_champion``). Runs only after
     the blocking gate check on ``validation_report`` passed, and refuses by itself when the
     report's gate rows say failed (a run without the check must not promote either)."""
-    with measured(context) as meter:  # run economics: wall/CPU/memory/rows/cost
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         report = dict(validation_report.select("metric", "value").iter_rows())
         if report.get(PASS_METRIC) != 1.0:
             failed = sorted(k for k, v in report.items() if k.startswith("gate_") and v == 0.0)

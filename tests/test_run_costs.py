@@ -21,17 +21,10 @@ from dagster import (
     materialize,
 )
 
-from quant_assets.economics import (
-    Usage,
-    asset_pools_of,
-    estimate_cost,
-    main,
-    measured,
-    platform_report,
-    summarise,
-    usage_metadata,
-)
-from quant_assets.placement import apply_placement, load_policy, parse_policy
+from quant_assets.cli.platform_report import asset_pools_of, main, platform_report, summarise
+from quant_assets.placement.apply import apply_placement
+from quant_assets.placement.policy import load_policy, parse_policy
+from quant_assets.run_costs import Usage, estimate_cost, measured, usage_metadata
 
 POLICY = parse_policy({
     "version": 1,
@@ -243,7 +236,7 @@ def test_report_cli(instance_with_history, capsys):
 
 
 def test_unknown_pool_is_an_error():
-    from quant_assets.placement import PolicyError
+    from quant_assets.placement.policy import PolicyError
 
     @asset
     def odd(context: AssetExecutionContext) -> int:

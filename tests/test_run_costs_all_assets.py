@@ -22,7 +22,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from quant_assets.economics import platform_report
+from quant_assets.cli.platform_report import platform_report
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("economics-all")]
 

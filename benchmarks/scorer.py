@@ -1,4 +1,4 @@
-"""Latency of the scorer (``quant_assets.serving.scorer_app``) on 127.0.0.1 (prints a table).
+"""Latency of the scorer (``quant_assets.cli.scorer_app``) on 127.0.0.1 (prints a table).
 
     .venv/bin/python benchmarks/scorer.py                 # 3000 single-row, 1000 x 500-row
     .venv/bin/python benchmarks/scorer.py --single 500 --batch 100   # quicker
@@ -48,9 +48,9 @@ def build_world(home: Path, n_days: int = 150, n_instruments: int = 100, seed: i
     from quant_assets.calendar import shift_trading_days, trading_days
     from quant_assets.features import active_features
     from quant_assets.models.lgbm import LGBMConfig, train_lgbm
-    from quant_assets.serving import registry
     from quant_assets.settings import Settings
     from quant_assets.warehouse import Warehouse
+    from resources import model_registry as registry
     from resources.tracking import MlflowTracking
 
     settings = Settings.from_env()
@@ -114,10 +114,10 @@ def time_requests(port: int, body: bytes, n: int, warmup: int) -> list[float]:
 
 def handler_cpu(home: Path, bodies: dict[str, bytes], n: int) -> dict[str, dict[str, float]]:
     """CPU milliseconds of the request path without HTTP, per body (see the docstring)."""
-    from quant_assets.serving.registry import CHAMPION, MODEL_NAME
-    from quant_assets.serving.scorer_app import ModelHolder, registry_loaders
+    from quant_assets.cli.scorer_app import ModelHolder, registry_loaders
     from quant_assets.serving.scoring import rows_to_matrix
     from quant_assets.settings import Settings
+    from resources.model_registry import CHAMPION, MODEL_NAME
 
     settings = Settings.from_env()
     model = ModelHolder(*registry_loaders(settings.mlflow_uri, settings.warehouse_uri,
@@ -156,7 +156,7 @@ def main() -> int:
         env = {**os.environ, "QUANT_HOME": str(home), "SCORER_ALIAS_TTL_S": "5"}
         log = open(home / "scorer.log", "wb")
         server = subprocess.Popen(
-            [sys.executable, "-m", "quant_assets.serving.scorer_app", "--port", str(port)],
+            [sys.executable, "-m", "quant_assets.cli.scorer_app", "--port", str(port)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:

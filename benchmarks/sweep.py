@@ -5,7 +5,7 @@
 
 Two measurements over one Sobol search space (LightGBM hyper-parameters + strategy quantile):
 
-1. core: `quant_assets.models.sweep.run_trial` (walk-forward training, out-of-sample scores,
+1. core: `quant_assets.trials.trial.run_trial` (walk-forward training, out-of-sample scores,
    backtest) for every trial, spread over --workers processes: wall time and trials per
    minute; the LightGBM training time is also timed on its own.
 2. pipeline: the first --pipeline-trials trials through Dagster as `run_sweep` runs them (a
@@ -36,7 +36,7 @@ _STATE: dict = {}
 
 
 def _space(n_trials: int, months: list[str]):
-    from quant_assets.models.sweep import DEFAULT_SEARCH_SPACE, SearchSpace
+    from quant_assets.trials.search import DEFAULT_SEARCH_SPACE, SearchSpace
 
     return SearchSpace.from_dict(
         {**DEFAULT_SEARCH_SPACE, "name": "bench", "n_trials": n_trials, "months": months,
@@ -66,7 +66,8 @@ def _ready(spec_json: str) -> bool:
 
 def _core(spec_json: str) -> tuple[str, float, float]:
     """(trial id, core seconds, LightGBM training seconds) of one trial."""
-    from quant_assets.models.sweep import TrialSpec, run_trial
+    from quant_assets.trials.search import TrialSpec
+    from quant_assets.trials.trial import run_trial
 
     spec = TrialSpec.from_json(spec_json)
     t0 = time.perf_counter()
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from quant_assets.models.sweep import plan_trials
+    from quant_assets.trials.search import plan_trials
 
     t0 = time.perf_counter()
     _init(panel_args)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     # pipeline: the same trials through Dagster + Delta + MLflow, one run per trial
     from dagster import DagsterInstance
 
-    from quant_assets.models.sweeps import run_sweep
+    from quant_assets.cli.sweep import run_sweep
     from quant_assets.models.synthetic import write_panel
     from quant_assets.settings import Settings
     from resources import build_resources
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
         from quant_assets.features.assets import labels, pit_features
-        from quant_assets.models.assets import sweep_trial
+        from quant_assets.trials.assets import sweep_trial
 
         upstream = [universe, corporate_actions, fundamentals, market_bars, pit_features, labels]
 

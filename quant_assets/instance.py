@@ -120,6 +120,10 @@ class LocalSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
         self._engines: OrderedDict[str, sqlalchemy.engine.Engine] = OrderedDict()
+        # the instance's SQLite files (runs, schedules, event shards) live under its home
+        # (<home>/history/runs): relax their fsyncs when the instance is built, in every
+        # process that opens it (webserver, daemon, run workers), not as an import side effect
+        relax_local_sqlite(Path(base_dir).resolve().parent.parent)
         super().__init__(base_dir, inst_data=inst_data)
 
     @classmethod

@@ -1,11 +1,12 @@
-"""Asset jobs, one per partitioning of the golden flow (a run covers one partitions
-definition): reference data, the daily stage, labels, the monthly stage, the report."""
+"""Every job of the code location, one per partitioning of the golden flow (a run covers one
+partitions definition): reference data, the daily stage, labels, the monthly stage, the
+report and promotion, sweeps, serving. Sensors and schedules (``sensors/``) target them."""
 
 from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job
 
-from quant_assets.models.jobs import MODEL_JOBS
+from quant_assets.partitions import sweep_trial_partitions
 
 reference_data_job = define_asset_job(
     "reference_data_job",
@@ -44,6 +45,29 @@ promotion_job = define_asset_job(
     description="Validation report, its blocking promotion gate, then the champion alias.",
 )
 
+seq_models_job = define_asset_job(
+    "seq_models_job",
+    selection=AssetSelection.assets("seq_model"),
+    description="A month (or a range): the walk-forward GRU sequence model (gpu pool).",
+)
+sweep_trials_job = define_asset_job(
+    "sweep_trials_job",
+    selection=AssetSelection.assets("sweep_trials", "trial_returns"),
+    partitions_def=sweep_trial_partitions,
+    description="One sweep trial (a sweep_trials dynamic partition): walk-forward models, "
+    "out-of-sample predictions, backtest, a trial registry row and its daily returns.",
+)
+serving_job = define_asset_job(
+    "serving_job",
+    selection=AssetSelection.assets("daily_scores", "drift_report", "signal_health"),
+    description="A trading day: champion scores, drift report, realised-vs-backtest health.",
+)
+nightly_revalidation_job = define_asset_job(
+    "nightly_revalidation_job",
+    selection=AssetSelection.assets("backtest", "validation_report"),
+    description="Re-run the latest month's backtest and the validation report.",
+)
+
 ALL_JOBS = [
     reference_data_job,
     daily_features_job,
@@ -52,5 +76,8 @@ ALL_JOBS = [
     validation_job,
     strategy_grid_job,
     promotion_job,
-    *MODEL_JOBS,
+    seq_models_job,
+    sweep_trials_job,
+    serving_job,
+    nightly_revalidation_job,
 ]

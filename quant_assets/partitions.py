@@ -15,7 +15,7 @@ from dagster import (
 )
 
 from quant_assets import calendar
-from quant_assets.settings import Settings, get_settings
+from quant_assets.settings import Settings, load_settings
 
 PARTITION_COLUMN = "date"  # daily and monthly tables alike are partitioned by a Date column
 
@@ -61,7 +61,16 @@ def build_monthly_partitions(settings: Settings) -> MonthlyPartitionsDefinition:
     )
 
 
-SETTINGS = get_settings()
-trading_day_partitions = build_trading_day_partitions(SETTINGS)
-monthly_partitions = build_monthly_partitions(SETTINGS)
+trading_day_partitions = build_trading_day_partitions(load_settings())
+monthly_partitions = build_monthly_partitions(load_settings())
 sweep_trial_partitions = DynamicPartitionsDefinition(name="sweep_trials")
+
+
+def months_of(context) -> list[dt.date]:
+    """First days of the months of a monthly partition or range (an asset's context)."""
+    window = context.partition_time_window
+    months, month = [], window.start.date()
+    while month < window.end.date():
+        months.append(month)
+        month = calendar.next_month(month)
+    return months

@@ -26,6 +26,7 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,4 +121,12 @@ class Settings:
 
 
 def get_settings() -> Settings:
+    """The settings as the environment says now (command line, tests)."""
+    return Settings.from_env()
+
+
+@functools.cache
+def load_settings() -> Settings:
+    """The settings of this process's code location, read once: partitions, assets, sensors
+    and resources built at load time must all see the same values."""
     return Settings.from_env()

@@ -17,28 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# Quiet MLflow before it is imported (explicit environment settings still win): no
-# telemetry calls (deployments have no outside network), no progress bars, no run URLs on
-# stdout, no environment variable names recorded with models.
-for _name, _value in (
-    ("MLFLOW_DISABLE_TELEMETRY", "true"),
-    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
-    ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
-    ("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", "false"),
-):
-    os.environ.setdefault(_name, _value)
+import dagster as dg
+import mlflow
+import mlflow.lightgbm
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
+from pydantic import Field
 
-import dagster as dg  # noqa: E402
-import mlflow  # noqa: E402
-import mlflow.lightgbm  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.models.signature import ModelSignature  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from mlflow.types.schema import ColSpec, Schema  # noqa: E402
-from pydantic import Field  # noqa: E402
-
-from quant_assets.lineage import lineage_tags  # noqa: E402
-from quant_assets.models.lgbm import TrainedModel  # noqa: E402
+from quant_assets.instance import relax_local_sqlite
+from quant_assets.lineage import lineage_tags
 
 # MLflow limits (mlflow.utils.validation)
 MAX_KEY_LENGTH = 250
@@ -119,6 +108,26 @@ def ensure_sqlite_store(tracking_uri: str, artifact_root: str = "") -> None:
             leftover.unlink(missing_ok=True)
 
 
+# MLflow's quiet settings (explicit environment settings still win): no telemetry calls
+# (deployments have no outside network), no progress bars, no run URLs on stdout, no
+# environment variable names recorded with models. MLflow reads them when it acts, so they
+# are set when this resource is first used, not when the module is imported.
+_QUIET_MLFLOW = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING": "false",
+}
+
+
+def _prepare_process(tracking_uri: str) -> None:
+    for name, value in _QUIET_MLFLOW.items():
+        os.environ.setdefault(name, value)
+    if tracking_uri.startswith("sqlite:///"):
+        # a local store: one fsync per MLflow write is not worth it (see quant_assets.instance)
+        relax_local_sqlite(Path(tracking_uri.removeprefix("sqlite:///")).parent)
+
+
 def _artifact_root(location: str) -> str | None:
     if not location:
         return None
@@ -140,6 +149,7 @@ class MlflowTracking(dg.ConfigurableResource):
     def client(self) -> MlflowClient:
         """A fresh client bound to this resource's tracking URI (a local SQLite store is
         created complete or not at all, see `ensure_sqlite_store`)."""
+        _prepare_process(self.tracking_uri)
         ensure_sqlite_store(self.tracking_uri, self.artifact_location)
         return MlflowClient(tracking_uri=self.tracking_uri)
 
@@ -174,6 +184,7 @@ class MlflowTracking(dg.ConfigurableResource):
         The run ends FINISHED when the block exits normally and FAILED on an exception.
         `parent_run_id` makes it a child run (sweeps: parent trial registry, child trials).
         """
+        _prepare_process(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.lightgbm.autolog(disable=True)  # we log models explicitly, once
         experiment_id = self.experiment_id()
@@ -215,7 +226,7 @@ class MlflowTracking(dg.ConfigurableResource):
             mlflow.log_text(json.dumps(data, sort_keys=True, indent=2, default=str), artifact_file)
 
     def log_lgbm_model(
-        self, trained: TrainedModel, registered_model_name: str | None = None
+        self, trained: Any, registered_model_name: str | None = None
     ) -> tuple[str, int | None]:
         """Log `trained` with the MLflow LightGBM flavour to the active run.
 

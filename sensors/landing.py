@@ -28,8 +28,11 @@ from dagster import RunRequest, SensorEvaluationContext, SkipReason, sensor
 from quant_assets.data import quality
 from quant_assets.data.files import LandingFileError, list_landing_files, read_market_bars_file
 from quant_assets.jobs import daily_features_job
-from quant_assets.partitions import SETTINGS, trading_day_partitions
+from quant_assets.partitions import trading_day_partitions
+from quant_assets.settings import load_settings
 from quant_assets.warehouse import PartitionWindow, Warehouse, WarehouseError
+
+SETTINGS = load_settings()
 
 REJECTED = "rejected"
 

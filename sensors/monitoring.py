@@ -5,8 +5,8 @@ job and schedule, and the nightly re-validation job and schedule.
 ``signal_health`` (cursor: the last event storage id per asset), and judges the
 partition's Delta rows:
 
-* drift: the score PSI above ``PSI_THRESHOLD`` (0.25), or more than ``MAX_FEATURES_OVER``
-  features above it (``serving.drift.drift_verdict``);
+* drift: the verdict the ``drift_report`` partition recorded under its drift policy
+  (``serving.drift.DriftPolicy``, the asset's run config): one policy, judged once;
 * realised Sharpe: the ``signal_health`` row's breach (beyond 2 sd of the backtest's
   rolling 21-day Sharpe ratios).
 
@@ -14,7 +14,7 @@ A breach appends an alert row to the Delta table ``alerts`` (one row per judged 
 a re-evaluation of the same event replaces its row) and, when the alarm concerns the
 version that is `champion` now, moves `champion` back to `previous_champion` with the
 reason as the ``quant.rollback_reason`` tag of the demoted version
-(``serving.registry.rollback``). An alarm about a version that is no longer champion (two
+(``resources.model_registry.rollback``). An alarm about a version that is no longer champion (two
 alarms on the same day, or a promotion since) is recorded without a rollback.
 """
 
@@ -29,42 +29,30 @@ from dagster import (
     AssetKey,
     AssetObservation,
     AssetRecordsFilter,
-    AssetSelection,
     DefaultSensorStatus,
     RunRequest,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    define_asset_job,
     schedule,
     sensor,
 )
 
 from quant_assets import calendar
-from quant_assets.partitions import SETTINGS, monthly_partitions, trading_day_partitions
-from quant_assets.serving import drift, registry
+from quant_assets.jobs import nightly_revalidation_job, serving_job
+from quant_assets.partitions import monthly_partitions, trading_day_partitions
+from quant_assets.settings import load_settings
 from quant_assets.warehouse import PartitionKeys, PartitionWindow, Warehouse
+from resources import model_registry as registry
 from resources.io_manager import DeltaIOManager
 from resources.tracking import MlflowTracking
 
-PSI_THRESHOLD = 0.25
-MAX_FEATURES_OVER = 10
+SETTINGS = load_settings()
+
 ALERTS_TABLE = ["alerts"]
 WATCHED = ("drift_report", "signal_health")
 EVENTS_PER_TICK = 100
-
-serving_job = define_asset_job(
-    "serving_job",
-    selection=AssetSelection.assets("daily_scores", "drift_report", "signal_health"),
-    description="A trading day: champion scores, drift report, realised-vs-backtest health.",
-)
-nightly_revalidation_job = define_asset_job(
-    "nightly_revalidation_job",
-    selection=AssetSelection.assets("backtest", "validation_report"),
-    description="Re-run the latest month's backtest and the validation report.",
-)
-
 
 @dataclass(frozen=True)
 class Judgement:
@@ -74,9 +62,12 @@ class Judgement:
 
 
 def judge_drift(rows: pl.DataFrame) -> Judgement:
-    verdict = drift.drift_verdict(rows, psi_threshold=PSI_THRESHOLD, max_features_over=MAX_FEATURES_OVER)
-    version = int(rows["model_version"][0]) if rows.height else None
-    return Judgement(verdict.breach, f"drift: {verdict.reason}" if verdict.breach else "", version)
+    """The drift verdict the partition recorded (the same on every row of the day)."""
+    if rows.is_empty():
+        return Judgement(False, "", None)
+    row = rows.row(0, named=True)
+    breach = bool(row["breach"])
+    return Judgement(breach, f"drift: {row['verdict']}" if breach else "", int(row["model_version"]))
 
 
 def judge_health(rows: pl.DataFrame) -> Judgement:
@@ -205,4 +196,3 @@ def nightly_revalidation_schedule(context: ScheduleEvaluationContext):
 
 SENSORS = [serving_alarm_sensor]
 SCHEDULES = [daily_serving_schedule, nightly_revalidation_schedule]
-JOBS = [serving_job, nightly_revalidation_job]

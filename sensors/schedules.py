@@ -8,7 +8,10 @@ from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from quant_assets import calendar
 from quant_assets.jobs import daily_features_job
-from quant_assets.partitions import SETTINGS, trading_day_partitions
+from quant_assets.partitions import trading_day_partitions
+from quant_assets.settings import load_settings
+
+SETTINGS = load_settings()
 
 # 30 minutes after the as-of cutoff, on weekdays (holidays are skipped in the body). A
 # cutoff at 23:30 or later runs just after midnight: the cron's weekdays shift by one and

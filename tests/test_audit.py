@@ -1,5 +1,6 @@
-"""quant_assets/audit.py: the append-only audit_log table, its actor, the registry alias
-changes (promote, rollback), the run recorder and the command line."""
+"""The audit trail: the append-only audit_log table (quant_assets/audit.py), its actor, the
+registry alias changes (resources/model_registry.py: promote, rollback), the run recorder
+(sensors/audit.py) and the command line (quant_assets/cli/audit.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from dagster import DagsterInstance, asset, materialize
 from deltalake import DeltaTable
 
 from quant_assets import audit
+from quant_assets.cli.audit import cli as audit_cli
+from resources import model_registry
+from sensors import audit as audit_sensors
 
 
 @pytest.fixture()
@@ -33,11 +37,12 @@ def registry(tmp_path):
 def test_promotion_and_rollback_are_recorded(registry, tmp_path, monkeypatch):
     monkeypatch.setenv("QUANT_AUDIT_ACTOR", "alice@research")
     root = str(tmp_path / "wh")
+    monkeypatch.setenv("QUANT_WAREHOUSE_URI", root)
     name = "quant-assets-lgbm"
-    audit.record_alias_change(registry, name, "champion", 1, "promote", "gate passed", root)
-    audit.record_alias_change(registry, name, "champion", 3, "promote", "gate passed", root,
-                              dagster_run_id="run-3")
-    audit.record_alias_change(registry, name, "champion", 1, "rollback", "drift alert", root)
+    model_registry.promote(registry, 1, name, reason="gate passed")
+    model_registry.promote(registry, 3, name, reason="gate passed", dagster_run_id="run-3")
+    model_registry.promote(registry, 3, name, reason="gate passed")  # no change: no row
+    model_registry.rollback(registry, "drift alert", name)
     assert str(registry.get_model_version_by_alias(name, "champion").version) == "1"
 
     log = audit.read(root)
@@ -109,8 +114,8 @@ def test_successful_run_is_recorded_per_asset_and_partition(tmp_path):
                              tags={"quant/reason": "nightly"})
         assert result.success
         run = instance.get_run_by_id(result.run_id)
-        assert audit.record_run(instance, run, root=root) == 1
-        audit.record_run(instance, run, success=False, root=root)
+        assert audit_sensors.record_run(instance, run, root=root) == 1
+        audit_sensors.record_run(instance, run, success=False, root=root)
     log = audit.read(root)
     first = log.row(0, named=True)
     assert (first["action"], first["object"], first["partitions"]) == ("materialize", "thing", ["b"])
@@ -118,12 +123,12 @@ def test_successful_run_is_recorded_per_asset_and_partition(tmp_path):
     assert log["action"].to_list() == ["materialize", "materialize_failed"]
 
 
-def test_dagster_entry_points_build(tmp_path):
-    from dagster import HookDefinition, RunStatusSensorDefinition
+def test_audit_sensors_run_by_default():
+    from dagster import DefaultSensorStatus, RunStatusSensorDefinition
 
-    assert isinstance(audit.audit_run_success_sensor, RunStatusSensorDefinition)
-    assert isinstance(audit.audit_run_failure_sensor, RunStatusSensorDefinition)
-    assert isinstance(audit.audit_hook, HookDefinition)
+    for sensor in (audit_sensors.audit_run_success_sensor, audit_sensors.audit_run_failure_sensor):
+        assert isinstance(sensor, RunStatusSensorDefinition)
+        assert sensor.default_status == DefaultSensorStatus.RUNNING
 
 
 def test_cli_filters_and_prints(tmp_path, capsys):
@@ -133,11 +138,11 @@ def test_cli_filters_and_prints(tmp_path, capsys):
         audit.AuditEvent("materialize", "asset", "market_bars", partitions=("2022-01-03",
                          "2022-01-04"), actor="a", dagster_run_id="abcdef123456"),
     ], root)
-    assert audit.cli(["--warehouse", root, "--action", "promote"]) == 0
+    assert audit_cli(["--warehouse", root, "--action", "promote"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "a promote m v2 (gate)" in out[0]
-    assert audit.cli(["--warehouse", root, "--json", "--since", "2000-01-01"]) == 0
+    assert audit_cli(["--warehouse", root, "--json", "--since", "2000-01-01"]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [r["action"] for r in rows] == ["promote", "materialize"]
     with pytest.raises(SystemExit):
-        audit.cli(["--warehouse", root, "--since", "yesterday"])
+        audit_cli(["--warehouse", root, "--since", "yesterday"])

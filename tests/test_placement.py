@@ -48,7 +48,7 @@ from quant_assets.placement.policy import (
     parse_policy,
 )
 
-GROUPS = {"market_data", "features", "models", "backtest", "validation"}
+GROUPS = {"market_data", "features", "models", "backtest", "sweeps", "validation"}
 # Assets named in ARCHITECTURE.md's contracts that are not written yet: a key rule may name
 # them before they exist; any other key a rule names must be a real asset (catches typos).
 PLANNED_ASSETS = {
@@ -448,7 +448,7 @@ def test_placement_keeps_everything_else(real_assets, placed):
 
 def test_real_definitions_load_with_the_pools_on_every_step(stages, placed, policy):
     from quant_assets import jobs
-    from quant_assets.partitions import SETTINGS
+    from quant_assets.settings import load_settings
     from resources import build_resources
     from sensors.monitoring import JOBS as MONITORING_JOBS
 
@@ -457,7 +457,7 @@ def test_real_definitions_load_with_the_pools_on_every_step(stages, placed, poli
         assets=placed,
         asset_checks=load_asset_checks_from_modules(stages),
         jobs=all_jobs,
-        resources=build_resources(SETTINGS),
+        resources=build_resources(load_settings()),
         executor=executor_for("local"),
     )
     Definitions.validate_loadable(defs)
@@ -673,11 +673,11 @@ def test_executor_for_each_environment(placed):
     with pytest.raises(ValueError, match="'docker'"):
         executor_for("docker")
     # a k8s code location loads (the executor is only instantiated when a run starts)
-    from quant_assets.partitions import SETTINGS
+    from quant_assets.settings import load_settings
     from resources import build_resources
 
     Definitions.validate_loadable(
-        Definitions(assets=placed, resources=build_resources(SETTINGS), executor=executor_for("k8s"))
+        Definitions(assets=placed, resources=build_resources(load_settings()), executor=executor_for("k8s"))
     )
 
 

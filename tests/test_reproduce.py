@@ -26,10 +26,10 @@ from dagster._core.storage.tags import (
 )
 
 from quant_assets.calendar import shift_trading_days
+from quant_assets.cli.reproduce import ReproduceError, reproduce_run
 from quant_assets.models.assets import LgbmModelConfig, SeqModelConfig
 from quant_assets.models.synthetic import simulated_panel, write_panel
 from quant_assets.models.walkforward import first_trading_day, training_cutoff
-from quant_assets.reproduce import ReproduceError, reproduce_run
 from quant_assets.settings import Settings
 from quant_assets.warehouse import PartitionWindow, Warehouse
 from resources import build_resources
@@ -77,7 +77,7 @@ def test_reproduce_cli_rebuilds_equal_hashes(flow, monkeypatch, capsys):
     models = warehouse.read(["lgbm_model"]).frame.sort("date")
     assert models.height == 4
     record = models.row(1, named=True)
-    from quant_assets.__main__ import main  # what `python -m quant_assets` runs
+    from quant_assets.cli import main  # what `python -m quant_assets` runs
 
     monkeypatch.setenv("QUANT_HOME", str(home))
     assert main(["reproduce", record["mlflow_run_id"]]) == 0
@@ -114,7 +114,7 @@ def test_reproduce_reads_logged_versions_after_an_input_is_overwritten(flow, mon
     assert not latest.model_matches and not latest.matches
     assert "NOT REPRODUCED" in latest.render()
 
-    from quant_assets.__main__ import main
+    from quant_assets.cli import main
 
     monkeypatch.setenv("QUANT_HOME", str(home))
     assert main(["reproduce", record["mlflow_run_id"], "--latest"]) == 1

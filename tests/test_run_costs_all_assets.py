@@ -52,10 +52,11 @@ def _all_keys(defs) -> set[str]:
 def flow(tmp_path_factory):
     """(defs, {asset key: [materialisation metadata, ...]}, the platform report of the
     flow's instance as JSON) of the flow."""
+    from quant_assets.cli.sweep import register_sweep
     from quant_assets.definitions import defs
-    from quant_assets.models.sweep import SearchSpace
-    from quant_assets.models.sweeps import register_sweep
-    from quant_assets.partitions import SETTINGS, trading_day_partitions
+    from quant_assets.partitions import trading_day_partitions
+    from quant_assets.settings import load_settings
+    from quant_assets.trials.search import SearchSpace
     from quant_assets.validation.gate import PASS_METRIC
     from resources import build_resources
 
@@ -90,7 +91,7 @@ def flow(tmp_path_factory):
         run(["universe", "corporate_actions", "fundamentals"])
         run(["market_bars", "pit_features"], start=days[0], end=days[-1])
         # labels of D need bars up to D + horizon
-        run(["labels"], start=days[0], end=days[-SETTINGS.label_horizon - 1])
+        run(["labels"], start=days[0], end=days[-load_settings().label_horizon - 1])
         run(["lgbm_model", "seq_model", "oos_predictions", "backtest", "strategy_grid"],
             start=FIRST_MONTH, end=LAST_MONTH)
         run(["validation_report"], run_config=small)

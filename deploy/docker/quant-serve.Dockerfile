@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# quant-serve: the low-latency scorer (quant_assets.serving.scorer_app) over the MLflow
+# quant-serve: the low-latency scorer (quant_assets.cli.scorer_app) over the MLflow
 # registry's `champion` alias, as a Kubernetes Deployment.
 #
 # Build from the repository root (the build context needs requirements.lock, pyproject.toml
@@ -67,4 +67,4 @@ ENV PATH=/opt/venv/bin:$PATH \
 ENV SCORER_ALIAS_TTL_S=5
 USER 10001:10001
 EXPOSE 8080
-CMD ["python", "-m", "quant_assets.serving.scorer_app", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["python", "-m", "quant_assets.cli.scorer_app", "--host", "0.0.0.0", "--port", "8080"]

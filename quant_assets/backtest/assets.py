@@ -10,7 +10,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     BackfillPolicy,
-    Config,
     MetadataValue,
     Output,
     TimeWindowPartitionMapping,
@@ -18,13 +17,19 @@ from dagster import (
 )
 
 from quant_assets import calendar
+from quant_assets.asset_lineage import lineage_metadata, lineage_of
 from quant_assets.backtest.monthly_grid import GridSpec, evaluate_month
-from quant_assets.backtest.strategy import StrategySpec, StrategyState, run_long_short
+from quant_assets.backtest.strategy import (
+    SPEC_COLUMN,
+    StrategySpec,
+    StrategyState,
+    run_long_short,
+    spec_to_json,
+)
+from quant_assets.configs import config_class
 from quant_assets.features import total_return_index
-from quant_assets.models.assets import months_in
-from quant_assets.partitions import monthly_partitions
+from quant_assets.partitions import monthly_partitions, months_of
 from quant_assets.performance import performance_summary
-from quant_assets.recording import lineage_metadata, lineage_of
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
 from quant_assets.warehouse import VersionedFrame
@@ -33,16 +38,10 @@ from resources.tracking import MlflowTracking
 GROUP = "backtest"
 
 
-class BacktestConfig(Config):
-    quantile: float = 0.2
-    scheme: str = "equal"
-    gross: float = 1.0
-    commission_bps: float = 1.0
-    half_spread_bps: float = 2.0
-    execution_lag: int = 1
-
-    def spec(self) -> StrategySpec:
-        return StrategySpec(**self.model_dump())
+BacktestConfig = config_class(
+    "BacktestConfig", StrategySpec,
+    doc="Portfolio construction and costs of the long-short strategy (StrategySpec).",
+)
 
 
 def previous_state(previous_months: pl.DataFrame, first_month, is_first_partition: bool):
@@ -94,12 +93,12 @@ def backtest(
     """Daily returns, costs, turnover and exposures of the long-short strategy on the
     month's out-of-sample predictions; the last row of each month carries its end state."""
     with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
-        months = months_in(context)
+        months = months_of(context)
         first_key = monthly_partitions.get_first_partition_key()
         with not_retried(ValueError):  # a missing previous month stays missing on retry
             state = previous_state(previous_months, months[0], months[0].isoformat() == first_key)
         prices = total_return_index(market_bars.frame, corporate_actions.frame)
-        spec = config.spec()
+        spec = config.to(StrategySpec)
         parts = []
         for month in months:
             end = calendar.next_month(month)
@@ -118,7 +117,8 @@ def backtest(
                 daily.with_columns(
                     state_json=pl.when(pl.int_range(pl.len()) == last)
                     .then(pl.lit(state.to_json()))
-                    .otherwise(None)
+                    .otherwise(None),
+                    **{SPEC_COLUMN: pl.lit(spec_to_json(spec))},
                 )
             )
         frame = pl.concat(parts)
@@ -150,22 +150,10 @@ def backtest(
     )
 
 
-class StrategyGridConfig(Config):
-    """Parameter axes per family; their products are the trials (``monthly_grid.GridSpec``)."""
-
-    families: list[str] = ["zmr", "breakout"]
-    lookbacks: list[int] = [10, 20, 40]
-    zmr_entry: list[float] = [1.0, 1.5, 2.0]
-    zmr_exit: list[float] = [0.0, 0.5]
-    zmr_stop: list[float] = [3.0, 4.0]
-    breakout_entry: list[float] = [0.8, 1.0]
-    breakout_exit: list[float] = [0.0, 1.0]
-    breakout_stop: list[float] = [0.05, 0.1]
-    cost_bps: float = 5.0
-    bars_per_year: float = 252.0
-
-    def spec(self) -> GridSpec:
-        return GridSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump().items()})
+StrategyGridConfig = config_class(
+    "StrategyGridConfig", GridSpec,
+    doc="Parameter axes per family; their products are the trials (monthly_grid.GridSpec).",
+)
 
 
 def listed_in(universe: pl.DataFrame, month, end) -> list[str]:
@@ -197,10 +185,10 @@ def strategy_grid(
     """Every (instrument, parameter set) of the configured families over each month's
     total-return closes: total return, Sharpe, max drawdown and trade count."""
     with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
-        spec = config.spec()
+        spec = config.to(GridSpec)
         prices = total_return_index(market_bars.frame, corporate_actions.frame)
         parts = []
-        for month in months_in(context):
+        for month in months_of(context):
             end = calendar.next_month(month)
             parts.append(evaluate_month(prices, month, end, spec, listed_in(universe, month, end)))
         frame = pl.concat(parts)

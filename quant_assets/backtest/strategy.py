@@ -136,3 +136,27 @@ def _vector(values: dict[str, float], index: dict[str, int], n: int, fill: float
     for name, value in values.items():
         out[index[name]] = value
     return out
+
+
+# The backtest records the spec it ran with on every row (this column), so that the
+# validation report re-runs its variants from the config that was actually backtested.
+SPEC_COLUMN = "strategy_spec"
+
+
+def spec_to_json(spec: StrategySpec) -> str:
+    return json.dumps(asdict(spec), sort_keys=True)
+
+
+def spec_from_json(text: str) -> StrategySpec:
+    return StrategySpec(**json.loads(text))
+
+
+def backtested_spec(backtest: pl.DataFrame) -> StrategySpec:
+    """The spec the ``backtest`` rows ran with (ValueError unless one spec covers them all)."""
+    specs = backtest.get_column(SPEC_COLUMN).unique().to_list() if SPEC_COLUMN in backtest.columns else []
+    if len(specs) != 1:
+        raise ValueError(
+            f"the backtest months ran with {len(specs)} different strategy specs "
+            f"({SPEC_COLUMN}): rerun the backtest months with one config first"
+        )
+    return spec_from_json(specs[0])

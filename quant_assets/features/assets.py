@@ -41,9 +41,12 @@ from quant_assets.features import (
     guard,
     required_lookback_days,
 )
-from quant_assets.partitions import SETTINGS, trading_day_partitions
+from quant_assets.partitions import trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried
 from quant_assets.run_costs import measured
+from quant_assets.settings import load_settings
+
+SETTINGS = load_settings()
 
 GROUP = "features"
 # About four years per run: 10 years of 500 instruments in 3 runs, each well under a GB

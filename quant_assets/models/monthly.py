@@ -8,6 +8,9 @@ these functions, so a rebuilt model goes through exactly the code that built it.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -74,3 +77,21 @@ def predict_seq_month(
 def month_predictions_hash(predictions: pl.DataFrame) -> str:
     """The hash logged as `quant.predictions_sha256` (over date, instrument_id, score)."""
     return predictions_hash(predictions, PREDICTION_COLUMNS)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """How one family of walk-forward models fits and scores a month: what the one month loop
+    of the model assets (and ``reproduce``) calls, whatever the family."""
+
+    name: str  # "lgbm" | "seq": the model dimension of predictions, backtests and reports
+    asset: str  # the monthly model asset
+    config_type: type  # the family's pure config dataclass
+    fit: Callable[[pl.DataFrame, list[str], dt.date, WalkForwardConfig, Any], Any]
+    predict: Callable[[Any, pl.DataFrame, dt.date], pl.DataFrame]
+    model_type: type  # has from_record / to_record / sha256
+
+
+LGBM = ModelFamily("lgbm", "lgbm_model", LGBMConfig, fit_lgbm_month, predict_lgbm_month, TrainedModel)
+SEQ = ModelFamily("seq", "seq_model", SeqConfig, fit_seq_month, predict_seq_month, TrainedSeqModel)
+FAMILIES = {family.name: family for family in (LGBM, SEQ)}

@@ -15,6 +15,7 @@ trading day (group ``serving``).
 """
 
 
+import dataclasses
 import datetime as dt
 
 import polars as pl
@@ -23,19 +24,22 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     BackfillPolicy,
-    Config,
     MetadataValue,
     Output,
     TimeWindowPartitionMapping,
     asset,
 )
 
+from quant_assets.backtest.strategy import backtested_spec
+from quant_assets.configs import config_class
 from quant_assets.features import total_return_index
 from quant_assets.partitions import trading_day_partitions
-from quant_assets.retries import IO_RETRY, refuse
+from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
-from quant_assets.serving import drift, monitor, registry
+from quant_assets.serving import drift, monitor
 from quant_assets.serving.scoring import score_frame
+from quant_assets.serving.served import ServedModel, served_model
+from resources import model_registry
 from resources.tracking import MlflowTracking
 
 GROUP = "serving"
@@ -45,6 +49,10 @@ CURRENT_DAYS = 5
 HEALTH_DAYS = monitor.WINDOW + monitor.WARMUP_DAYS
 # The monitors judge one day each (a window ending on it); scores take ranges.
 ONE_DAY_A_RUN = BackfillPolicy.multi_run(max_partitions_per_run=1)
+
+
+def _served(info: model_registry.VersionInfo, lgbm_model: pl.DataFrame) -> ServedModel:
+    return served_model(info.version, info.run_id, info.model_sha256, lgbm_model)
 
 
 def _window(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
@@ -70,13 +78,13 @@ def daily_scores(
     """Scores of the day's point-in-time features by the current ``champion`` version
     (resolved when the run starts; a range run uses one version throughout)."""
     with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
-        served = registry.load_alias(tracking.client(), lgbm_model, registry.CHAMPION)
+        served = _served(model_registry.alias_info(tracking.client()), lgbm_model)
         start, end = _window(context)
         if pit_features.is_empty():
             raise refuse(f"daily_scores: no pit_features in [{start}, {end}); build them first")
         frame = score_frame(pit_features, served.model, served.version)
         context.log.info(
-            f"daily_scores [{start}, {end}): {frame.height} rows by {registry.MODEL_NAME} "
+            f"daily_scores [{start}, {end}): {frame.height} rows by {model_registry.MODEL_NAME} "
             f"v{served.version} (model of {served.record['date']})"
         )
         meter.rows(rows_in=pit_features.height, rows_out=frame.height)
@@ -92,10 +100,7 @@ def daily_scores(
     )
 
 
-class DriftConfig(Config):
-    bins: int = drift.DEFAULT_BINS
-    psi_threshold: float = 0.25
-    max_features_over: int = 3
+DriftConfig = config_class("DriftConfig", drift.DriftPolicy, doc=drift.DriftPolicy.__doc__)
 
 
 @asset(
@@ -134,7 +139,7 @@ def drift_report(
         if len(versions) != 1:
             raise refuse(f"drift_report {day}: daily_scores mixes model versions {versions}")
         version = int(versions[0])
-        served = registry.load_version(tracking.client(), lgbm_model, version)
+        served = _served(model_registry.version_info(tracking.client(), version), lgbm_model)
         model = served.model
         # the current sample: the pooled days scored by this same version
         current_scores = daily_scores.filter(pl.col("model_version") == version)
@@ -151,10 +156,9 @@ def drift_report(
             )
         reference = reference.with_columns(score=pl.Series(model.predict(reference), dtype=pl.Float64))
         columns = [*model.feature_cols, "score"]
-        table = drift.drift_table(reference, current, columns, bins=config.bins)
-        verdict = drift.drift_verdict(
-            table, psi_threshold=config.psi_threshold, max_features_over=config.max_features_over
-        )
+        policy = config.to(drift.DriftPolicy)
+        table = drift.drift_table(reference, current, columns, bins=policy.bins)
+        verdict = drift.drift_verdict(table, policy)
         frame = table.select(
             pl.lit(day, dtype=pl.Date).alias("date"),
             pl.lit(version, dtype=pl.Int64).alias("model_version"),
@@ -163,7 +167,12 @@ def drift_report(
             current_start=pl.lit(current.get_column("date").min(), dtype=pl.Date),
             reference_start=pl.lit(model.train_start, dtype=pl.Date),
             reference_end=pl.lit(model.train_end, dtype=pl.Date),
-            bins=pl.lit(config.bins, dtype=pl.Int64),
+            bins=pl.lit(policy.bins, dtype=pl.Int64),
+            # the day's verdict under the policy it was judged with (the alarm acts on it)
+            psi_threshold=pl.lit(policy.psi_threshold, dtype=pl.Float64),
+            max_features_over=pl.lit(policy.max_features_over, dtype=pl.Int64),
+            breach=pl.lit(verdict.breach, dtype=pl.Boolean),
+            verdict=pl.lit(verdict.reason, dtype=pl.Utf8),
         )
         top = table.filter(pl.col("psi").is_not_null()).sort("psi", descending=True).head(10)
         meter.rows(rows_in=daily_scores.height + pit_features.height, rows_out=frame.height)
@@ -188,9 +197,7 @@ def _markdown(table: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-class SignalHealthConfig(Config):
-    n_sigma: float = 2.0
-    reduced_multiplier: float = 0.5
+SignalHealthConfig = config_class("SignalHealthConfig", monitor.CapitalRule, doc=monitor.CapitalRule.__doc__)
 
 
 @asset(
@@ -229,12 +236,15 @@ def signal_health(
         if daily_scores.filter(pl.col("date") == day).is_empty():
             raise refuse(f"signal_health {day}: daily_scores has no rows for {day}")
         prices = total_return_index(market_bars, corporate_actions)
-        live = monitor.live_returns(daily_scores.select("date", "instrument_id", "score"), prices)
+        # the live book is built like the backtest it is compared with: the backtest's spec
+        with not_retried(ValueError):  # mixed specs stay mixed on a retry
+            spec = backtested_spec(backtest)
+        live = monitor.live_returns(daily_scores.select("date", "instrument_id", "score"), prices, spec)
         # the book starts flat WARMUP_DAYS before the window: those days are not returns of it
         live_r = live.get_column("net_return").to_numpy()[monitor.WARMUP_DAYS:]
         reference = backtest.filter(pl.col("date") <= day).sort("date").get_column("net_return")
         health = monitor.signal_health(
-            live_r, reference.to_numpy(), monitor.WINDOW, config.n_sigma, config.reduced_multiplier
+            live_r, reference.to_numpy(), monitor.WINDOW, **dataclasses.asdict(config.to(monitor.CapitalRule))
         )
         versions = sorted(daily_scores.get_column("model_version").unique().to_list())
         frame = pl.DataFrame(

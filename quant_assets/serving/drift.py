@@ -146,6 +146,25 @@ def drift_table(
 
 
 @dataclass(frozen=True)
+class DriftPolicy:
+    """The one drift policy: how the reference is binned and when drift is a breach. The
+    ``drift_report`` asset judges each day with it (its run config is this dataclass) and
+    records the verdict in its rows; the serving alarm acts on that recorded verdict."""
+
+    bins: int = DEFAULT_BINS
+    psi_threshold: float = 0.25
+    max_features_over: int = 3
+
+    def __post_init__(self) -> None:
+        if int(self.bins) != self.bins or self.bins < 2:
+            raise ValueError(f"bins={self.bins} must be an integer >= 2")
+        if not (math.isfinite(self.psi_threshold) and self.psi_threshold > 0):
+            raise ValueError(f"psi_threshold={self.psi_threshold} must be > 0")
+        if self.max_features_over < 0:
+            raise ValueError(f"max_features_over={self.max_features_over} must be >= 0")
+
+
+@dataclass(frozen=True)
 class DriftVerdict:
     breach: bool
     reason: str
@@ -155,12 +174,12 @@ class DriftVerdict:
 
 def drift_verdict(
     table: pl.DataFrame,
+    policy: DriftPolicy = DriftPolicy(),
     score_column: str = "score",
-    psi_threshold: float = 0.25,
-    max_features_over: int = 3,
 ) -> DriftVerdict:
-    """Breach when the score PSI exceeds ``psi_threshold``, or when more than
-    ``max_features_over`` features do."""
+    """Breach when the score PSI exceeds ``policy.psi_threshold``, or when more than
+    ``policy.max_features_over`` features do."""
+    psi_threshold, max_features_over = policy.psi_threshold, policy.max_features_over
     by_column = {r["column"]: r["psi"] for r in table.iter_rows(named=True)}
     score_psi = by_column.get(score_column)
     score_psi = math.nan if score_psi is None else float(score_psi)

@@ -52,6 +52,15 @@ def live_returns(
 
 
 @dataclass(frozen=True)
+class CapitalRule:
+    """When the live signal's capital is cut: beyond ``n_sigma`` standard deviations of the
+    backtest's rolling ``WINDOW``-day Sharpe ratios, the multiplier is ``reduced_multiplier``."""
+
+    n_sigma: float = 2.0
+    reduced_multiplier: float = 0.5
+
+
+@dataclass(frozen=True)
 class SignalHealth:
     realised_sharpe: float
     backtest_mean: float

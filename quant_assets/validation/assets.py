@@ -5,6 +5,7 @@ The blocking gate check on ``validation_report`` lives in ``validation/checks.py
 """
 
 
+import dataclasses
 import itertools
 
 import polars as pl
@@ -12,54 +13,45 @@ from dagster import (
     AllPartitionMapping,
     AssetExecutionContext,
     AssetIn,
-    Config,
     MetadataValue,
     Output,
     asset,
 )
 
-from quant_assets.backtest.assets import BacktestConfig
-from quant_assets.backtest.strategy import StrategySpec, run_long_short
+from quant_assets.asset_lineage import lineage_metadata, lineage_of
+from quant_assets.backtest.strategy import backtested_spec, run_long_short
+from quant_assets.configs import config_class
 from quant_assets.data import real
 from quant_assets.features import total_return_index
-from quant_assets.models.assets import REGISTERED_MODEL
-from quant_assets.recording import lineage_metadata, lineage_of
-from quant_assets.retries import IO_RETRY, refuse
+from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
 from quant_assets.validation import regimes
 from quant_assets.validation.gate import PASS_METRIC, GateThresholds, evaluate_gate
-from quant_assets.validation.promotion import promote
 from quant_assets.validation.report import render_markdown, summarise
 from quant_assets.validation.tearsheet import TearSheetInputs, monthly_ic, render_tearsheet
 from quant_assets.validation.trials import build_trial_set
 from quant_assets.warehouse import VersionedFrame, Warehouse
+from resources import model_registry
+from resources.model_registry import MODEL_NAME as REGISTERED_MODEL
 from resources.tracking import MlflowTracking
 
 GROUP = "validation"
 VARIANT_QUANTILES = (0.1, 0.2, 0.3)
 VARIANT_SCHEMES = ("equal", "score")
-# Sweep tables (models/assets.py writes them); read when they exist, see validation/trials.py.
-TRIAL_REGISTRY_TABLES = (("sweep_trials",), ("trial_registry",))  # first existing wins
+# Sweep tables (trials/assets.py writes them); read when they exist, see validation/trials.py.
+TRIAL_REGISTRY_TABLES = (("sweep_trials",),)
 TRIAL_RETURNS_TABLE = ("trial_returns",)
 
 
-class GateConfig(Config):
-    """Thresholds of the promotion gate (validation/gate.py)."""
-
-    min_dsr: float = 0.95
-    max_pbo: float = 0.3
-    min_bootstrap_max_drawdown: float = -0.25
-
-    def thresholds(self) -> GateThresholds:
-        return GateThresholds(self.min_dsr, self.max_pbo, self.min_bootstrap_max_drawdown)
-
-
-class ValidationReportConfig(GateConfig):
-    """The report records the gate verdict under these thresholds (the gate rows that
-    ``champion_model`` re-checks); keep them equal to the check's config."""
-
-    bootstrap_seed: int = 0
-    n_bootstrap: int = 500
+GateConfig = config_class(
+    "GateConfig", GateThresholds, doc="Thresholds of the promotion gate (validation/gate.py)."
+)
+ValidationReportConfig = config_class(
+    "ValidationReportConfig", GateThresholds,
+    extra={"bootstrap_seed": (int, 0), "n_bootstrap": (int, 500)},
+    doc="The report records the gate verdict under these thresholds (the gate rows that "
+    "champion_model re-checks; keep them equal to the check's config) and its bootstrap.",
+)
 
 
 def _optional_table(warehouse: Warehouse, key: tuple[str, ...]) -> VersionedFrame | None:
@@ -113,11 +105,13 @@ def validation_report(
         all_prices = total_return_index(market_bars.frame, corporate_actions.frame)
         first, last = bt["date"].min(), bt["date"].max()
         prices = all_prices.filter(pl.col("date").is_between(first, last))
-        # Every variant evaluated on these predictions counts as a trial for the DSR and PBO.
-        base = BacktestConfig().spec()
+        # Every variant evaluated on these predictions counts as a trial for the DSR and PBO;
+        # each is the backtest's own spec with the quantile and weighting scheme varied.
+        with not_retried(ValueError):  # mixed specs stay mixed on a retry
+            base = backtested_spec(bt)
         trials, dates = {}, None
         for q, scheme in itertools.product(VARIANT_QUANTILES, VARIANT_SCHEMES):
-            spec = StrategySpec(**{**base.__dict__, "quantile": q, "scheme": scheme})
+            spec = dataclasses.replace(base, quantile=q, scheme=scheme)
             daily, _ = run_long_short(preds, prices, spec)
             trials[f"q{q:.1f}-{scheme}"] = daily["net_return"].to_numpy()
             dates = daily["date"] if dates is None else dates
@@ -143,7 +137,7 @@ def validation_report(
             pbo_returns=trial_set.pbo_returns,
             n_bootstrap=config.n_bootstrap,
         )
-        gate = evaluate_gate(summary.metrics, config.thresholds())
+        gate = evaluate_gate(summary.metrics, config.to(GateThresholds))
         metrics = {**summary.metrics, **gate.metrics()}
         markdown = render_markdown(metrics, summary.trial_sharpes, gate.message())
 
@@ -245,7 +239,7 @@ def champion_model(
                 f"champion_model: the lgbm_model of {latest['date']} was not registered "
                 "(register_model=False); nothing to promote"
             )
-        promotion = promote(tracking.client(), REGISTERED_MODEL, int(version))
+        promotion = model_registry.promote(tracking.client(), int(version), REGISTERED_MODEL)
         context.log.info(
             f"{REGISTERED_MODEL} v{promotion.version} is champion"
             + (f" (previous champion v{promotion.previous_version})" if promotion.changed else " (unchanged)")

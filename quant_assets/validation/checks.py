@@ -11,7 +11,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from quant_assets.validation.assets import GateConfig
-from quant_assets.validation.gate import evaluate_gate
+from quant_assets.validation.gate import GateThresholds, evaluate_gate
 
 
 @asset_check(
@@ -22,7 +22,7 @@ from quant_assets.validation.gate import evaluate_gate
 )
 def validation_gate(config: GateConfig, validation_report: pl.DataFrame) -> AssetCheckResult:
     metrics = dict(validation_report.select("metric", "value").iter_rows())
-    result = evaluate_gate(metrics, config.thresholds())
+    result = evaluate_gate(metrics, config.to(GateThresholds))
     return AssetCheckResult(
         passed=result.passed,
         severity=AssetCheckSeverity.ERROR,

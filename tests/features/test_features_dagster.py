@@ -50,7 +50,8 @@ from quant_assets.features.assets import LEAK_CHECK, build_pit_features, pit_fea
 from quant_assets.features.definition import Feature, build_catalog
 from quant_assets.features.library import LIBRARY, period_return
 from quant_assets.instance import local_instance_yaml, relax_local_sqlite
-from quant_assets.partitions import SETTINGS, trading_day_partitions
+from quant_assets.partitions import trading_day_partitions
+from quant_assets.settings import load_settings
 from quant_assets.warehouse import Warehouse
 from resources import build_resources
 from resources.io_manager import DeltaIOManager
@@ -91,12 +92,12 @@ def env(tmp_path_factory):
     relax_local_sqlite(root)  # as local runs do: no fsync per Dagster event
     (root / "dagster").mkdir()
     (root / "dagster" / "dagster.yaml").write_text(local_instance_yaml(root / "dagster"))
-    resources = {**build_resources(SETTINGS), "io_manager": RecordingDeltaIOManager(root=str(root / "warehouse"))}
+    resources = {**build_resources(load_settings()), "io_manager": RecordingDeltaIOManager(root=str(root / "warehouse"))}
     with DagsterInstance.from_config(str(root / "dagster")) as instance:
         assert materialize(RAW, selection=RAW[:3], instance=instance, resources=resources).success
         assert materialize(
             RAW, selection=[market_bars], instance=instance, resources=resources,
-            tags=_range_tags(SETTINGS.start_date.isoformat(), BARS_UNTIL),
+            tags=_range_tags(load_settings().start_date.isoformat(), BARS_UNTIL),
         ).success
         yield instance, resources, Warehouse(str(root / "warehouse"))
 
@@ -132,7 +133,7 @@ def test_registry_passes_the_leak_check(good_run):
 def test_scoring_from_live_inputs_equals_the_stored_partitions(env, good_run):
     _, resources, warehouse = env
     live = resources["market_source"].load()  # every row known now: later bars, restatements
-    config = FeatureConfig(cutoff_time=SETTINGS.cutoff_time)
+    config = FeatureConfig(cutoff_time=load_settings().cutoff_time)
     stored = warehouse.read(["pit_features"]).frame
     for day in _days(GOOD_RANGE):
         # the live inputs do hold rows this day could not see

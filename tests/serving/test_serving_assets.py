@@ -18,7 +18,7 @@ from dagster._core.storage.tags import (
 )
 
 from quant_assets.serving import assets as serving_assets
-from quant_assets.serving import registry
+from resources import model_registry as registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
 

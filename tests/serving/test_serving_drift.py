@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 from quant_assets.serving.drift import (
     SHARE_FLOOR,
+    DriftPolicy,
     bin_shares,
     drift_table,
     drift_verdict,
@@ -88,9 +89,9 @@ def test_drift_table_and_verdict():
     rows = {r["column"]: r for r in table.iter_rows(named=True)}
     assert rows["a"]["psi"] > 1.0 and rows["b"]["psi"] < 0.1
     assert rows["empty"]["psi"] is None and rows["empty"]["missing_current"] == 500
-    calm = drift_verdict(table, max_features_over=1)
+    calm = drift_verdict(table, DriftPolicy(max_features_over=1))
     assert not calm.breach and calm.features_over == ("a",)
-    alarmed = drift_verdict(table, max_features_over=0)
+    alarmed = drift_verdict(table, DriftPolicy(max_features_over=0))
     assert alarmed.breach and "1 features with PSI > 0.25" in alarmed.reason
     score_shift = drift_table(ref, cur.with_columns(pl.col("score") + 2.0), ["score"])
     verdict = drift_verdict(score_shift)

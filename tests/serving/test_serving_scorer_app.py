@@ -19,7 +19,7 @@ from conftest import day_rows
 from servers import LOCALHOST, free_port, running_server
 
 from quant_assets.models.lgbm import TrainedModel
-from quant_assets.serving import registry
+from resources import model_registry as registry
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
 
@@ -46,7 +46,7 @@ def scorer(world, tmp_path_factory):
            "PYTHONWARNINGS": "ignore"}
     log = tmp_path_factory.mktemp("scorer") / "scorer.log"
     with running_server(
-        [sys.executable, "-m", "quant_assets.serving.scorer_app", "--port", str(port)],
+        [sys.executable, "-m", "quant_assets.cli.scorer_app", "--port", str(port)],
         log_path=log, env=env, cwd=REPO, ready_url=f"http://{LOCALHOST}:{port}/health", timeout=120,
     ) as server:
         yield f"http://{LOCALHOST}:{port}", server

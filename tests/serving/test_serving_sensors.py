@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 from servers import start_server
 
 from quant_assets.instance import local_instance_yaml
-from quant_assets.serving import registry
 from quant_assets.warehouse import PartitionWindow, Warehouse
+from resources import model_registry as registry
 from resources.io_manager import DeltaIOManager
 from resources.tracking import MlflowTracking
 from sensors.monitoring import ALERTS_TABLE, serving_alarm_sensor
@@ -39,7 +39,7 @@ def make_registry(home: Path) -> MlflowClient:
     for _ in range(2):
         client.create_model_version(registry.MODEL_NAME, source=str(home / "artifacts"), run_id=None)
     registry.promote(client, 1)
-    assert registry.promote(client, 2) == 1
+    assert registry.promote(client, 2).previous_version == 1
     return client
 
 

@@ -19,15 +19,15 @@ from quant_assets.data.simulator import SimulatorConfig, simulate_market
 from quant_assets.features import assets as feature_assets
 from quant_assets.features import total_return_index
 from quant_assets.models import assets as model_assets
-from quant_assets.models.assets import REGISTERED_MODEL
-from quant_assets.partitions import SETTINGS
+from quant_assets.settings import load_settings
 from quant_assets.validation import assets as validation_assets
 from quant_assets.validation.checks import CHECKS
 from quant_assets.validation.gate import PASS_METRIC
-from quant_assets.validation.promotion import CHAMPION, PREVIOUS_CHAMPION
 from quant_assets.warehouse import Warehouse
 from resources.io_manager import DeltaIOManager
 from resources.market_source import MarketSource
+from resources.model_registry import CHAMPION, PREVIOUS_CHAMPION
+from resources.model_registry import MODEL_NAME as REGISTERED_MODEL
 from resources.tracking import MlflowTracking
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("promotion")]
@@ -44,8 +44,8 @@ def _upstream_tables(edge: bool) -> dict[str, pl.DataFrame]:
     day's total return (a strong edge) or are seeded noise; the backtest, labels and model
     table the report and the promotion read."""
     market = simulate_market(
-        SimulatorConfig(n_instruments=SETTINGS.n_instruments, start=SETTINGS.start_date,
-                        end=SETTINGS.end_date, seed=SETTINGS.seed)
+        SimulatorConfig(n_instruments=load_settings().n_instruments, start=load_settings().start_date,
+                        end=load_settings().end_date, seed=load_settings().seed)
     )
     prices = total_return_index(market.market_bars, market.corporate_actions)
     nxt = prices.sort("instrument_id", "date").with_columns(

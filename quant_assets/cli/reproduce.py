@@ -88,25 +88,19 @@ def _rebuild(
 ) -> tuple[str, str, dict[str, Any]]:
     """(model sha256, predictions hash, model metrics) of `month` rebuilt from the inputs."""
     from quant_assets.models.assets import LgbmModelConfig, SeqModelConfig
-    from quant_assets.models.monthly import (
-        fit_lgbm_month,
-        fit_seq_month,
-        month_predictions_hash,
-        predict_lgbm_month,
-        predict_seq_month,
+    from quant_assets.models.monthly import LGBM, SEQ, month_predictions_hash
+    from quant_assets.models.walkforward import (
+        WalkForwardConfig,
+        feature_columns,
+        join_features_labels,
     )
-    from quant_assets.models.walkforward import feature_columns, join_features_labels
 
     joined = join_features_labels(pit_features, labels)
     features = feature_columns(pit_features)
-    if asset_key == "lgbm_model":
-        cfg = LgbmModelConfig(**config)
-        model = fit_lgbm_month(joined, features, month, cfg.walk_forward(), cfg.lgbm())
-        scores = predict_lgbm_month(model, pit_features, month)
-    else:
-        cfg = SeqModelConfig(**config)
-        model = fit_seq_month(joined, features, month, cfg.walk_forward(), cfg.seq())
-        scores = predict_seq_month(model, pit_features, month)
+    family, config_type = (LGBM, LgbmModelConfig) if asset_key == "lgbm_model" else (SEQ, SeqModelConfig)
+    cfg = config_type(**config)
+    model = family.fit(joined, features, month, cfg.to(WalkForwardConfig), cfg.to(family.config_type))
+    scores = family.predict(model, pit_features, month)
     return model.sha256, month_predictions_hash(scores), model.metrics
 
 

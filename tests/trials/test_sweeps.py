@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from dagster import DagsterInstance, build_sensor_context
 
-from quant_assets.models.sweep import (
+from quant_assets.trials.search import (
     DEFAULT_SEARCH_SPACE,
     Dimension,
     SearchSpace,
@@ -131,12 +131,8 @@ def _child_runs(tracking, sweep):
 @pytest.mark.slow
 @pytest.mark.xdist_group("sweep")
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_env):
-    from quant_assets.models.sweeps import (
-        export_best_trial,
-        register_sweep,
-        run_sweep,
-        sweep_trials_sensor,
-    )
+    from quant_assets.cli.sweep import export_best_trial, register_sweep, run_sweep
+    from sensors.trials import sweep_trials_sensor
 
     settings, resources, instance = sweep_env
     tracking, warehouse = resources["tracking"], resources["io_manager"].warehouse
@@ -185,8 +181,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_env):
 
     # same trial, same data -> the same models: the registry's hashes are reproducible
     from quant_assets.features import total_return_index
-    from quant_assets.models.sweep import run_trial
     from quant_assets.models.walkforward import feature_columns, join_features_labels
+    from quant_assets.trials.trial import run_trial
 
     row = registry.sort("trial_id").row(0, named=True)
     feats = warehouse.read(["pit_features"]).frame

@@ -1,9 +1,9 @@
 """The low-latency scorer: a small Starlette (ASGI) app over the registry's `champion`.
 
-    python -m quant_assets.serving.scorer_app --host 127.0.0.1 --port 8080
+    python -m quant_assets.cli.scorer_app --host 127.0.0.1 --port 8080
 
 * Loads the model behind the alias once at start-up (MLflow registry -> version -> its run
-  -> the ``lgbm_model`` Delta row; see ``serving.registry``). No champion, no start.
+  -> the ``lgbm_model`` Delta row; see ``serving.served``). No champion, no start.
 * ``POST /score``: a batch of feature rows, row-wise ``{"rows": [{...}, ...]}`` or columnar
   ``{"columns": {...}}``, validated by ``serving.scoring.rows_to_matrix`` (missing/extra
   columns, non-numbers, +-inf: 422 naming the row and column; malformed JSON: 400; too
@@ -85,8 +85,9 @@ def registry_loaders(tracking_uri: str, warehouse_uri: str, alias: str, name: st
     """(resolve_version, load) over the MLflow registry and the Delta warehouse."""
     from mlflow import MlflowClient
 
-    from quant_assets.serving import registry
+    from quant_assets.serving.served import served_model
     from quant_assets.warehouse import Warehouse
+    from resources import model_registry as registry
 
     client = MlflowClient(tracking_uri=tracking_uri)
     warehouse = Warehouse(warehouse_uri)
@@ -95,7 +96,10 @@ def registry_loaders(tracking_uri: str, warehouse_uri: str, alias: str, name: st
         return registry.alias_version(client, alias, name)
 
     def load(version: int) -> LoadedModel:
-        served = registry.load_version(client, warehouse.read(["lgbm_model"]).frame, version, name)
+        info = registry.version_info(client, version, name)
+        served = served_model(
+            info.version, info.run_id, info.model_sha256, warehouse.read(["lgbm_model"]).frame
+        )
         model = served.model
         return LoadedModel(version, model.sha256, list(model.feature_cols), model.booster(),
                            model.config.num_threads)
@@ -170,8 +174,8 @@ def create_app(holder: ModelHolder, alias_ttl_s: float = DEFAULT_ALIAS_TTL_S) ->
 def app_from_settings() -> Starlette:
     """The app for the configured MLflow registry and warehouse (QUANT_* variables),
     serving ``SCORER_ALIAS`` (default champion) of ``quant-assets-lgbm``."""
-    from quant_assets.serving.registry import CHAMPION, MODEL_NAME
     from quant_assets.settings import get_settings
+    from resources.model_registry import CHAMPION, MODEL_NAME
 
     settings = get_settings()
     resolve_version, load = registry_loaders(

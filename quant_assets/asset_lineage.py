@@ -1,4 +1,5 @@
-"""The lineage logger's Dagster side: one call per model, backtest and report.
+"""Lineage of an asset materialisation, the Dagster side of the one lineage logger (one call per
+model, backtest and report; `resources.tracking.MlflowTracking.run` is the MLflow side).
 
 ``lineage_of`` builds the lineage record (``quant_assets.lineage``) from the step's
 context and the versioned inputs; ``lineage_metadata`` is the essentials as Dagster

@@ -1,8 +1,8 @@
-"""Hyper-parameter sweeps: a search space -> trials -> walk-forward models, out-of-sample
-predictions and a long-short backtest per trial.
+"""Sweep search spaces: a space of model hyper-parameters and strategy parameters -> trials.
 
-Pure (polars, numpy, scipy, lightgbm; no Dagster, no MLflow). `quant_assets.models.sweeps`
-turns the trials into Dagster dynamic partitions and MLflow parent/child runs.
+Pure (no Dagster, no MLflow). ``trial.run_trial`` evaluates a trial; ``trials/assets.py`` runs
+each trial as a ``sweep_trials`` dynamic partition with an MLflow child run, and
+``trial_registry.py`` holds the plan and registry tables.
 
 A search space names dimensions by section: ``lgbm.<LGBMConfig field>`` or
 ``strategy.<StrategySpec field>``. A dimension is a list of values (grid/choice) or a range
@@ -20,22 +20,17 @@ import hashlib
 import itertools
 import json
 import math
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
-import polars as pl
 
-from quant_assets.backtest.strategy import StrategySpec, run_long_short
-from quant_assets.calendar import next_month
+from quant_assets.backtest.strategy import StrategySpec
 from quant_assets.lineage import canonical_json
-from quant_assets.models.lgbm import LGBMConfig, TrainedModel
-from quant_assets.models.monthly import fit_lgbm_month, predict_lgbm_month
+from quant_assets.models.lgbm import LGBMConfig
 from quant_assets.models.walkforward import WalkForwardConfig
-from quant_assets.performance import performance_summary
 
 SECTIONS = {"lgbm": LGBMConfig, "strategy": StrategySpec}
 METHODS = ("grid", "random", "sobol")
@@ -237,48 +232,6 @@ def plan_trials(space: SearchSpace, default_months: Sequence[str]) -> list[Trial
         spec.strategy_spec()
         trials.setdefault(spec.trial_id, spec)
     return list(trials.values())
-
-
-@dataclass
-class TrialResult:
-    daily: pl.DataFrame  # the backtest's daily frame: date, net_return, turnover, ...
-    predictions: pl.DataFrame  # date, instrument_id, score
-    models: dict[str, TrainedModel]  # YYYY-MM -> model
-    metrics: dict[str, float]
-    # wall time of the LightGBM fits alone (benchmarks); kept out of `metrics`, which must be
-    # a deterministic function of the inputs
-    train_seconds: float = 0.0
-
-
-def run_trial(
-    joined: pl.DataFrame,
-    feature_cols: list[str],
-    features: pl.DataFrame,
-    prices: pl.DataFrame,
-    spec: TrialSpec,
-) -> TrialResult:
-    """Walk-forward models over the trial's months (each month purged and embargoed as
-    `lgbm_model`), their out-of-sample scores, and the long-short backtest on them from an
-    empty book. `prices` holds date, instrument_id, tr_close (total_return_index)."""
-    wf, lgbm = spec.walk_forward_config(), spec.lgbm_config()
-    models, parts, train_seconds = {}, [], 0.0
-    for month in spec.month_starts():
-        started = time.perf_counter()
-        model = fit_lgbm_month(joined, feature_cols, month, wf, lgbm)
-        train_seconds += time.perf_counter() - started
-        models[f"{month:%Y-%m}"] = model
-        parts.append(predict_lgbm_month(model, features, month))
-    predictions = pl.concat(parts)
-    first, end = spec.month_starts()[0], next_month(spec.month_starts()[-1])
-    in_range = prices.filter((pl.col("date") >= first) & (pl.col("date") < end))
-    daily, _ = run_long_short(predictions, in_range, spec.strategy_spec())
-    net = daily["net_return"].to_numpy()
-    metrics = {
-        **performance_summary(net, turnover=daily["turnover"].to_numpy()),
-        "valid_ic_mean": float(np.nanmean([m.metrics.get("valid_ic", np.nan) for m in models.values()])),
-        "best_iteration_mean": float(np.mean([m.best_iteration for m in models.values()])),
-    }
-    return TrialResult(daily, predictions, models, metrics, train_seconds)
 
 
 DEFAULT_SEARCH_SPACE = {

@@ -12,29 +12,23 @@ Runs the flow through a real Dagster instance under DAGSTER_HOME (so the runs sh
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import time
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="quant-assets demo", description=__doc__.splitlines()[0]).parse_args(argv)
     t_start = time.perf_counter()
-    from quant_assets.instance import prepare_local_instance, relax_local_sqlite
+    from quant_assets.instance import prepare_local_instance
     from quant_assets.placement.apply import configure_local_instance
     from quant_assets.placement.policy import load_policy
     from quant_assets.settings import Settings
 
     settings = Settings.from_env()
     prepare_local_instance(settings.dagster_home)
-    relax_local_sqlite(settings.quant_home)
     os.environ.setdefault("QUANT_HOME", str(settings.quant_home))
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("    %(message)s"))
-    progress_log = logging.getLogger("quant_assets.progress")
-    progress_log.addHandler(handler)
-    progress_log.setLevel(logging.INFO)
-    progress_log.propagate = False
 
     print(f"quant-assets demo: {settings.n_instruments} instruments, "
           f"{settings.start_date} .. {settings.end_date}, seed {settings.seed}")

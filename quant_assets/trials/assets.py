@@ -1,0 +1,197 @@
+"""``sweep_trials`` / ``trial_returns``: one sweep trial per dynamic partition (trial id),
+each an MLflow child run of its sweep's parent run, a row of the trial registry and the
+trial's daily out-of-sample returns.
+
+Sweeps are registered (plan rows, dynamic partitions, the parent run) by
+``python -m quant_assets sweep`` (``quant_assets/cli/sweep.py``); ``sensors/trials.py``
+requests a run per pending trial.
+"""
+
+import json
+
+import polars as pl
+from dagster import (
+    AllPartitionMapping,
+    AssetExecutionContext,
+    AssetIn,
+    AssetOut,
+    Output,
+    multi_asset,
+)
+
+from quant_assets.asset_lineage import input_versions, lineage_metadata
+from quant_assets.features import feature_versions, total_return_index
+from quant_assets.lineage import collect_lineage
+from quant_assets.models.lgbm import predictions_hash
+from quant_assets.models.walkforward import feature_columns, join_features_labels
+from quant_assets.partitions import sweep_trial_partitions
+from quant_assets.retries import IO_RETRY, refuse
+from quant_assets.run_costs import measured
+from quant_assets.trials.search import SearchSpace
+from quant_assets.trials.trial import run_trial
+from quant_assets.trials.trial_registry import (
+    ROLE_TAG,
+    SWEEP_TAG,
+    TRIAL_METRICS,
+    TRIAL_TAG,
+    load_trial_spec,
+)
+from quant_assets.warehouse import VersionedFrame
+from resources.tracking import MlflowTracking
+
+GROUP = "sweeps"
+
+
+def sweep_parent_run(tracking: MlflowTracking, space: SearchSpace) -> str:
+    """Id of the sweep's MLflow parent run, created on first use (tags quant.sweep=name,
+    quant.sweep_role=parent; the search space is its lineage config)."""
+    client = tracking.client()
+    found = client.search_runs(
+        [tracking.experiment_id()],
+        filter_string=f"tags.`{SWEEP_TAG}` = '{space.name}' and tags.`{ROLE_TAG}` = 'parent'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    lineage = collect_lineage(
+        asset_key="sweep_trials",
+        partition_keys=[],
+        input_versions={},
+        config=space.to_dict(),
+        seeds={"sweep": space.seed},
+    )
+    with tracking.run(
+        f"sweep {space.name}", lineage, tags={SWEEP_TAG: space.name, ROLE_TAG: "parent"}
+    ) as run:
+        tracking.log_metrics({"n_trials_planned": space.n_trials})
+    return run.info.run_id
+
+
+def find_parent_run(tracking: MlflowTracking, sweep: str) -> str:
+    client = tracking.client()
+    found = client.search_runs(
+        [tracking.experiment_id()],
+        filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{ROLE_TAG}` = 'parent'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    if not found:
+        raise ValueError(f"sweep {sweep}: no MLflow parent run; register the sweep first")
+    return found[0].info.run_id
+
+
+SWEEP_OUTPUTS = ("sweep_trials", "trial_returns")
+
+
+@multi_asset(
+    group_name=GROUP,
+    partitions_def=sweep_trial_partitions,
+    outs={
+        "sweep_trials": AssetOut(
+            metadata={"partition_expr": "trial_id"},
+            code_version="sweep-v1",
+            description="Trial registry: one row per sweep trial (params, metrics, Sharpe, "
+            "MLflow child run).",
+        ),
+        "trial_returns": AssetOut(
+            metadata={"partition_expr": "trial_id"},
+            code_version="sweep-v1",
+            description="Daily out-of-sample net returns of every trial (date, trial_id, "
+            "net_return): the returns matrix of DSR/PBO.",
+        ),
+    },
+    ins={
+        "pit_features": AssetIn(partition_mapping=AllPartitionMapping()),
+        "labels": AssetIn(partition_mapping=AllPartitionMapping()),
+        "market_bars": AssetIn(partition_mapping=AllPartitionMapping()),
+        "corporate_actions": AssetIn(),
+    },
+    # the plan (trial id -> spec) is read through the warehouse of the IO manager
+    required_resource_keys={"io_manager", "tracking"},
+    retry_policy=IO_RETRY,  # MLflow child run, Delta (quant_assets/retries.py)
+)
+def sweep_trial(
+    context: AssetExecutionContext,
+    pit_features: VersionedFrame,
+    labels: VersionedFrame,
+    market_bars: VersionedFrame,
+    corporate_actions: VersionedFrame,
+):
+    """One trial of a sweep (partition = trial id, registered by cli/sweep.py): walk-forward
+    LightGBM over the trial's months, out-of-sample scores, the long-short backtest, an MLflow
+    child run of the sweep's parent run, a registry row and the daily returns."""
+    # run economics; a multi-asset step: each output gets the measurements and half the cost
+    with measured(context, output_name=SWEEP_OUTPUTS) as meter:
+        tracking: MlflowTracking = context.resources.tracking
+        trial_id = context.partition_key
+        spec = load_trial_spec(context.resources.io_manager.warehouse, trial_id)
+        if spec.trial_id != trial_id:
+            raise refuse(f"sweep_plan row of {trial_id} hashes to {spec.trial_id}: plan corrupted")
+        joined = join_features_labels(pit_features.frame, labels.frame)
+        result = run_trial(
+            joined,
+            feature_columns(pit_features.frame),
+            pit_features.frame,
+            total_return_index(market_bars.frame, corporate_actions.frame),
+            spec,
+        )
+        inputs = {
+            "pit_features": pit_features,
+            "labels": labels,
+            "market_bars": market_bars,
+            "corporate_actions": corporate_actions,
+        }
+        # collect_lineage, not asset_lineage.lineage_of: that reads context.asset_key, which a
+        # multi-asset (registry + returns) does not have
+        lineage = collect_lineage(
+            asset_key="sweep_trials",
+            partition_keys=[trial_id],
+            input_versions=input_versions(inputs),
+            config=json.loads(spec.to_json()),
+            seeds={"model": spec.lgbm["seed"]},
+            feature_versions=feature_versions(),
+            dagster_run_id=context.run_id,
+        )
+        parent = find_parent_run(tracking, spec.sweep)
+        with tracking.run(
+            f"trial {trial_id}",
+            lineage,
+            params=spec.params,
+            tags={SWEEP_TAG: spec.sweep, TRIAL_TAG: trial_id, "quant.sweep_role": "trial"},
+            parent_run_id=parent,
+        ) as run:
+            tracking.log_metrics(result.metrics)
+            for month, model in result.models.items():
+                tracking.log_text(model.model_str, f"models/{month}.txt")
+        metrics = result.metrics
+        registry = pl.DataFrame(
+            [
+                {
+                    "trial_id": trial_id,
+                    "sweep": spec.sweep,
+                    "params": json.dumps(spec.params, sort_keys=True),
+                    "spec": spec.to_json(),
+                    "months": ",".join(spec.months),
+                    **{k: float(metrics.get(k, float("nan"))) for k in TRIAL_METRICS},
+                    "model_sha256": json.dumps({m: t.sha256 for m, t in result.models.items()}),
+                    "predictions_sha256": predictions_hash(result.predictions),
+                    "input_versions": json.dumps(lineage["input_versions"], sort_keys=True),
+                    "mlflow_run_id": run.info.run_id,
+                    "parent_run_id": parent,
+                }
+            ]
+        )
+        returns = result.daily.select(
+            "date", pl.lit(trial_id).alias("trial_id"), pl.col("net_return").cast(pl.Float64)
+        )
+        context.log.info(
+            f"trial {trial_id} {spec.params}: Sharpe {metrics.get('sharpe', float('nan')):.2f} "
+            f"over {returns.height} days, MLflow run {run.info.run_id}"
+        )
+        meter.rows(rows_in=pit_features.frame.height, rows_out=registry.height, output="sweep_trials")
+        meter.rows(rows_out=returns.height, output="trial_returns")
+    meta = {"sharpe": float(metrics.get("sharpe", float("nan"))), **lineage_metadata(lineage, [run.info.run_id])}
+    yield Output(registry, "sweep_trials", metadata=meta)
+    yield Output(returns, "trial_returns", metadata={"days": returns.height})
+

@@ -31,8 +31,10 @@ reliability-nightly: $(STAMP)
 	QUANT_NIGHTLY=1 QUANT_CRASH_KILLS=$${QUANT_CRASH_KILLS:-50} $(PY) -m pytest -p no:cacheprovider \
 	  -n 2 --dist loadfile tests/reliability tests/test_security.py tests/test_audit.py
 
+# ruff, and the layout's import contracts ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-logo
 
 ui: $(STAMP)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/.quant/dagster} $(VENV)/bin/dagster dev -w workspace.yaml

@@ -25,7 +25,7 @@ from dagster import (
     asset,
 )
 
-from quant_assets.data import quality
+from quant_assets.data import market, quality
 from quant_assets.data.files import LandingFileError
 from quant_assets.partitions import trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried
@@ -74,6 +74,20 @@ def _checked(
     yield Output(frame, metadata={"rows": frame.height, **(metadata or {})})
 
 
+def _simulated(source: MarketSource) -> market.MarketData:
+    return market.simulated_market(source.n_instruments, source.seed, source.start, source.end)
+
+
+def _bars(source: MarketSource, kind: str) -> pl.DataFrame:
+    """All bars of the source ``kind`` (default: the resource's)."""
+    kind = kind or source.source
+    if kind == "simulator":
+        return _simulated(source).market_bars
+    if kind == "landing":
+        return market.landing_bars(source.landing_dir)
+    raise ValueError(f"market source {kind!r} must be one of {market.SOURCES}")
+
+
 def _unpartitioned(name: str, check: Callable[[pl.DataFrame], list[quality.Violation]]):
     rules = quality.RULES_BY_TABLE[name]
 
@@ -86,7 +100,7 @@ def _unpartitioned(name: str, check: Callable[[pl.DataFrame], list[quality.Viola
     )
     def _asset(context: AssetExecutionContext, market_source: MarketSource):
         with measured(context, output_name="result") as meter:  # run costs; checks are outputs too
-            frame = getattr(market_source.load(), name)
+            frame = getattr(_simulated(market_source), name)
             violations = check(frame)
             meter.rows(rows_out=frame.height)
         yield from _checked(frame, rules, violations)
@@ -122,7 +136,9 @@ def market_bars(
     window = context.partition_time_window
     with measured(context, output_name="result") as meter:  # run costs; checks are outputs too
         with not_retried(LandingFileError):  # a bad file is bad on every attempt
-            frame = market_source.market_bars(window.start.date(), window.end.date(), config.source)
+            frame = market.bars_between(
+                _bars(market_source, config.source), window.start.date(), window.end.date()
+            )
         violations = quality.check_market_bars(frame, universe, as_of=dt.datetime.now(dt.UTC))
         violations += quality.check_bars_present(frame, window.start.date(), window.end.date())
         meter.rows(rows_out=frame.height)

@@ -46,8 +46,8 @@ def data_dir() -> Path:
     spec = importlib.util.find_spec("skfolio")
     if spec is None or not spec.submodule_search_locations:
         raise RealDataUnavailable(
-            "the real S&P 500 prices come from the skfolio wheel; install the dev extra "
-            "(pip install -e '.[dev]') to get it"
+            "the real S&P 500 prices come from the skfolio wheel, a dependency of "
+            "quant-assets: reinstall the package (pip install -e .)"
         )
     for root in spec.submodule_search_locations:
         folder = Path(root) / "datasets" / "data"

@@ -59,13 +59,14 @@ def _optional_table(warehouse: Warehouse, key: tuple[str, ...]) -> VersionedFram
 
 
 def _real_stress_series() -> tuple[dict[str, pl.DataFrame], str]:
-    """Reference series on real data for the stress windows (empty when skfolio, which
-    carries the data, is not installed)."""
+    """Reference series on real data for the stress windows. skfolio, whose wheel carries
+    the data, is a runtime dependency: without it the report fails rather than silently
+    dropping its stress windows."""
     try:
         stocks = real.load_sp500_prices()
         index = real.load_sp500_index().with_columns(instrument_id=pl.lit("SP500"))
     except real.RealDataUnavailable as exc:
-        return {}, f"real data unavailable ({exc})"
+        raise refuse(f"validation_report: the stress windows' real prices are missing: {exc}") from exc
     spx = regimes.instrument_returns(index).select("date", pl.col("ret").alias("return"))
     return {
         "S&P 500 index": spx,

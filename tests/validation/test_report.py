@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from quant_assets.validation import stats
 from quant_assets.validation.report import format_metric, summarise
@@ -42,3 +43,22 @@ def test_summary_is_deterministic():
         (a == b) or (math.isnan(a) and math.isnan(b))
         for a, b in zip(summarise(*args).metrics.values(), summarise(*args).metrics.values(), strict=True)
     )
+
+
+def test_report_fails_loudly_without_the_real_prices_of_its_stress_windows(monkeypatch):
+    """A deployment without skfolio's data must not publish a report that silently lacks its
+    stress windows: the report step fails (not retried) and says why."""
+    import dagster
+
+    from quant_assets.data import real
+    from quant_assets.validation import assets as validation_assets
+
+    def missing():
+        raise real.RealDataUnavailable("skfolio is not installed")
+
+    real._stock_prices.cache_clear()
+    monkeypatch.setattr(real, "data_dir", missing)
+    with pytest.raises(dagster.Failure, match="stress windows' real prices are missing") as exc:
+        validation_assets._real_stress_series()
+    assert exc.value.allow_retries is False
+    real._stock_prices.cache_clear()

@@ -20,6 +20,7 @@ from dagster import (
 from quant_assets import calendar
 from quant_assets.backtest.monthly_grid import GridSpec, evaluate_month
 from quant_assets.backtest.strategy import StrategySpec, StrategyState, run_long_short
+from quant_assets.data.reference import current_universe
 from quant_assets.economics import measured
 from quant_assets.features import total_return_index
 from quant_assets.models.assets import months_in
@@ -170,8 +171,8 @@ class StrategyGridConfig(Config):
 
 def listed_in(universe: pl.DataFrame, month, end) -> list[str]:
     """Instruments listed at some point of [month, end) (point in time: delisted ones count
-    for the months they traded)."""
-    listed = universe.filter(
+    for the months they traded). The universe is bitemporal: the listing as finally known."""
+    listed = current_universe(universe).filter(
         (pl.col("listed_from") < end)
         & (pl.col("listed_until").is_null() | (pl.col("listed_until") >= month))
     )

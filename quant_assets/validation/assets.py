@@ -21,6 +21,7 @@ from dagster import (
 from quant_assets.backtest.assets import BacktestConfig
 from quant_assets.backtest.strategy import StrategySpec, run_long_short
 from quant_assets.data import real
+from quant_assets.data.reference import current_universe
 from quant_assets.economics import measured
 from quant_assets.features import total_return_index
 from quant_assets.models.assets import REGISTERED_MODEL
@@ -160,7 +161,7 @@ def validation_report(
         )
         try:
             factors = regimes.factor_returns(
-                sized, universe.select("instrument_id", "sector"), size_col="dollar_volume", price_col="tr_close"
+                sized, current_universe(universe).select("instrument_id", "sector"), size_col="dollar_volume", price_col="tr_close"
             )
             exposures = regimes.factor_exposures(strategy, factors)
         except ValueError as exc:  # too few common days for the regression

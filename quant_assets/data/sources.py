@@ -406,7 +406,7 @@ def _session_before(frame: pl.DataFrame, col: str, out: str) -> pl.DataFrame:
     return joined.sort("_i").drop("_i", "_before").rename({"_session": out})
 
 
-def bars_knowledge_time(bars: pl.DataFrame, delay: dt.timedelta) -> pl.Expr:
+def bars_knowledge_time(delay: dt.timedelta) -> pl.Expr:
     """Rule for a bar without knowledge_time: its session's close + `delay`."""
     return pl.coalesce(pl.col("knowledge_time"), calendar.session_close_expr(pl.col("date")) + pl.lit(delay))
 
@@ -414,7 +414,7 @@ def bars_knowledge_time(bars: pl.DataFrame, delay: dt.timedelta) -> pl.Expr:
 def _apply_rules(tables: dict[str, pl.DataFrame], layout: Layout, problems: list[Problem]) -> dict[str, pl.DataFrame]:
     out = dict(tables)
     out["market_bars"] = tables["market_bars"].with_columns(
-        bars_knowledge_time(tables["market_bars"], layout.bars_knowledge_delay).cast(UTC_TIME).alias("knowledge_time")
+        bars_knowledge_time(layout.bars_knowledge_delay).cast(UTC_TIME).alias("knowledge_time")
     )
     # an action without an announcement time: known at the close of the session before its
     # ex-date (exchanges publish ex-dates before the open, so never later than that)
@@ -563,8 +563,11 @@ def load_data_dir(data_dir: str | Path, *, as_of: dt.datetime | None = None) -> 
     _check("market_bars", bars_sorted, quality.check_market_bars(bars, universe, as_of=as_of), problems, notes)
     actions = None if layout.bars_adjusted else contract["corporate_actions"]
     _check("market_bars", bars_sorted, quality.check_price_jump(bars, bars.clear(), actions), problems)
+    # rows without a knowledge_time rule already failed: their null times would only repeat it
+    undatable = {p.table for p in problems if p.rule == "filing_lag_missing"}
     for table, check in (("corporate_actions", quality.check_corporate_actions), ("fundamentals", quality.check_fundamentals)):
-        _check(table, ruled[table], check(contract[table]), problems)
+        if table not in undatable:
+            _check(table, ruled[table], check(contract[table]), problems)
     if problems:
         raise SourceRejected(root, problems)
     tables = MarketData(

@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quant_assets.calendar import cutoff, is_trading_day, session_close
-from quant_assets.data.reference import current_universe
 from quant_assets.data.quality import (
     check_corporate_actions,
     check_fundamentals,
     check_market_bars,
     check_universe,
 )
+from quant_assets.data.reference import current_universe
 from quant_assets.data.simulator import (
     CORPORATE_ACTIONS_SCHEMA,
     FUNDAMENTAL_FIELDS,

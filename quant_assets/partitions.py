@@ -21,12 +21,16 @@ PARTITION_COLUMN = "date"  # daily and monthly tables alike are partitioned by a
 
 
 def _holiday_exclusions(settings: Settings) -> list[dt.datetime]:
-    # through the partition range's end (a few days past end_date), so that a holiday
-    # right after the last day cannot become a partition
+    # through the partition range's end (a few days past end_date), so that a closed
+    # weekday right after the last day cannot become a partition
     last = (settings.end_date + dt.timedelta(days=10)) if settings.end_date else dt.date(dt.date.today().year + 2, 12, 31)
+    odd = calendar.weekend_sessions(settings.start_date, min(last, calendar.sessions(settings.calendar_name).last),
+                                    settings.calendar_name)
+    if odd:  # a weekday cron cannot hold them; refuse rather than silently drop sessions
+        raise ValueError(f"{settings.calendar_name} has weekend sessions ({odd[:3]}...): not supported")
     return [
         dt.datetime.combine(h, dt.time(0), tzinfo=dt.UTC)
-        for h in calendar.holiday_list(settings.start_date, last)
+        for h in calendar.closed_weekdays(settings.start_date, last, settings.calendar_name)
     ]
 
 
@@ -36,10 +40,10 @@ def build_trading_day_partitions(settings: Settings) -> TimeWindowPartitionsDefi
         # a weekday partition's window runs to the next trading day (Friday -> Monday),
         # so the range must end there for the last day to count as a partition
         end = dt.datetime.combine(
-            calendar.shift_trading_days(settings.end_date, 1), dt.time(0), tzinfo=dt.UTC
+            calendar.shift_trading_days(settings.end_date, 1, settings.calendar_name), dt.time(0), tzinfo=dt.UTC
         )
     return TimeWindowPartitionsDefinition(
-        cron_schedule="0 0 * * 1-5",  # weekdays; holidays excluded below
+        cron_schedule="0 0 * * 1-5",  # weekdays; closed weekdays of the exchange excluded below
         start=dt.datetime.combine(settings.start_date, dt.time(0), tzinfo=dt.UTC),
         end=end,
         fmt="%Y-%m-%d",

@@ -17,10 +17,19 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | QUANT_N_INSTRUMENTS | 100 | simulated universe size |
 | QUANT_SEED | 7 | market simulator seed |
 | QUANT_MODEL_SEED | 11 | model training seed |
-| QUANT_CUTOFF_TIME | 21:00 | as-of cutoff time of day, UTC |
+| QUANT_CALENDAR | XNYS | exchange calendar (exchange_calendars name): sessions, partitions, horizons |
+| QUANT_CUTOFF_OFFSET | 0min | as-of cutoff of a session = its actual close + this offset (e.g. 30min, -15min, 1h30min) |
+| QUANT_CUTOFF_TIME | "" | override: a fixed UTC time of day HH:MM instead of the session rule (ignores DST and half days) |
 | QUANT_LABEL_HORIZON | 5 | label horizon h in trading days |
 | QUANT_EMBARGO_DAYS | 5 | embargo, trading days, between training labels and the model month |
 | QUANT_LANDING_DIR | $QUANT_HOME/landing | landing folder of the file source |
+| QUANT_SOURCE | simulated | where the raw tables come from: simulated or files |
+| QUANT_DATA_DIR | "" | folder in the documented layout (docs/data_layout.md); needed when QUANT_SOURCE=files |
+
+The cutoff rule: with the defaults a regular XNYS session's cutoff is its 16:00 New York close,
+21:00 UTC in winter and 20:00 UTC in summer; a half day's is earlier (2022-11-25: 18:00 UTC).
+Set QUANT_CUTOFF_OFFSET to leave time for late data (bars known after the close must be known
+by the cutoff to be seen the same day).
 """
 
 from __future__ import annotations
@@ -28,8 +37,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from quant_assets import calendar
 
 
 def _env(name: str, default: str) -> str:
@@ -54,6 +66,38 @@ def _parse_int(name: str, value: str, minimum: int = 0) -> int:
     return out
 
 
+_DURATION = re.compile(r"^([+-])?(?:(\d+)h)?(?:(\d+)min)?$")
+SOURCES = ("simulated", "files")
+
+
+def parse_duration(name: str, value: str) -> dt.timedelta:
+    """'30min', '-15min', '1h', '1h30min' or '0' as a timedelta (errors name the variable)."""
+    text = value.strip().replace(" ", "")
+    match = _DURATION.match(text)
+    if text in ("0", "+0", "-0"):
+        return dt.timedelta(0)
+    if not text or match is None or not (match.group(2) or match.group(3)):
+        raise ValueError(f"{name}={value!r} is not a duration like 30min, -15min, 1h or 1h30min")
+    sign = -1 if match.group(1) == "-" else 1
+    return sign * dt.timedelta(hours=int(match.group(2) or 0), minutes=int(match.group(3) or 0))
+
+
+def _cutoff_rule() -> calendar.Cutoff:
+    fixed = _env("QUANT_CUTOFF_TIME", "")
+    offset_raw = _env("QUANT_CUTOFF_OFFSET", "0min")
+    offset = parse_duration("QUANT_CUTOFF_OFFSET", offset_raw)
+    if not fixed:
+        if abs(offset) >= dt.timedelta(hours=12):
+            raise ValueError(f"QUANT_CUTOFF_OFFSET={offset_raw!r} must be within 12 hours of the close")
+        return calendar.SessionCutoff(offset)
+    if "QUANT_CUTOFF_OFFSET" in os.environ:
+        raise ValueError("set QUANT_CUTOFF_TIME (a fixed UTC time) or QUANT_CUTOFF_OFFSET, not both")
+    try:
+        return dt.time.fromisoformat(fixed)
+    except ValueError as exc:
+        raise ValueError(f"QUANT_CUTOFF_TIME={fixed!r} is not HH:MM") from exc
+
+
 @dataclass(frozen=True)
 class Settings:
     quant_home: Path
@@ -68,10 +112,14 @@ class Settings:
     n_instruments: int
     seed: int
     model_seed: int
-    cutoff_time: dt.time
+    # calendar.SessionCutoff (close + QUANT_CUTOFF_OFFSET) or a fixed UTC time of day
+    cutoff_time: calendar.Cutoff
     label_horizon: int
     embargo_days: int
     landing_dir: Path
+    calendar_name: str = calendar.DEFAULT_CALENDAR
+    source: str = "simulated"
+    data_dir: Path | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -91,11 +139,16 @@ class Settings:
                 f"QUANT_FIRST_MODEL_MONTH={fmm_raw} leaves no training history after "
                 f"QUANT_START_DATE={start}"
             )
-        cutoff_raw = _env("QUANT_CUTOFF_TIME", "21:00")
-        try:
-            cutoff_time = dt.time.fromisoformat(cutoff_raw)
-        except ValueError as exc:
-            raise ValueError(f"QUANT_CUTOFF_TIME={cutoff_raw!r} is not HH:MM") from exc
+        cutoff_time = _cutoff_rule()
+        calendar_name = _env("QUANT_CALENDAR", calendar.DEFAULT_CALENDAR)
+        calendar.sessions(calendar_name)  # an unknown name fails here, naming the variable
+        source = _env("QUANT_SOURCE", "simulated")
+        if source not in SOURCES:
+            raise ValueError(f"QUANT_SOURCE={source!r} must be one of {SOURCES}")
+        data_raw = _env("QUANT_DATA_DIR", "")
+        data_dir = Path(data_raw).expanduser().resolve() if data_raw else None
+        if source == "files" and data_dir is None:
+            raise ValueError("QUANT_SOURCE=files needs QUANT_DATA_DIR=<folder in the documented layout>")
         warehouse = _env("QUANT_WAREHOUSE_URI", str(home / "warehouse"))
         return cls(
             quant_home=home,
@@ -114,6 +167,9 @@ class Settings:
             label_horizon=_parse_int("QUANT_LABEL_HORIZON", _env("QUANT_LABEL_HORIZON", "5"), 1),
             embargo_days=_parse_int("QUANT_EMBARGO_DAYS", _env("QUANT_EMBARGO_DAYS", "5")),
             landing_dir=Path(_env("QUANT_LANDING_DIR", str(home / "landing"))).resolve(),
+            calendar_name=calendar_name,
+            source=source,
+            data_dir=data_dir,
         )
 
     def as_dict(self) -> dict[str, str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -36,20 +35,14 @@ SETTINGS = load_settings()
 
 REJECTED = "rejected"
 
-# Rules the landing path adds to quality.check_market_bars (description per rule).
-LANDING_RULES: dict[str, str] = {
-    "row_order": "Rows are sorted by (date, instrument_id), as file producers promise.",
-    "knowledge_time_future": "No bar is known after the evaluation time (now, UTC).",
-    "restatement_older": "A bar that replaces a stored bar is not known earlier than it.",
-    "price_jump": "close / previous close (split-adjusted) stays within [1/MAX, MAX].",
-}
-# A split-adjusted close-to-close move beyond x4 (or below /4) in one day is a data error
-# (a misplaced decimal, a currency mix-up), never a market move in this universe: the
-# simulator's largest daily move over 2022-2024 is well under 2x.
-MAX_DAILY_PRICE_RATIO = 4.0
-# how far back to look for an instrument's previous stored close
-_PREVIOUS_CLOSE_LOOKBACK = dt.timedelta(days=14)
-_KEYS = ["date", "instrument_id"]
+# The landing rules are pure checks in quality.py (the file source runs them too).
+LANDING_RULES = quality.LANDING_RULES
+MAX_DAILY_PRICE_RATIO = quality.MAX_DAILY_PRICE_RATIO
+check_row_order = quality.check_row_order
+check_knowledge_time_future = quality.check_knowledge_time_future
+check_restatement_older = quality.check_restatement_older
+check_price_jump = quality.check_price_jump
+_PREVIOUS_CLOSE_LOOKBACK = dt.timedelta(days=14)  # how far back to look for a previous stored close
 
 
 def _fingerprint(path: Path) -> str:
@@ -64,110 +57,6 @@ def reject(path: Path, reason: str) -> Path:
     shutil.move(str(path), target)
     target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
     return target
-
-
-def _violation(rule: str, bad: pl.DataFrame, columns: list[str], what: str) -> quality.Violation:
-    # the same shape and message format as quality.py, so one formatter serves both
-    examples = bad.select(columns).head(quality.MAX_EXAMPLES).to_dicts()
-    shown = "; ".join(", ".join(f"{k}={v}" for k, v in row.items()) for row in examples)
-    message = f"market_bars: rule '{rule}' failed on {bad.height} row(s): {what}. Examples: {shown}"
-    return quality.Violation(rule=rule, n_rows=bad.height, examples=examples, message=message)
-
-
-def check_row_order(bars: pl.DataFrame) -> list[quality.Violation]:
-    """Rows out of (date, instrument_id) order, with their 1-based row numbers."""
-    numbered = bars.with_row_index("row", offset=1)
-    prev_date = pl.col("date").shift(1)
-    prev_id = pl.col("instrument_id").shift(1)
-    before_previous = (pl.col("date") < prev_date) | (
-        (pl.col("date") == prev_date) & (pl.col("instrument_id") < prev_id)
-    )
-    bad = numbered.filter(before_previous.fill_null(False))
-    if bad.height == 0:
-        return []
-    return [_violation(
-        "row_order", bad, ["row", *_KEYS],
-        "row is before its predecessor in (date, instrument_id) order",
-    )]
-
-
-def check_knowledge_time_future(bars: pl.DataFrame, as_of: dt.datetime) -> list[quality.Violation]:
-    """Bars whose knowledge_time is after ``as_of`` (a timezone-aware UTC time)."""
-    bad = bars.with_row_index("row", offset=1).filter(
-        (pl.col("knowledge_time") > pl.lit(as_of).dt.convert_time_zone("UTC")).fill_null(False)
-    )
-    if bad.height == 0:
-        return []
-    return [_violation(
-        "knowledge_time_future", bad, ["row", *_KEYS, "knowledge_time"],
-        f"knowledge_time is after the evaluation time {as_of.isoformat()}",
-    )]
-
-
-def check_restatement_older(bars: pl.DataFrame, stored: pl.DataFrame) -> list[quality.Violation]:
-    """Bars that would replace a stored bar of the same key with an earlier knowledge_time:
-    a restatement is newer information by definition, so an older one is a stale resend."""
-    if stored.height == 0:
-        return []
-    joined = bars.with_row_index("row", offset=1).join(
-        stored.select(*_KEYS, pl.col("knowledge_time").alias("stored_knowledge_time")),
-        on=_KEYS, how="inner",
-    )
-    older = pl.col("knowledge_time") < pl.col("stored_knowledge_time")
-    bad = joined.filter(older.fill_null(False))
-    if bad.height == 0:
-        return []
-    return [_violation(
-        "restatement_older", bad, ["row", *_KEYS, "knowledge_time", "stored_knowledge_time"],
-        "knowledge_time is earlier than that of the stored bar it would replace",
-    )]
-
-
-def check_price_jump(
-    bars: pl.DataFrame,
-    stored: pl.DataFrame,
-    corporate_actions: pl.DataFrame | None = None,
-    max_ratio: float = MAX_DAILY_PRICE_RATIO,
-) -> list[quality.Violation]:
-    """close / previous close per instrument, divided out by a split on the bar's date
-    (``split_ratio`` new shares per old share lowers the unadjusted price by that factor),
-    outside [1/max_ratio, max_ratio]. The previous close comes from the file itself or from
-    the stored bars before the file's days."""
-    numbered = bars.with_row_index("row", offset=1)
-    earlier = stored.join(bars.select(_KEYS), on=_KEYS, how="anti") if stored.height else stored
-    history = pl.concat(
-        [
-            numbered.select("row", *_KEYS, "close"),
-            earlier.select(pl.lit(None, pl.UInt32).alias("row"), *_KEYS, "close"),
-        ],
-        how="vertical",
-    )
-    history = history.sort("instrument_id", "date").with_columns(
-        pl.col("close").shift(1).over("instrument_id").alias("previous_close")
-    )
-    if corporate_actions is not None and corporate_actions.height:
-        splits = (
-            corporate_actions.group_by("instrument_id", "ex_date")
-            .agg(pl.col("split_ratio").product())
-            .rename({"ex_date": "date"})
-        )
-        history = history.join(splits, on=_KEYS, how="left")
-    else:
-        history = history.with_columns(pl.lit(None, pl.Float64).alias("split_ratio"))
-    ratio = pl.col("close") * pl.col("split_ratio").fill_null(1.0) / pl.col("previous_close")
-    bad = history.filter(
-        pl.col("row").is_not_null()
-        # a non-finite or non-positive price is price_positive_finite's to report
-        & (pl.col("close").is_finite() & (pl.col("close") > 0)).fill_null(False)
-        & (pl.col("previous_close").is_finite() & (pl.col("previous_close") > 0)).fill_null(False)
-        & (ratio.abs().log() > math.log(max_ratio)).fill_null(False)
-    ).with_columns(ratio.alias("ratio"))
-    if bad.height == 0:
-        return []
-    return [_violation(
-        "price_jump", bad.sort("row"), ["row", *_KEYS, "previous_close", "close", "ratio"],
-        f"split-adjusted close / previous close outside [1/{max_ratio:g}, {max_ratio:g}]",
-    )]
 
 
 def _stored(warehouse: Warehouse | None, key: str, selection=None) -> pl.DataFrame | None:

@@ -159,8 +159,9 @@ def serving_alarm_sensor(
 
 
 # After the as-of cutoff plus the feature schedule's 30 minutes: one more hour for features.
-_SERVING_HOUR = (SETTINGS.cutoff_time.hour + 1 + (SETTINGS.cutoff_time.minute + 30) // 60) % 24
-_SERVING_MINUTE = (SETTINGS.cutoff_time.minute + 30) % 60
+_LATEST_CUTOFF = calendar.latest_cutoff_time(SETTINGS.cutoff_time)  # UTC, the season's latest
+_SERVING_HOUR = (_LATEST_CUTOFF.hour + 1 + (_LATEST_CUTOFF.minute + 30) // 60) % 24
+_SERVING_MINUTE = (_LATEST_CUTOFF.minute + 30) % 60
 
 
 @schedule(

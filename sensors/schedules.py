@@ -17,7 +17,9 @@ SETTINGS = load_settings()
 # cutoff at 23:30 or later runs just after midnight: the cron's weekdays shift by one and
 # the body builds the previous day.
 _DELAY = dt.timedelta(minutes=30)
-_RUN_AT = dt.datetime.combine(dt.date(2000, 1, 3), SETTINGS.cutoff_time) + _DELAY  # a Monday
+# the latest UTC time of day a regular session's cutoff takes (winter for XNYS): one cron
+# that runs after the cutoff in every season
+_RUN_AT = dt.datetime.combine(dt.date(2000, 1, 3), calendar.latest_cutoff_time(SETTINGS.cutoff_time)) + _DELAY  # a Monday
 _WRAPS = _RUN_AT.date() != dt.date(2000, 1, 3)
 _CRON = f"{_RUN_AT.minute} {_RUN_AT.hour} * * {'2-6' if _WRAPS else '1-5'}"
 

@@ -27,6 +27,7 @@ from quant_assets.backtest.strategy import (
     spec_to_json,
 )
 from quant_assets.configs import config_class
+from quant_assets.data.reference import current_universe
 from quant_assets.features import total_return_index
 from quant_assets.partitions import monthly_partitions, months_of
 from quant_assets.performance import performance_summary
@@ -158,8 +159,8 @@ StrategyGridConfig = config_class(
 
 def listed_in(universe: pl.DataFrame, month, end) -> list[str]:
     """Instruments listed at some point of [month, end) (point in time: delisted ones count
-    for the months they traded)."""
-    listed = universe.filter(
+    for the months they traded). The universe is bitemporal: the listing as finally known."""
+    listed = current_universe(universe).filter(
         (pl.col("listed_from") < end)
         & (pl.col("listed_until").is_null() | (pl.col("listed_until") >= month))
     )

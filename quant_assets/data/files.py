@@ -133,14 +133,8 @@ def _check_not_empty(source: Path, df: pl.DataFrame) -> None:
 
 
 def _read_parquet(source: Path) -> pl.DataFrame:
-    try:
-        df = pl.read_parquet(source)
-    except _READ_ERRORS as exc:
-        raise LandingFileError(
-            source, "unreadable", f"not a readable Parquet file (truncated or corrupt?): {exc}"
-        ) from exc
+    df = read_raw_parquet(source)
     _check_columns(source, df.columns)
-    _check_not_empty(source, df)
     problems: list[str] = []
     casts: list[pl.Expr] = []
     for col, want in MARKET_BARS_SCHEMA.items():
@@ -198,7 +192,9 @@ def _check_row_lengths(source: Path, width: int) -> None:
         )
 
 
-def _read_csv(source: Path) -> pl.DataFrame:
+def read_raw_csv(source: Path) -> pl.DataFrame:
+    """A CSV file as all-string columns (stripped, "" -> null), after the file-level rules
+    (``unreadable``, ``delimiter``, ``empty``, ``truncated``)."""
     try:
         raw = pl.read_csv(source, infer_schema=False)
     except _READ_ERRORS as exc:
@@ -209,13 +205,58 @@ def _read_csv(source: Path) -> pl.DataFrame:
             source,
             "delimiter",
             f"the header is one column {raw.columns[0]!r}: the file looks {used!r}-delimited; "
-            "landing CSV files must be comma-delimited",
+            "CSV files must be comma-delimited",
         )
-    _check_columns(source, raw.columns)
     _check_not_empty(source, raw)
     if raw.select(pl.any_horizontal(pl.all().is_null().any())).item():
         _check_row_lengths(source, raw.width)
-    raw = raw.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in raw.columns)
+    return raw.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in raw.columns)
+
+
+def read_raw_parquet(source: Path) -> pl.DataFrame:
+    """A Parquet file as stored, after the file-level rules (``unreadable``, ``empty``)."""
+    try:
+        df = pl.read_parquet(source)
+    except _READ_ERRORS as exc:
+        raise LandingFileError(
+            source, "unreadable", f"not a readable Parquet file (truncated or corrupt?): {exc}"
+        ) from exc
+    _check_not_empty(source, df)
+    return df
+
+
+def parse_utc_csv_times(source: Path, raw: pl.DataFrame, col: str) -> pl.Series:
+    """An all-string CSV column of ISO-8601 times WITH a timezone as Datetime("us", "UTC");
+    LandingFileError (``timezone``) for naive values; unparseable values are null (the
+    caller reports them with ``bad_rows``)."""
+    values = raw[col]
+    naive = raw.with_row_index("row", offset=1).filter(values.str.contains(_NAIVE_TIMESTAMP).fill_null(False))
+    if naive.height:
+        shown = ", ".join(
+            f"row {r}: {v!r}" for r, v in naive.select("row", col).head(_MAX_SHOWN).rows()
+        )
+        raise LandingFileError(
+            source,
+            "timezone",
+            f"{col}: {naive.height} value(s) without a timezone ({shown}); "
+            "write ISO-8601 with 'Z' or '+HH:MM'",
+        )
+    normalised = (
+        values.str.replace(" ", "T", literal=True)
+        .str.replace(r"Z$", "+00:00")
+        .str.replace(r"([+-]\d{2})$", "${1}:00")
+    )
+    return normalised.str.to_datetime(_ISO_WITH_OFFSET, time_unit="us", time_zone="UTC", strict=False)
+
+
+def bad_rows(raw: pl.DataFrame, col: str, parsed: pl.Series) -> str:
+    """'col: n unparseable value(s) (row r: value, ...)' or '' (public name of _bad_rows)."""
+    return _bad_rows(raw, col, parsed)
+
+
+def _read_csv(source: Path) -> pl.DataFrame:
+    raw = read_raw_csv(source)
+    _check_columns(source, raw.columns)
 
     kt = raw["knowledge_time"]
     naive_mask = kt.str.contains(_NAIVE_TIMESTAMP)

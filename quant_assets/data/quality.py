@@ -11,19 +11,29 @@ Conventions
 - ``examples`` holds up to 5 offending rows, reduced to their key columns (plus the values
   that broke the rule), as plain Python dicts.
 - "Not before its date" compares a UTC knowledge_time with the date at 00:00 UTC.
-- Nulls fail the value rules (a null price is not a finite positive price).
+- Keys, ``close`` and ``knowledge_time`` must be present: a null there fails its rule. ``open``,
+  ``high``, ``low`` and ``volume`` are optional fields (a close-only source): null means "not
+  provided" and passes; a present value must pass its rule.
+- Trading days are the sessions of the configured exchange calendar (``calendar.py``).
+- The universe is bitemporal: its key is (instrument_id, knowledge_time); the rules against
+  the universe use each instrument's latest version (``reference.current_universe``).
+- The landing rules (``LANDING_RULES``) need context one frame does not carry (the
+  evaluation time, the stored bars, the file's row order); they report 1-based ``row``
+  numbers of the frame as read. The landing sensor and the file source both run them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
-from quant_assets.calendar import holiday_list
-from quant_assets.data.simulator import (
+from quant_assets.calendar import is_session_expr
+from quant_assets.data.reference import current_universe
+from quant_assets.data.schemas import (
     CORPORATE_ACTIONS_SCHEMA,
     FUNDAMENTALS_SCHEMA,
     MARKET_BARS_SCHEMA,
@@ -39,12 +49,12 @@ RULE_DOCS: dict[str, str] = {
     "schema": "Columns, dtypes and column order exactly as the raw-table contract.",
     "null_key": "Key columns are never null.",
     "duplicate_key": "No two rows share the table's key.",
-    "price_positive_finite": "open, high, low and close are finite and > 0.",
-    "ohlc_consistency": "low <= min(open, close) and max(open, close) <= high.",
-    "volume_non_negative": "volume is finite and >= 0.",
+    "price_positive_finite": "close is finite and > 0; open, high, low too when present.",
+    "ohlc_consistency": "low <= min(open, close) and max(open, close) <= high (present fields).",
+    "volume_non_negative": "volume, when present, is finite and >= 0.",
     "knowledge_time_present": "knowledge_time is not null.",
     "knowledge_time_before_date": "A bar is not known before its date (00:00 UTC).",
-    "trading_day": "Bars fall on trading days of the calendar.",
+    "trading_day": "Bars fall on sessions of the exchange calendar (QUANT_CALENDAR).",
     "unknown_instrument": "Every instrument_id is in the universe.",
     "outside_listing": "Bars fall inside the instrument's listing interval.",
     "listing_interval": "listed_until is not before listed_from.",
@@ -71,7 +81,7 @@ RULES_BY_TABLE: dict[str, tuple[str, ...]] = {
         "knowledge_time_future",
         "bars_present",
     ),
-    "universe": ("schema", "null_key", "duplicate_key", "listing_interval"),
+    "universe": ("schema", "null_key", "knowledge_time_present", "duplicate_key", "listing_interval"),
     "corporate_actions": (
         "schema",
         "null_key",
@@ -190,21 +200,29 @@ def check_market_bars(
     out += _nulls(df, table, keys, keys)
     out += _duplicates(df, table, keys)
     prices = ["open", "high", "low", "close"]
+    optional = ["open", "high", "low"]
     out += _rule(
         df,
         table,
         "price_positive_finite",
-        ~pl.all_horizontal([_finite_positive(c) for c in prices]),
+        ~(_finite_positive("close") & pl.all_horizontal(
+            [pl.col(c).is_null() | _finite_positive(c) for c in optional]
+        )),
         keys + prices,
-        "open/high/low/close must be finite and > 0",
+        "close must be finite and > 0; open/high/low too when present",
     )
+    open_close_low = pl.min_horizontal("open", "close")  # ignores a null open
+    open_close_high = pl.max_horizontal("open", "close")
     out += _rule(
-        # only rows whose prices are valid numbers; the others fail the rule above
-        df.filter(pl.all_horizontal([pl.col(c).is_finite() for c in prices]).fill_null(False)),
+        # only rows whose present prices are valid numbers; the others fail the rule above
+        df.filter(
+            pl.col("close").is_finite().fill_null(False)
+            & pl.all_horizontal([pl.col(c).is_null() | pl.col(c).is_finite() for c in optional])
+        ),
         table,
         "ohlc_consistency",
-        (pl.col("low") > pl.min_horizontal("open", "close"))
-        | (pl.max_horizontal("open", "close") > pl.col("high")),
+        (pl.col("low").is_not_null() & (pl.col("low") > open_close_low))
+        | (pl.col("high").is_not_null() & (open_close_high > pl.col("high"))),
         keys + prices,
         "need low <= min(open, close) and max(open, close) <= high",
     )
@@ -212,9 +230,9 @@ def check_market_bars(
         df,
         table,
         "volume_non_negative",
-        ~(pl.col("volume").is_finite() & (pl.col("volume") >= 0)),
+        pl.col("volume").is_not_null() & ~(pl.col("volume").is_finite() & (pl.col("volume") >= 0)),
         keys + ["volume"],
-        "volume must be finite and >= 0",
+        "volume must be finite and >= 0 when present",
     )
     out += _rule(
         df,
@@ -262,10 +280,8 @@ def check_bars_present(df: pl.DataFrame, start: dt.date, end: dt.date) -> list[V
 def _trading_days(df: pl.DataFrame, table: str, keys: list[str]) -> list[Violation]:
     if df.height == 0:
         return []
-    lo, hi = df["date"].min(), df["date"].max()
-    holidays = pl.Series(holiday_list(lo, hi), dtype=pl.Date)
-    mask = (pl.col("date").dt.weekday() > 5) | pl.col("date").is_in(holidays)
-    return _rule(df, table, "trading_day", mask, keys, "date is not a trading day")
+    mask = ~is_session_expr(pl.col("date"))
+    return _rule(df, table, "trading_day", mask, keys, "date is not a session of the exchange calendar")
 
 
 def _against_universe(
@@ -285,10 +301,10 @@ def _against_universe(
         keys,
         "instrument_id is not in the universe",
     )
+    # the latest version of each instrument: whether a bar is inside the listing is a
+    # question about the listing as finally known, not as of some earlier day
     known = df.join(
-        universe.select("instrument_id", "listed_from", "listed_until").unique(
-            "instrument_id", keep="first", maintain_order=True
-        ),
+        current_universe(universe).select("instrument_id", "listed_from", "listed_until"),
         on="instrument_id",
         how="inner",
     )
@@ -309,9 +325,17 @@ def check_universe(df: pl.DataFrame) -> list[Violation]:
     out = check_schema(df, UNIVERSE_SCHEMA, table)
     if _schema_blocks(df, UNIVERSE_SCHEMA):
         return out
-    keys = ["instrument_id"]
+    keys = ["instrument_id", "knowledge_time"]
     out += _nulls(
         df, table, ["instrument_id", "sector", "listed_from"], keys + ["sector", "listed_from"]
+    )
+    out += _rule(
+        df,
+        table,
+        "knowledge_time_present",
+        pl.col("knowledge_time").is_null(),
+        keys,
+        "knowledge_time (when the version became known) is null",
     )
     out += _duplicates(df, table, keys)
     out += _rule(
@@ -402,3 +426,123 @@ def format_violations(violations: Sequence[Violation]) -> str:
     lines = [f"{len(violations)} rule(s) failed:"]
     lines += [f"- [{v.rule}] {v.message}" for v in violations]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- landing rules
+
+# Rules the landing path adds to quality.check_market_bars (description per rule).
+LANDING_RULES: dict[str, str] = {
+    "row_order": "Rows are sorted by (date, instrument_id), as file producers promise.",
+    "knowledge_time_future": "No bar is known after the evaluation time (now, UTC).",
+    "restatement_older": "A bar that replaces a stored bar is not known earlier than it.",
+    "price_jump": "close / previous close (split-adjusted) stays within [1/MAX, MAX].",
+}
+# A split-adjusted close-to-close move beyond x4 (or below /4) in one day is a data error
+# (a misplaced decimal, a currency mix-up), never a market move in this universe: the
+# simulator's largest daily move over 2022-2024 is well under 2x.
+MAX_DAILY_PRICE_RATIO = 4.0
+_KEYS = ["date", "instrument_id"]
+
+
+def _landing_violation(rule: str, bad: pl.DataFrame, columns: list[str], what: str) -> Violation:
+    # the same shape and message format as quality.py, so one formatter serves both
+    examples = bad.select(columns).head(MAX_EXAMPLES).to_dicts()
+    shown = "; ".join(", ".join(f"{k}={v}" for k, v in row.items()) for row in examples)
+    message = f"market_bars: rule '{rule}' failed on {bad.height} row(s): {what}. Examples: {shown}"
+    return Violation(rule=rule, n_rows=bad.height, examples=examples, message=message)
+
+
+def check_row_order(bars: pl.DataFrame) -> list[Violation]:
+    """Rows out of (date, instrument_id) order, with their 1-based row numbers."""
+    numbered = bars.with_row_index("row", offset=1)
+    prev_date = pl.col("date").shift(1)
+    prev_id = pl.col("instrument_id").shift(1)
+    before_previous = (pl.col("date") < prev_date) | (
+        (pl.col("date") == prev_date) & (pl.col("instrument_id") < prev_id)
+    )
+    bad = numbered.filter(before_previous.fill_null(False))
+    if bad.height == 0:
+        return []
+    return [_landing_violation(
+        "row_order", bad, ["row", *_KEYS],
+        "row is before its predecessor in (date, instrument_id) order",
+    )]
+
+
+def check_knowledge_time_future(bars: pl.DataFrame, as_of: dt.datetime) -> list[Violation]:
+    """Bars whose knowledge_time is after ``as_of`` (a timezone-aware UTC time)."""
+    bad = bars.with_row_index("row", offset=1).filter(
+        (pl.col("knowledge_time") > pl.lit(as_of).dt.convert_time_zone("UTC")).fill_null(False)
+    )
+    if bad.height == 0:
+        return []
+    return [_landing_violation(
+        "knowledge_time_future", bad, ["row", *_KEYS, "knowledge_time"],
+        f"knowledge_time is after the evaluation time {as_of.isoformat()}",
+    )]
+
+
+def check_restatement_older(bars: pl.DataFrame, stored: pl.DataFrame) -> list[Violation]:
+    """Bars that would replace a stored bar of the same key with an earlier knowledge_time:
+    a restatement is newer information by definition, so an older one is a stale resend."""
+    if stored.height == 0:
+        return []
+    joined = bars.with_row_index("row", offset=1).join(
+        stored.select(*_KEYS, pl.col("knowledge_time").alias("stored_knowledge_time")),
+        on=_KEYS, how="inner",
+    )
+    older = pl.col("knowledge_time") < pl.col("stored_knowledge_time")
+    bad = joined.filter(older.fill_null(False))
+    if bad.height == 0:
+        return []
+    return [_landing_violation(
+        "restatement_older", bad, ["row", *_KEYS, "knowledge_time", "stored_knowledge_time"],
+        "knowledge_time is earlier than that of the stored bar it would replace",
+    )]
+
+
+def check_price_jump(
+    bars: pl.DataFrame,
+    stored: pl.DataFrame,
+    corporate_actions: pl.DataFrame | None = None,
+    max_ratio: float = MAX_DAILY_PRICE_RATIO,
+) -> list[Violation]:
+    """close / previous close per instrument, divided out by a split on the bar's date
+    (``split_ratio`` new shares per old share lowers the unadjusted price by that factor),
+    outside [1/max_ratio, max_ratio]. The previous close comes from the file itself or from
+    the stored bars before the file's days."""
+    numbered = bars.with_row_index("row", offset=1)
+    earlier = stored.join(bars.select(_KEYS), on=_KEYS, how="anti") if stored.height else stored
+    history = pl.concat(
+        [
+            numbered.select("row", *_KEYS, "close"),
+            earlier.select(pl.lit(None, pl.UInt32).alias("row"), *_KEYS, "close"),
+        ],
+        how="vertical",
+    )
+    history = history.sort("instrument_id", "date").with_columns(
+        pl.col("close").shift(1).over("instrument_id").alias("previous_close")
+    )
+    if corporate_actions is not None and corporate_actions.height:
+        splits = (
+            corporate_actions.group_by("instrument_id", "ex_date")
+            .agg(pl.col("split_ratio").product())
+            .rename({"ex_date": "date"})
+        )
+        history = history.join(splits, on=_KEYS, how="left")
+    else:
+        history = history.with_columns(pl.lit(None, pl.Float64).alias("split_ratio"))
+    ratio = pl.col("close") * pl.col("split_ratio").fill_null(1.0) / pl.col("previous_close")
+    bad = history.filter(
+        pl.col("row").is_not_null()
+        # a non-finite or non-positive price is price_positive_finite's to report
+        & (pl.col("close").is_finite() & (pl.col("close") > 0)).fill_null(False)
+        & (pl.col("previous_close").is_finite() & (pl.col("previous_close") > 0)).fill_null(False)
+        & (ratio.abs().log() > math.log(max_ratio)).fill_null(False)
+    ).with_columns(ratio.alias("ratio"))
+    if bad.height == 0:
+        return []
+    return [_landing_violation(
+        "price_jump", bad.sort("row"), ["row", *_KEYS, "previous_close", "close", "ratio"],
+        f"split-adjusted close / previous close outside [1/{max_ratio:g}, {max_ratio:g}]",
+    )]

@@ -11,7 +11,11 @@ Conventions
   d. Hence the split- and dividend-adjusted close-to-close return of day t is exactly
   ``(close_t * r_t + d_t) / close_{t-1} - 1 = exp(x_t) - 1`` where x_t is the simulated
   log total return below.
-- A bar of day D becomes known at D 20:30 UTC (before the default 21:00 cutoff).
+- A bar of session D becomes known at D's actual close (``calendar.session_close``: 16:00
+  New York for XNYS, earlier on half days), the default cutoff, so a day's features see its bar.
+- The universe is bitemporal: an instrument's listing is known from ``listed_from`` 00:00 UTC;
+  a delisting is a second version (``listed_until`` set) known at the close of its last day
+  (``quant_assets.data.reference.universe_versions``).
 - Same config (seed included) -> bit-identical frames. All randomness comes from one
   ``numpy.random.Generator(PCG64(seed))``.
 
@@ -81,40 +85,21 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from quant_assets.calendar import trading_days
+from quant_assets.calendar import session_close, trading_days
+from quant_assets.data.reference import universe_versions
 
-UTC_TIME = pl.Datetime("us", "UTC")
+# The raw-table contracts live in schemas.py; re-exported here for existing importers.
+from quant_assets.data.schemas import (
+    CORPORATE_ACTIONS_SCHEMA,
+    FUNDAMENTALS_SCHEMA,
+    MARKET_BARS_SCHEMA,
+    UNIVERSE_SCHEMA,
+    UTC_TIME,
+)
 
-UNIVERSE_SCHEMA: dict[str, pl.DataType] = {
-    "instrument_id": pl.String(),
-    "sector": pl.String(),
-    "listed_from": pl.Date(),
-    "listed_until": pl.Date(),
-}
-MARKET_BARS_SCHEMA: dict[str, pl.DataType] = {
-    "date": pl.Date(),
-    "instrument_id": pl.String(),
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Float64(),
-    "knowledge_time": UTC_TIME,
-}
-CORPORATE_ACTIONS_SCHEMA: dict[str, pl.DataType] = {
-    "instrument_id": pl.String(),
-    "ex_date": pl.Date(),
-    "split_ratio": pl.Float64(),
-    "cash_dividend": pl.Float64(),
-    "knowledge_time": UTC_TIME,
-}
-FUNDAMENTALS_SCHEMA: dict[str, pl.DataType] = {
-    "instrument_id": pl.String(),
-    "field": pl.String(),
-    "period_end": pl.Date(),
-    "value": pl.Float64(),
-    "knowledge_time": UTC_TIME,
-}
+__all__ = ["CORPORATE_ACTIONS_SCHEMA", "FUNDAMENTALS_SCHEMA", "MARKET_BARS_SCHEMA", "UNIVERSE_SCHEMA",
+           "UTC_TIME", "MarketData", "SimulatorConfig", "simulate_market", "instrument_ids"]
+
 
 FUNDAMENTAL_FIELDS: tuple[str, ...] = (
     "book_equity",
@@ -125,7 +110,6 @@ FUNDAMENTAL_FIELDS: tuple[str, ...] = (
     "total_assets",
 )
 
-BAR_KNOWLEDGE_TIME = dt.time(20, 30)
 _REVERSAL_WINDOW = 5
 _US_PER_DAY = 86_400_000_000
 _EPOCH = dt.date(1970, 1, 1)
@@ -568,10 +552,11 @@ def _bars_frame(
     listed = (t_idx >= uni.first_idx[None, :]) & (t_idx <= uni.last_idx[None, :])
     rows_t, rows_i = np.nonzero(listed)  # row-major: sorted by date, then instrument
     bar_day = day_num[rows_t]
-    know = (
-        bar_day * _US_PER_DAY
-        + (BAR_KNOWLEDGE_TIME.hour * 3600 + BAR_KNOWLEDGE_TIME.minute * 60) * 1_000_000
+    close_us = np.array(
+        [int(session_close(_EPOCH + dt.timedelta(days=int(d))).timestamp()) * 1_000_000 for d in day_num],
+        dtype=np.int64,
     )
+    know = close_us[rows_t]
     id_series = pl.Series("instrument_id", ids, dtype=pl.String)
     return pl.DataFrame(
         [
@@ -736,7 +721,7 @@ def _universe_frame(cfg: SimulatorConfig, ids: list[str], uni: _Universe) -> pl.
     sector_names = [f"S{k + 1:0{width}d}" for k in range(cfg.n_sectors)]
     until = pl.Series("listed_until", uni.listed_until.astype(np.int32)).cast(pl.Date)
     until = pl.select(pl.when(until.to_physical() < 0).then(None).otherwise(until)).to_series()
-    return pl.DataFrame(
+    listings = pl.DataFrame(
         [
             pl.Series("instrument_id", ids, dtype=pl.String),
             pl.Series("sector", sector_names, dtype=pl.String).gather(uni.sector_idx),
@@ -744,6 +729,7 @@ def _universe_frame(cfg: SimulatorConfig, ids: list[str], uni: _Universe) -> pl.
             until.alias("listed_until"),
         ]
     )
+    return universe_versions(listings)
 
 
 def simulate_market(config: SimulatorConfig | None = None) -> MarketData:

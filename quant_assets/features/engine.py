@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quant_assets.calendar import DEFAULT_CUTOFF
+from quant_assets.calendar import DEFAULT_CUTOFF, Cutoff
+from quant_assets.data.reference import universe_changes
 from quant_assets.features import pit
 from quant_assets.features.catalog import active_features, context_before
 from quant_assets.features.definition import Feature
@@ -24,7 +25,7 @@ from quant_assets.features.definition import Feature
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    cutoff_time: dt.time = DEFAULT_CUTOFF
+    cutoff_time: Cutoff = DEFAULT_CUTOFF
     features: tuple[str, ...] | None = None  # a subset of the active features (default: all)
     batch_days: int = 260  # as-of days evaluated together, within one context period (bounds memory)
     max_fundamental_age_days: int = pit.FUNDAMENTAL_MAX_AGE_DAYS
@@ -94,7 +95,7 @@ def compute_features(
     # one batch at a time bounds memory: a batch's panel is months x instruments x context
     bars = bars.collect(engine=pit.ENGINE)
     actions = actions.collect(engine=pit.ENGINE)
-    late = _late_rows(bars, actions, cfg.cutoff_time)
+    late = _late_rows(bars, actions, cfg.cutoff_time, universe)
     batches = []
     # batches never straddle a context period: a period's days share one view
     by_period = days.to_frame().group_by(pl.col("as_of").dt.truncate(pit.CONTEXT_PERIOD).alias("_period"),
@@ -128,21 +129,28 @@ def _batch(
     return plan.collect(engine=pit.ENGINE)
 
 
-def _late_rows(bars: pl.DataFrame, actions: pl.DataFrame, cutoff_time: dt.time) -> pl.DataFrame:
+def _late_rows(
+    bars: pl.DataFrame, actions: pl.DataFrame, cutoff_time: Cutoff, universe: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Row versions published after the cutoff of the day they are about (a late or
-    corrected bar, an action announced after its ex_date): `ref` (that day) and
-    `knowledge_time`. Only these can make D's view differ from a later day's."""
-    return pl.concat(
-        [
-            frame.lazy()
-            .filter(pl.col("knowledge_time") > pl.col(ref).pipe(pit.cutoff_expr, cutoff_time))
-            .select(pl.col(ref).alias("ref"), "knowledge_time")
-            for frame, ref in ((bars, "date"), (actions, "ex_date"))
-        ]
-    ).collect(engine=pit.ENGINE)
+    corrected bar, an action announced after its ex_date, a universe version changing a
+    listing from `ref` on): `ref` (that day) and `knowledge_time`. Only these can make D's
+    view differ from a later day's."""
+    frames = [
+        frame.lazy()
+        .filter(pl.col("knowledge_time") > pl.col(ref).pipe(pit.cutoff_expr, cutoff_time))
+        .select(pl.col(ref).alias("ref"), pl.col("knowledge_time").cast(pit.UTC_TIME))
+        for frame, ref in ((bars, "date"), (actions, "ex_date"))
+    ]
+    if universe is not None and "knowledge_time" in universe.columns:
+        changes = universe_changes(pit.with_utc(universe, "knowledge_time").collect())
+        frames.append(
+            changes.lazy().filter(pl.col("knowledge_time") > pl.col("ref").pipe(pit.cutoff_expr, cutoff_time))
+        )
+    return pl.concat(frames).collect(engine=pit.ENGINE)
 
 
-def _views(days: pl.Series, late: pl.DataFrame, cutoff_time: dt.time) -> pl.DataFrame:
+def _views(days: pl.Series, late: pl.DataFrame, cutoff_time: Cutoff) -> pl.DataFrame:
     """Which view computes each day: columns date (D) and as_of (the day V whose context,
     as of V, is evaluated for D's row).
 

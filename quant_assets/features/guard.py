@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from quant_assets.calendar import Cutoff
 from quant_assets.features import pit
 from quant_assets.features.engine import FeatureConfig, compute_features
 
@@ -77,7 +78,7 @@ def truncate_at_cutoff(
     corporate_actions: pl.DataFrame,
     fundamentals: pl.DataFrame,
     day: dt.date,
-    cutoff_time: dt.time,
+    cutoff_time: Cutoff,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """The inputs as they stood at cutoff(day): rows known by then, bars dated <= day."""
     cut = pl.lit(day).pipe(pit.cutoff_expr, cutoff_time)

@@ -43,7 +43,8 @@ from collections.abc import Iterable, Sequence
 
 import polars as pl
 
-from quant_assets.calendar import DEFAULT_CUTOFF
+from quant_assets import calendar
+from quant_assets.calendar import DEFAULT_CUTOFF, Cutoff
 
 UTC_TIME = pl.Datetime("us", "UTC")
 # Sums and products that feed a feature are written as cum_sum().last() / cum_prod().last():
@@ -80,10 +81,11 @@ def as_date_frame(dates: Iterable[dt.date] | pl.Series) -> pl.DataFrame:
     return pl.DataFrame({"as_of": series.cast(pl.Date)}).unique().sort("as_of")
 
 
-def cutoff_expr(day: str | pl.Expr = "as_of", cutoff_time: dt.time = DEFAULT_CUTOFF) -> pl.Expr:
-    """Polars version of `calendar.cutoff`: the day's date at `cutoff_time`, UTC."""
+def cutoff_expr(day: str | pl.Expr = "as_of", cutoff_time: Cutoff = DEFAULT_CUTOFF) -> pl.Expr:
+    """Polars version of `calendar.cutoff`: the session's close plus the offset (or a fixed
+    UTC time of day when `cutoff_time` is a `datetime.time`), Datetime("us", "UTC")."""
     day = pl.col(day) if isinstance(day, str) else day
-    return day.dt.combine(cutoff_time, time_unit="us").dt.replace_time_zone("UTC")
+    return calendar.cutoff_expr(day, cutoff_time)
 
 
 Frame = pl.DataFrame | pl.LazyFrame
@@ -120,7 +122,7 @@ def as_of(
     by: str | Sequence[str] = "instrument_id",
     keys: Frame | None = None,
     knowledge_col: str = "knowledge_time",
-    cutoff_time: dt.time = DEFAULT_CUTOFF,
+    cutoff_time: Cutoff = DEFAULT_CUTOFF,
 ) -> Frame:
     """The rows of `frame` as known at the cutoff of each as-of day.
 
@@ -177,7 +179,7 @@ def context_days(
     dates: Iterable[dt.date] | pl.Series,
     *,
     before: int | None = None,
-    cutoff_time: dt.time = DEFAULT_CUTOFF,
+    cutoff_time: Cutoff = DEFAULT_CUTOFF,
 ) -> Frame:
     """The market days of each as-of day D's context (module doc): D's `CONTEXT_PERIOD` up to
     D, and the last `before` market days before the period's first day (all when None).
@@ -212,12 +214,23 @@ def listed_on(day: str | pl.Expr) -> pl.Expr:
     return (pl.col("listed_from") <= day) & (pl.col("listed_until").is_null() | (day <= pl.col("listed_until")))
 
 
+def listings_as_of(universe: Frame, keys: pl.LazyFrame, cutoff_time: Cutoff = DEFAULT_CUTOFF) -> pl.LazyFrame:
+    """For each (as_of, instrument_id) of `keys`: the instrument's universe version known at
+    cutoff(as_of) (sector, listed_from, listed_until); keys without one are dropped. The
+    universe is bitemporal; a frame without knowledge_time is taken as always known."""
+    columns = ["instrument_id", "sector", "listed_from", "listed_until"]
+    if "knowledge_time" not in universe.lazy().collect_schema().names():
+        return keys.lazy().join(universe.lazy().select(columns), on="instrument_id")
+    versions = universe.lazy().select(*columns, "knowledge_time")
+    return as_of(versions, by="instrument_id", keys=keys.lazy(), cutoff_time=cutoff_time).drop("knowledge_time")
+
+
 def pit_universe(
     universe: Frame,
     market_bars: Frame,
     dates: Iterable[dt.date] | pl.Series,
     *,
-    cutoff_time: dt.time = DEFAULT_CUTOFF,
+    cutoff_time: Cutoff = DEFAULT_CUTOFF,
 ) -> Frame:
     """Universe of each day D: listed on D and a bar of D known at cutoff(D).
 
@@ -232,8 +245,7 @@ def pit_universe(
     )
     known = as_of(bars, by=["instrument_id", "date"], keys=keys, cutoff_time=cutoff_time)
     out = (
-        known.select("as_of", "instrument_id")
-        .join(universe.lazy().select("instrument_id", "sector", "listed_from", "listed_until"), on="instrument_id")
+        listings_as_of(universe, known.select("as_of", "instrument_id"), cutoff_time)
         .filter(listed_on("as_of"))
         .select("as_of", "instrument_id", "sector")
         .sort("as_of", "instrument_id")
@@ -244,7 +256,7 @@ def pit_universe(
 # --------------------------------------------------------------------------- adjusted bars
 
 
-def _effective_actions(windows: pl.LazyFrame, corporate_actions: Frame, cutoff_time: dt.time) -> pl.LazyFrame:
+def _effective_actions(windows: pl.LazyFrame, corporate_actions: Frame, cutoff_time: Cutoff) -> pl.LazyFrame:
     """Actions known at cutoff(D) with ex_date in (window_start, D], per as-of day D (and
     per instrument when `windows` has an instrument_id column)."""
     actions = corporate_actions.lazy()
@@ -265,7 +277,7 @@ def pit_panel(
     *,
     universe: Frame | None = None,
     before: int | None = None,
-    cutoff_time: dt.time = DEFAULT_CUTOFF,
+    cutoff_time: Cutoff = DEFAULT_CUTOFF,
 ) -> Frame:
     """PIT-adjusted bars of each as-of day D's context (`context_days`, module doc).
 
@@ -344,10 +356,11 @@ def pit_panel(
     if universe is None:
         panel = panel.with_columns(pl.lit(None, dtype=pl.Float64).alias("market_ret"))
     else:
-        listing = universe.lazy().select("instrument_id", "listed_from", "listed_until")
+        # each context's listings as known at its as-of cutoff
+        listing = listings_as_of(universe, panel.select("as_of", "instrument_id").unique(), cutoff_time)
         market_ret = (
             panel.select("as_of", "instrument_id", "date", "ret")
-            .join(listing, on="instrument_id")
+            .join(listing.select("as_of", "instrument_id", "listed_from", "listed_until"), on=["as_of", "instrument_id"])
             .filter(listed_on("date") & pl.col("ret").is_not_null())
             .sort("as_of", "date", "instrument_id")
             .group_by(["as_of", "date"], maintain_order=True)
@@ -369,7 +382,7 @@ def fundamentals_as_of(
     corporate_actions: Frame,
     dates: Iterable[dt.date] | pl.Series,
     *,
-    cutoff_time: dt.time = DEFAULT_CUTOFF,
+    cutoff_time: Cutoff = DEFAULT_CUTOFF,
     max_age_days: int = FUNDAMENTAL_MAX_AGE_DAYS,
 ) -> Frame:
     """Fundamentals as known at cutoff(D), one row per (as_of, instrument_id).
@@ -421,16 +434,22 @@ def _horizon(max_age_days: int) -> int:
 
 
 def _state_changes(
-    funds: pl.LazyFrame, actions: pl.LazyFrame, days: pl.LazyFrame, cutoff_time: dt.time, max_age_days: int
+    funds: pl.LazyFrame, actions: pl.LazyFrame, days: pl.LazyFrame, cutoff_time: Cutoff, max_age_days: int
 ) -> pl.LazyFrame:
     """(as_of, instrument_id): the first asked day of each instrument, and the first asked
     day at or after each day on which its fundamentals row may change."""
     horizon = pl.duration(days=_horizon(max_age_days))
 
     def known_day(col: str) -> pl.Expr:
-        # the first day whose cutoff is at or after the knowledge time
+        # the first day whose cutoff is at or after the knowledge time; a session cutoff
+        # with an offset can fall on the next UTC date, so the day before is a candidate too
         day = pl.col(col).dt.date()
-        return pl.when(pl.col(col) <= cutoff_expr(day, cutoff_time)).then(day).otherwise(day + pl.duration(days=1))
+        before = day - pl.duration(days=1)
+        return (
+            pl.when(pl.col(col) <= cutoff_expr(before, cutoff_time)).then(before)
+            .when(pl.col(col) <= cutoff_expr(day, cutoff_time)).then(day)
+            .otherwise(day + pl.duration(days=1))
+        )
 
     funds = with_utc(funds, "knowledge_time")
     actions = with_utc(actions, "knowledge_time")
@@ -461,7 +480,7 @@ def _fundamentals_at(
     fundamentals: Frame,
     corporate_actions: Frame,
     states: pl.LazyFrame,
-    cutoff_time: dt.time,
+    cutoff_time: Cutoff,
     max_age_days: int,
 ) -> pl.LazyFrame:
     """`fundamentals_as_of` for the (as_of, instrument_id) pairs of `states` only."""

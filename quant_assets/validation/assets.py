@@ -22,6 +22,7 @@ from quant_assets.asset_lineage import lineage_metadata, lineage_of
 from quant_assets.backtest.strategy import backtested_spec, run_long_short
 from quant_assets.configs import config_class
 from quant_assets.data import real
+from quant_assets.data.reference import current_universe
 from quant_assets.features import total_return_index
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
@@ -155,7 +156,7 @@ def validation_report(
         )
         try:
             factors = regimes.factor_returns(
-                sized, universe.select("instrument_id", "sector"), size_col="dollar_volume", price_col="tr_close"
+                sized, current_universe(universe).select("instrument_id", "sector"), size_col="dollar_volume", price_col="tr_close"
             )
             exposures = regimes.factor_exposures(strategy, factors)
         except ValueError as exc:  # too few common days for the regression

@@ -117,9 +117,20 @@ def test_ohlc_consistency():
     assert _rules(out) == ["ohlc_consistency"]
 
 
-@pytest.mark.parametrize("value", [-5.0, float("nan"), None])
+@pytest.mark.parametrize("value", [-5.0, float("nan")])
 def test_volume(value):
     assert _rules(check_market_bars(_set(_bars(), 1, volume=value))) == ["volume_non_negative"]
+
+
+def test_optional_fields_may_be_null_but_present_values_are_checked():
+    # a close-only source: open/high/low/volume null means "not provided", never a failure
+    close_only = _bars().with_columns(pl.lit(None, pl.Float64).alias(c) for c in ("open", "high", "low", "volume"))
+    assert check_market_bars(close_only) == []
+    # a present high below the close still breaks the OHLC rule with the other fields absent
+    row = close_only.row(3, named=True)
+    out = check_market_bars(_set(close_only, 3, high=row["close"] * 0.9))
+    assert _rules(out) == ["ohlc_consistency"]
+    assert _rules(check_market_bars(_set(close_only, 3, low=-1.0))) == ["price_positive_finite"]
 
 
 def test_knowledge_time_present():

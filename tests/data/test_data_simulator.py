@@ -11,13 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quant_assets.calendar import cutoff, is_trading_day
+from quant_assets.calendar import cutoff, is_trading_day, session_close
 from quant_assets.data.quality import (
     check_corporate_actions,
     check_fundamentals,
     check_market_bars,
     check_universe,
 )
+from quant_assets.data.reference import current_universe
 from quant_assets.data.simulator import (
     CORPORATE_ACTIONS_SCHEMA,
     FUNDAMENTAL_FIELDS,
@@ -114,7 +115,8 @@ def test_rows_are_sorted_deterministically():
     md = _market()
     bars = md.market_bars
     assert bars.equals(bars.sort("date", "instrument_id"))
-    assert md.universe["instrument_id"].to_list() == [f"SIM{i:04d}" for i in range(1, 101)]
+    assert md.universe.equals(md.universe.sort("instrument_id", "knowledge_time"))
+    assert current_universe(md.universe)["instrument_id"].to_list() == [f"SIM{i:04d}" for i in range(1, 101)]
     assert md.corporate_actions.equals(
         md.corporate_actions.sort("instrument_id", "ex_date", "knowledge_time")
     )
@@ -136,7 +138,7 @@ def test_ids_sectors_and_trading_days():
 def test_listings_and_delistings_inside_the_range():
     md = _market()
     start, end = dt.date(2022, 1, 3), dt.date(2024, 12, 31)
-    uni = md.universe
+    uni = current_universe(md.universe)
     late = uni.filter(pl.col("listed_from") > start)
     delisted = uni.filter(pl.col("listed_until").is_not_null())
     assert 3 <= late.height <= 25
@@ -154,6 +156,14 @@ def test_listings_and_delistings_inside_the_range():
     assert (gone["last"] == gone["listed_until"]).all()
     alive = joined.filter(pl.col("listed_until").is_null())
     assert (alive["last"] == end).all()
+    # bitemporal: a delisting is a second version, known at the close of the last day
+    # (no day before it sees the future delisting); the listing version is known from its start
+    versions = md.universe.join(delisted.select("instrument_id"), on="instrument_id")
+    assert versions.height == 2 * delisted.height
+    first = versions.filter(pl.col("listed_until").is_null())
+    second = versions.filter(pl.col("listed_until").is_not_null())
+    assert (first["knowledge_time"].dt.date() == first["listed_from"]).all()
+    assert second["knowledge_time"].to_list() == [session_close(d) for d in second["listed_until"]]
 
 
 # --- bars --------------------------------------------------------------------------------
@@ -170,14 +180,20 @@ def test_ohlc_consistent_positive_and_volume_positive():
     assert bars.select(pl.all().is_null().any()).row(0) == (False,) * bars.width
 
 
-def test_bar_knowledge_time_is_2030_utc_before_cutoff():
+def test_bar_knowledge_time_is_the_session_close_and_the_default_cutoff():
     bars = _market().market_bars
-    expected = bars["date"].cast(pl.Datetime("us")).dt.replace_time_zone("UTC") + dt.timedelta(
-        hours=20, minutes=30
-    )
-    assert (bars["knowledge_time"] == expected).all()
+    days = bars["date"].unique().sort()
+    closes = pl.DataFrame({"date": days, "expected": [session_close(d) for d in days]})
+    joined = bars.join(closes, on="date")
+    assert (joined["knowledge_time"] == joined["expected"]).all()
+    # 16:00 New York: 21:00 UTC in winter, 20:00 UTC in summer, 18:00 UTC on the half day
+    kt = dict(bars.group_by("date").agg(pl.col("knowledge_time").first()).iter_rows())
+    assert kt[dt.date(2022, 1, 14)] == dt.datetime(2022, 1, 14, 21, tzinfo=dt.UTC)
+    assert kt[dt.date(2022, 7, 1)] == dt.datetime(2022, 7, 1, 20, tzinfo=dt.UTC)
+    assert kt[dt.date(2022, 11, 25)] == dt.datetime(2022, 11, 25, 18, tzinfo=dt.UTC)
+    assert dt.date(2022, 11, 24) not in kt  # Thanksgiving: no bars
     sample = bars.row(0, named=True)
-    assert sample["knowledge_time"] < cutoff(sample["date"])
+    assert sample["knowledge_time"] <= cutoff(sample["date"])
 
 
 def test_volatility_clusters_and_volume_follows_volatility():
@@ -373,4 +389,4 @@ def test_any_small_market_passes_quality_rules(n, seed, days, late, delist):
     assert check_market_bars(md.market_bars, md.universe) == []
     assert check_corporate_actions(md.corporate_actions) == []
     assert check_fundamentals(md.fundamentals) == []
-    assert md.universe.height == n
+    assert current_universe(md.universe).height == n

@@ -7,7 +7,7 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from quant_assets.calendar import shift_trading_days, trading_days
+from quant_assets.calendar import session_close, shift_trading_days, trading_days
 from quant_assets.features import LABEL_COLUMNS, compute_labels, label_ready, total_return_index
 from quant_assets.features.labels import label_end
 
@@ -18,7 +18,7 @@ DAYS = trading_days(dt.date(2024, 6, 24), dt.date(2024, 7, 31))  # spans the Jul
 
 def bars(rows) -> pl.DataFrame:
     return pl.DataFrame(
-        [(d, i, c, c, c, c, 1.0, dt.datetime.combine(d, dt.time(20, 30), tzinfo=UTC)) for d, i, c in rows],
+        [(d, i, c, c, c, c, 1.0, session_close(d)) for d, i, c in rows],
         schema={"date": pl.Date, "instrument_id": pl.String, "open": pl.Float64, "high": pl.Float64,
                 "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64, "knowledge_time": TIME},
         orient="row",

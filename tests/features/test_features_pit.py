@@ -7,7 +7,7 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from quant_assets.calendar import trading_days
+from quant_assets.calendar import session_close, trading_days
 from quant_assets.features import FeatureConfig, as_of, compute_features, total_return_index
 from quant_assets.features.pit import (
     context_days,
@@ -21,7 +21,11 @@ TIME = pl.Datetime("us", "UTC")
 DAYS = trading_days(dt.date(2024, 3, 1), dt.date(2024, 6, 28))
 
 
-def at(day: dt.date, hour: float = 20.5) -> dt.datetime:
+def at(day: dt.date, hour: float | None = None) -> dt.datetime:
+    """`hour` UTC hours after the day's midnight; default: the session's close (bars are
+    known at the close, which is also the default cutoff)."""
+    if hour is None:
+        return session_close(day)
     return dt.datetime.combine(day, dt.time(0), tzinfo=UTC) + dt.timedelta(hours=hour)
 
 

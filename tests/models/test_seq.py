@@ -271,7 +271,8 @@ def test_predict_edges(frame, trained):
         trained.predict(frame.drop("f_noise"), [frame["date"].max()])
     with pytest.raises(ValueError, match="empty"):
         trained.predict(frame.clear(), [frame["date"].max()])
-    assert history_start(dt.date(2022, 9, 12), 6) == dt.date(2022, 9, 5)
+    # six sessions ending 2022-09-12 reach back over Labor Day (2022-09-05) to 2022-09-02
+    assert history_start(dt.date(2022, 9, 12), 6) == dt.date(2022, 9, 2)
     assert history_start(dt.date(2022, 9, 12), 1) == dt.date(2022, 9, 12)
 
 

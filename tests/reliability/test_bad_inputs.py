@@ -36,7 +36,7 @@ from bad_inputs.corpus import GOOD_DAY, KINDS, BadKind, write_kind  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
-RANGE = ("2022-06-20", "2022-07-08")
+RANGE = ("2022-06-21", "2022-07-08")  # 2022-06-20 (Juneteenth observed) is no session
 TABLES = ["universe", "corporate_actions", "fundamentals", "market_bars", "pit_features"]
 AS_OF = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # the sensor's "now" for these tests
 LANDING_CONFIG = {"ops": {"market_bars": {"config": {"source": "landing"}}}}

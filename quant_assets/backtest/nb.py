@@ -293,6 +293,20 @@ def simulate_nb(
 
 
 @njit(cache=True)
+def row_sums_nb(matrix):
+    """(T,) sums of the rows of ``matrix`` (T x N), one term at a time in column order: zero
+    entries leave a sum bit-identical, wherever they sit."""
+    n_rows, n = matrix.shape
+    out = np.zeros(n_rows)
+    for t in range(n_rows):
+        total = 0.0
+        for i in range(n):
+            total += matrix[t, i]
+        out[t] = total
+    return out
+
+
+@njit(cache=True)
 def equal_weight_market_nb(returns):
     """(D,) mean of the finite entries of each row of ``returns`` (D x N), NaN if none.
 

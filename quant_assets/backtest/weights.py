@@ -42,6 +42,13 @@ def _check_positive(name: str, value: object) -> float:
     return float(value)
 
 
+def _row_sums(matrix: np.ndarray) -> np.ndarray:
+    # Not ndarray.sum: numpy's pairwise summation groups the terms by their column
+    # position, so zero columns of names held at other times would change the rounding and
+    # a month-by-month run would differ in the last bits from one run over all months.
+    return nb.row_sums_nb(np.ascontiguousarray(matrix, dtype=np.float64))
+
+
 def _fill_side(raw: np.ndarray, budget: np.ndarray, cap: float | None) -> np.ndarray:
     """Scale non-negative ``raw`` rows to sum to ``budget``, no entry above ``cap``.
 
@@ -50,13 +57,13 @@ def _fill_side(raw: np.ndarray, budget: np.ndarray, cap: float | None) -> np.nda
     no share exceeds the cap (at most N rounds; each round pins at least one more name).
     """
     if cap is None:
-        total = raw.sum(axis=1)
+        total = _row_sums(raw)
         scale = np.divide(budget, total, out=np.zeros_like(total), where=total > 0)
         return raw * scale[:, None]
     pinned = np.zeros(raw.shape, dtype=bool)
     while True:
         free_raw = np.where(pinned, 0.0, raw)
-        free_mass = free_raw.sum(axis=1)
+        free_mass = _row_sums(free_raw)
         left = np.maximum(budget - cap * pinned.sum(axis=1), 0.0)
         scale = np.divide(left, free_mass, out=np.zeros_like(free_mass), where=free_mass > 0)
         weights = np.where(pinned, cap, free_raw * scale[:, None])

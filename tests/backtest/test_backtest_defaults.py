@@ -175,6 +175,9 @@ def test_default_options_reproduce_the_old_outputs(name, seed):
     chained, _ = monthly(scores, prices.select("date", "instrument_id", "tr_close"), spec)
     assert (digest_frame(whole), digest_state(state)) == EXPECTED[(name, seed)]
     assert digest_frame(chained) == EXPECTED[(name, seed)][0]
+    # the one new column is all zeros when no borrow cost is configured
+    assert whole.columns == [*OLD_COLUMNS[:3], "borrow_cost", *OLD_COLUMNS[3:]]
+    assert (whole["borrow_cost"] == 0.0).all()
 
 
 @pytest.mark.parametrize("seed", sorted(EXPECTED_KERNEL))

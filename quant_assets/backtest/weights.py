@@ -239,16 +239,26 @@ def sector_neutral_quantile(
     codes = _sector_codes(sectors, score_matrix.shape)
 
     eligible = tradable_matrix & np.isfinite(score_matrix)
+    static = np.ndim(sectors) == 1
     books = []
     for code in np.unique(codes[codes >= 0]):
-        in_sector = eligible & (codes == code)
-        in_sector &= (in_sector.sum(axis=1) >= min_names)[:, None]
-        books.append(_sides(score_matrix, in_sector, quantile, scheme))
+        if static:
+            # one sector's columns only: the same result (column order kept, zero columns
+            # are no-ops) for a fraction of the work
+            columns = np.flatnonzero(codes[0] == code)
+            in_sector = eligible[:, columns]
+            sector_scores = score_matrix[:, columns]
+        else:
+            columns = slice(None)
+            in_sector = eligible & (codes == code)
+            sector_scores = score_matrix
+        in_sector = in_sector & (in_sector.sum(axis=1) >= min_names)[:, None]
+        books.append((columns, *_sides(sector_scores, in_sector, quantile, scheme)))
     weights = np.zeros(score_matrix.shape)
     if not books:
         return weights
-    total_k = np.sum([k for _, _, k in books], axis=0)
-    for raw_long, raw_short, k in books:
+    total_k = np.sum([k for *_, k in books], axis=0)
+    for columns, raw_long, raw_short, k in books:
         budget = np.divide(
             (gross / 2.0) * k, total_k, out=np.zeros(len(k)), where=total_k > 0
         )
@@ -256,7 +266,7 @@ def sector_neutral_quantile(
             capacity_long = cap * (raw_long > 0).sum(axis=1)
             capacity_short = cap * (raw_short > 0).sum(axis=1)
             budget = np.minimum(budget, np.minimum(capacity_long, capacity_short))
-        weights += _fill_side(raw_long, budget, cap) - _fill_side(raw_short, budget, cap)
+        weights[:, columns] += _fill_side(raw_long, budget, cap) - _fill_side(raw_short, budget, cap)
     return weights
 
 

@@ -255,6 +255,12 @@ def test_sector_neutral_matches_reference(panel, quantile, scheme, gross, cap, m
         for s, m in zip(scores, tradable, strict=True)
     ]).reshape(scores.shape)
     np.testing.assert_allclose(weights, expected, rtol=0, atol=1e-12)
+    # sectors given per day (masks) and per name (column slices): the same bits
+    per_day = np.tile(sectors, (scores.shape[0], 1))
+    np.testing.assert_array_equal(
+        sector_neutral_quantile(scores, tradable, per_day, quantile, scheme, gross, cap, min_names),
+        weights,
+    )
     # every sector is net zero on every row; names without a sector are never held
     for code in np.unique(sectors[sectors >= 0]):
         np.testing.assert_allclose(weights[:, sectors == code].sum(axis=1), 0.0, atol=1e-12)

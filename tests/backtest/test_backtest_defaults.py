@@ -4,6 +4,12 @@ portfolio-construction options existed.
 The digests below were computed with the code of commit 0f9c619 (before the options were
 added) on the seeded inputs of this file; a change in any float of the old columns, in the
 end state or in the kernel's outputs changes them.
+
+The default book (equal weights, no cap) is bit-identical in general: its row sums are sums
+of ones. Score-scheme books with three or more names a side may differ from the old code by
+~1e-17, since their row sums are now taken in column order (``weights._row_sums``, so that a
+month's book does not depend on the names of other months); the score-scheme cases below
+keep two names a side and so pin them too.
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ Timings are ns per bar-parameter per core (wall time x threads / (bars x paramet
 Peak memory is measured in a fresh subprocess (ru_maxrss increase during the call over the
 input bytes). The portfolio part runs ``scenario_backtest`` (``step_nb``'s arithmetic over
 many weight scenarios, four at a time under prange) and reports instrument-days per second
-per core. The machine may be shared: the 1-minute load average is printed next to each part
+per core. The options part (``--options-only`` runs it alone) times the portfolio-construction
+options of one strategy run (sector-neutral weights, trailing betas, the beta-neutral
+projection, borrow and a turnover limit in ``run_backtest``) next to the plain weight builder
+and the plain ``run_backtest``. The machine may be shared: the 1-minute load average is printed next to each part
 (a load above the core count inflates every timing, the 2-thread ones most).
 """
 
@@ -260,6 +263,65 @@ def grid_rows(label: str, close: np.ndarray, g: dict, repeats: int, base_repeats
     return rows
 
 
+def options_part(quick: bool, repeats: int) -> None:
+    """The portfolio-construction options of one strategy run, each timed next to its plain
+    counterpart in the same run (median of ``repeats``, one numba thread)."""
+    from quant_assets.backtest import long_short_quantile, run_backtest
+    from quant_assets.backtest.weights import (
+        beta_neutral,
+        equal_weight_market,
+        sector_neutral_quantile,
+        trailing_betas,
+    )
+
+    numba.set_num_threads(1)
+    n_names, n_days = (200, 1260) if quick else (500, 2520)
+    rng = np.random.default_rng(3)
+    market = rng.normal(0, 0.01, n_days)
+    returns = rng.uniform(0.5, 1.5, n_names) * market[:, None] + rng.normal(0, 0.015, (n_days, n_names))
+    prices = 50.0 * np.cumprod(1.0 + returns, axis=0)
+    tradable = np.ones((n_days, n_names), dtype=bool)
+    scores = rng.normal(size=(n_days, n_names))
+    sectors = np.arange(n_names) % 10
+    costs = CostModel(commission_bps=1.0, half_spread_bps=2.0)
+    plain_book = long_short_quantile(scores, tradable)
+    betas = trailing_betas(returns, equal_weight_market(returns), 60, 40)
+    eligible = np.where(np.isfinite(betas), scores, np.nan)
+    sector_book = sector_neutral_quantile(eligible, tradable, sectors)
+    bps = rng.uniform(10, 300, n_names)
+    # warm the numba caches
+    run_backtest(prices[:5], plain_book[:5], tradable[:5], costs, borrow_bps=bps, max_turnover=0.5)
+    beta_neutral(sector_book[:5], betas[:5], sectors)
+
+    cases = [
+        ("weights: long_short_quantile", "baseline",
+         lambda: long_short_quantile(scores, tradable)),
+        ("weights: sector_neutral_quantile, 10 sectors", "weights",
+         lambda: sector_neutral_quantile(eligible, tradable, sectors)),
+        ("weights: trailing_betas, 60 days", "weights",
+         lambda: trailing_betas(returns, equal_weight_market(returns), 60, 40)),
+        ("weights: beta_neutral projection (sectors)", "weights",
+         lambda: beta_neutral(sector_book, betas, sectors)),
+        ("run_backtest: plain", "baseline",
+         lambda: run_backtest(prices, plain_book, tradable, costs)),
+        ("run_backtest: borrow + turnover limit", "run_backtest",
+         lambda: run_backtest(prices, plain_book, tradable, costs, borrow_bps=bps, max_turnover=0.3)),
+    ]
+    print(f"\nportfolio-construction options, {n_names} names x {n_days} days, 1 thread, "
+          f"median of {repeats}:")
+    print(f"{'case':<48} {'median s':>10} {'vs plain':>10}")
+    base = {}
+    for name, group, fn in cases:
+        seconds = median_time(fn, repeats)
+        if group == "baseline":
+            base[name.split(":")[0]] = seconds
+            ratio = "1.00x"
+        else:
+            ratio = f"{seconds / base[group]:.2f}x"
+        print(f"{name:<48} {seconds:>10.4f} {ratio:>10}")
+    print(f"load average after the options timings: {load_average()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 1 minute)")
@@ -271,9 +333,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="repeats per timing (median)")
     parser.add_argument("--vbt-python", default="/tmp/vbt-venv/bin/python")
     parser.add_argument("--mem-probe", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--options-only", action="store_true",
+                        help="only the portfolio-construction options part")
     args = parser.parse_args()
     if args.mem_probe:
         print(json.dumps(memory_probe(*args.mem_probe)))
+        return
+    if args.options_only:
+        options_part(args.quick, args.repeats or (3 if args.quick else 5))
         return
 
     quick = args.quick
@@ -349,6 +416,8 @@ def main() -> None:
               f"{t:.2f} s, {speeds[threads] / 1e6:.0f} M instrument-days/s/core")
     print(f"portfolio 2-thread speed-up: {2 * speeds[2] / speeds[1]:.2f}x")
     print(f"load average after the portfolio timings: {load_average()}")
+
+    options_part(quick, repeats)
 
     # Extrapolation: 5 years of 1-minute bars x 500 instruments x 1,000 parameter sets.
     total = 98_000 * 5 * 500 * 1000

@@ -47,6 +47,15 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (an input read from outside the warehouse, e.g. a borrow file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(

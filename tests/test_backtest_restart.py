@@ -1,5 +1,6 @@
 """The ``backtest`` asset is restartable month by month, through a real Dagster instance and
-real Delta tables (small test range of conftest: model months 2023-01 .. 2023-04).
+real Delta tables (small test range of conftest: model months 2023-01 .. 2023-04); and so is
+the strategy with every portfolio-construction option, on the same warehouse tables.
 
 Upstream is built once: universe, corporate actions and market bars by Dagster over the
 whole day range; out-of-sample predictions are written directly to Delta as seeded scores
@@ -26,7 +27,15 @@ from dagster._core.storage.tags import (
 
 from quant_assets import calendar
 from quant_assets.backtest.assets import backtest, strategy_grid
+from quant_assets.backtest.monthly_grid import GridSpec
+from quant_assets.backtest.strategy import (
+    StrategySpec,
+    StrategyState,
+    backtest_scores,
+    run_long_short,
+)
 from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
+from quant_assets.features import total_return_index
 from quant_assets.partitions import monthly_partitions, trading_day_partitions
 from quant_assets.settings import Settings
 from quant_assets.warehouse import PartitionWindow, Warehouse, content_hash
@@ -194,7 +203,7 @@ def test_strategy_grid_months_through_dagster(upstream, tmp_path):
     from quant_assets.backtest.assets import StrategyGridConfig
 
     scenario = Scenario(upstream, tmp_path / "warehouse")
-    n_trials = StrategyGridConfig().spec().n_trials
+    n_trials = StrategyGridConfig().to(GridSpec).n_trials
     with DagsterInstance.ephemeral() as instance:
         result = scenario.run(MONTHS[0], MONTHS[1], instance, strategy_grid)
         assert result.success
@@ -220,3 +229,67 @@ def test_strategy_grid_months_through_dagster(upstream, tmp_path):
     again = scenario.warehouse.read(["strategy_grid"])
     assert again.version == version + 1
     assert content_hash(again.frame) == content_hash(whole)
+
+
+def _option_inputs(settings: Settings):
+    """What the backtest asset reads, as the options need it: total-return closes with the
+    day's traded value, the universe's sectors, the seeded predictions."""
+    wh = Warehouse(settings.warehouse_uri)
+    bars = wh.read(["market_bars"]).frame
+    prices = total_return_index(bars, wh.read(["corporate_actions"]).frame).join(
+        bars.select("date", "instrument_id", dollar_volume=pl.col("close") * pl.col("volume")),
+        on=["date", "instrument_id"],
+    )
+    sectors = wh.read(["universe"]).frame.select("instrument_id", "sector")
+    return prices, sectors, wh.read(["oos_predictions"]).frame
+
+
+def test_every_option_month_by_month_is_bit_identical_to_one_run(upstream, tmp_path):
+    prices, sectors, predictions = _option_inputs(upstream)
+    names = sorted(sectors["instrument_id"].to_list())
+    borrow_file = tmp_path / "borrow.csv"
+    pl.DataFrame({"instrument_id": names[::3], "borrow_bps": [40.0 + 10 * k for k in range(len(names[::3]))]}).write_csv(borrow_file)
+    spec = StrategySpec(
+        quantile=0.3, scheme="score", sector_neutral=True, beta_neutral=True, beta_window=40,
+        beta_min_obs=30, max_turnover=0.5, impact_coef=0.1, capital=1e7, borrow_bps=25.0,
+        borrow_file=str(borrow_file),
+    )
+    first = dt.date.fromisoformat(MONTHS[0])
+    end = calendar.next_month(dt.date.fromisoformat(MONTHS[-1]))
+    in_range = (pl.col("date") >= first) & (pl.col("date") < end)
+    whole, whole_state = run_long_short(
+        predictions.filter(in_range), prices.filter(in_range), spec, sectors=sectors,
+        history=prices.filter(pl.col("date") < first),
+    )
+    parts, state = [], None
+    for key in MONTHS:
+        month = dt.date.fromisoformat(key)
+        in_month = (pl.col("date") >= month) & (pl.col("date") < calendar.next_month(month))
+        daily, state = run_long_short(
+            predictions.filter(in_month), prices.filter(in_month), spec, state,
+            sectors=sectors, history=prices.filter(pl.col("date") < month),
+        )
+        state = StrategyState.from_json(state.to_json())  # as stored between months
+        parts.append(daily)
+    monthly = pl.concat(parts)
+    assert monthly.equals(whole)
+    assert state == whole_state
+    # every option is in force on this data
+    assert whole["borrow_cost"].sum() > 0 and whole["n_long"][1:].min() > 0  # day 0: from cash
+    assert whole["turnover"].max() == pytest.approx(0.5, abs=1e-12)
+    np.testing.assert_array_equal(
+        whole["net_return"], whole["gross_return"] - whole["cost"] - whole["borrow_cost"]
+    )
+    # the books decided are sector- and beta-neutral every day
+    run = backtest_scores(
+        predictions.filter(in_range), prices.filter(in_range), spec, sectors=sectors,
+        history=prices.filter(pl.col("date") < first),
+    )
+    assert run.daily.equals(whole)
+    sector_of = dict(sectors.iter_rows())
+    codes = np.array([sector_of[name] for name in run.instruments])
+    for sector in set(codes):
+        np.testing.assert_allclose(run.decided[:, codes == sector].sum(axis=1), 0.0, atol=1e-12)
+    np.testing.assert_allclose(
+        (run.decided * np.where(run.decided != 0, run.betas, 0.0)).sum(axis=1), 0.0, atol=1e-12
+    )

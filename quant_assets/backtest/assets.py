@@ -23,12 +23,14 @@ from quant_assets.backtest.strategy import (
     SPEC_COLUMN,
     StrategySpec,
     StrategyState,
+    book_inputs,
     run_long_short,
     spec_to_json,
 )
 from quant_assets.configs import config_class
 from quant_assets.data.reference import current_universe
 from quant_assets.features import total_return_index
+from quant_assets.lineage import file_sha256
 from quant_assets.partitions import monthly_partitions, months_of
 from quant_assets.performance import performance_summary
 from quant_assets.retries import IO_RETRY, not_retried, refuse
@@ -89,6 +91,7 @@ def backtest(
     oos_predictions: VersionedFrame,
     market_bars: VersionedFrame,
     corporate_actions: VersionedFrame,
+    universe: pl.DataFrame,
     previous_months: pl.DataFrame,
 ):
     """Daily returns, costs, turnover and exposures of the long-short strategy on the
@@ -98,8 +101,11 @@ def backtest(
         first_key = monthly_partitions.get_first_partition_key()
         with not_retried(ValueError):  # a missing previous month stays missing on retry
             state = previous_state(previous_months, months[0], months[0].isoformat() == first_key)
-        prices = total_return_index(market_bars.frame, corporate_actions.frame)
         spec = config.to(StrategySpec)
+        prices, sectors = book_inputs(
+            spec, total_return_index(market_bars.frame, corporate_actions.frame), universe,
+            market_bars.frame,
+        )
         parts = []
         for month in months:
             end = calendar.next_month(month)
@@ -112,7 +118,11 @@ def backtest(
                     f"backtest {month:%Y-%m}: no out-of-sample predictions for the month; "
                     "materialise oos_predictions for it first"
                 )
-            daily, state = run_long_short(scores, prices.filter(in_month), spec, state)
+            # history: the betas of a beta-neutral book read the trailing window before the month
+            daily, state = run_long_short(
+                scores, prices.filter(in_month), spec, state,
+                sectors=sectors, history=prices.filter(pl.col("date") < month),
+            )
             last = daily.height - 1
             parts.append(
                 daily.with_columns(
@@ -136,6 +146,7 @@ def backtest(
         },
         config=config.model_dump(),
         seeds={},
+        extra={"borrow_file_sha256": file_sha256(spec.borrow_file)} if spec.borrow_file else None,
     )
     with tracking.run(f"backtest {context.partition_key_range.start}..{context.partition_key_range.end}", lineage, params=config.model_dump()) as run:
         tracking.log_metrics(summary)

@@ -35,12 +35,23 @@ Timing of day t (row t), starting from the state after close t-1:
    (the square-root term over tradable names only, when ``impact_coef > 0``).
    Costs are paid from cash at close t; the post-trade weights are the targets, read as
    fractions of the post-cost equity.
-4. Reported per row, all as fractions of the equity at close t-1:
-   ``gross_return_t``, ``cost_t = c_t * (1 + gross_return_t)``,
-   ``net_return_t = gross_return_t - cost_t``; ``equity_t = equity_t-1 * (1 + net_return_t)``.
+4. Borrow (``borrow_bps``, annual basis points per name): the shorts held over (t-1, t]
+   pay ``borrow_t = sum_{i: w_i < 0} -w_i * borrow_bps_i,t / 1e4 / 252`` (``w`` the
+   post-trade weights of close t-1: the short notional at close t-1, one trading day of
+   an annual rate; 252 trading days a year), paid from cash at close t.
+5. Turnover limit (``max_turnover``): if the trade of step 2 would exceed it, every
+   tradable name moves the same fraction ``k`` of the way from its drifted weight ``w`` to
+   its target, ``w + k * (target - w)``, with ``k`` the largest value in [0, 1] that keeps
+   ``turnover_t <= max_turnover``. Forced closes (delistings) are made in full and count
+   towards the limit (when they alone exceed it, only they trade).
+6. Reported per row, all as fractions of the equity at close t-1:
+   ``gross_return_t``, ``cost_t = c_t * (1 + gross_return_t)``, ``borrow_cost_t``,
+   ``net_return_t = gross_return_t - cost_t - borrow_cost_t``;
+   ``equity_t = equity_t-1 * (1 + net_return_t)``.
    ``turnover_t``, ``gross_exposure_t = sum |w|`` and ``net_exposure_t = sum w`` describe the
-   post-trade weights of close t (the book held over (t, t+1]).
-   Per-instrument ``contributions[t, i] = w_i * ret_i - cost_i * (1 + gross_return_t)``
+   post-trade weights of close t (the book held over (t, t+1]), which ``positions=True``
+   records as a (T, N) array.
+   Per-instrument ``contributions[t, i] = w_i * ret_i - borrow_i - cost_i * (1 + gross_return_t)``
    (net, same base), which sum to ``net_return_t`` up to rounding.
 
 A fresh run starts all in cash (zero weights, no last prices), so row 0 has no return and
@@ -54,6 +65,7 @@ bit-identical to the same rows of one run over ``[0, b)``.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,9 +85,13 @@ __all__ = [
     "to_matrix",
 ]
 
+# Trading days per year: an annual borrow rate is charged 1/252 of it per row.
+TRADING_DAYS_PER_YEAR = 252
+
 _RESULT_SERIES = (
     "gross_return",
     "cost",
+    "borrow_cost",
     "net_return",
     "turnover",
     "gross_exposure",
@@ -162,11 +178,12 @@ class PortfolioState:
 class BacktestResult:
     """Per-row series (T,) as documented in the module docstring, plus the end state.
 
-    ``contributions`` (T, N) is present only when asked for.
+    ``contributions`` and ``positions`` (T, N) are present only when asked for.
     """
 
     gross_return: np.ndarray
     cost: np.ndarray
+    borrow_cost: np.ndarray
     net_return: np.ndarray
     turnover: np.ndarray
     gross_exposure: np.ndarray
@@ -174,6 +191,7 @@ class BacktestResult:
     equity: np.ndarray
     end_state: PortfolioState
     contributions: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.equity.shape[0])
@@ -203,12 +221,18 @@ def run_backtest(
     *,
     initial_equity: float | None = None,
     contributions: bool = False,
+    borrow_bps: Any = None,
+    max_turnover: float | None = None,
+    positions: bool = False,
 ) -> BacktestResult:
     """Backtest target weights rebalanced at each close (conventions: module docstring).
 
     ``initial_state`` continues from a previous run's ``end_state``; without it the run
     starts in cash with ``initial_equity`` (default 1.0). Set ``contributions=True`` for the
-    (T, N) per-instrument net contributions.
+    (T, N) per-instrument net contributions and ``positions=True`` for the post-trade
+    weights. ``borrow_bps``: annual borrow cost of short positions in basis points, one
+    number, one per instrument (N,) or per day and instrument (T, N); finite and >= 0.
+    ``max_turnover``: the most one-way turnover (a fraction of equity) a day may trade.
     """
     if not isinstance(costs, CostModel):
         raise TypeError(f"costs must be a CostModel, got {type(costs).__name__}")
@@ -266,6 +290,15 @@ def run_backtest(
         # Unused by the kernel without impact; an empty matrix keeps its signature stable.
         volume_matrix = np.zeros((0, 0))
 
+    borrow_matrix = _borrow_rates(borrow_bps, shape)
+    if max_turnover is None:
+        turnover_limit = math.inf
+    else:
+        if not (isinstance(max_turnover, numbers.Real) and np.isfinite(max_turnover)
+                and max_turnover > 0):
+            raise ValueError(f"max_turnover must be a finite number > 0, got {max_turnover!r}")
+        turnover_limit = float(max_turnover)
+
     if initial_state is None:
         equity0 = 1.0 if initial_equity is None else initial_equity
         state = PortfolioState.cash(n_instruments, equity0)
@@ -286,12 +319,14 @@ def run_backtest(
     (
         gross_return,
         cost,
+        borrow_cost,
         net_return,
         turnover,
         gross_exposure,
         net_exposure,
         equity,
         contribution_matrix,
+        position_matrix,
         end_weights,
         end_last_prices,
         end_equity,
@@ -303,10 +338,13 @@ def run_backtest(
         volume_matrix,
         costs.rate,
         float(costs.impact_coef),
+        turnover_limit,
+        borrow_matrix,
         np.ascontiguousarray(state.weights),
         np.ascontiguousarray(state.last_prices),
         float(state.equity),
         bool(contributions),
+        bool(positions),
     )
     if failed_row >= 0:
         raise ValueError(
@@ -316,6 +354,7 @@ def run_backtest(
     return BacktestResult(
         gross_return=gross_return,
         cost=cost,
+        borrow_cost=borrow_cost,
         net_return=net_return,
         turnover=turnover,
         gross_exposure=gross_exposure,
@@ -323,7 +362,32 @@ def run_backtest(
         equity=equity,
         end_state=PortfolioState(end_weights, float(end_equity), end_last_prices),
         contributions=contribution_matrix if contributions else None,
+        positions=position_matrix if positions else None,
     )
+
+
+def _borrow_rates(borrow_bps: Any, shape: tuple[int, int]) -> np.ndarray:
+    """Daily borrow rates (T, N) from annual basis points; (0, 0) when nothing is charged
+    (the kernel then skips the borrow step)."""
+    if borrow_bps is None:
+        return np.zeros((0, 0))
+    bps = np.asarray(borrow_bps)
+    if not np.issubdtype(bps.dtype, np.number):
+        raise TypeError(f"borrow_bps must be numeric, got dtype {bps.dtype}")
+    if bps.shape not in ((), shape[1:], shape):
+        raise ValueError(
+            f"borrow_bps has shape {bps.shape}, expected a number, {shape[1:]} or {shape}"
+        )
+    bps = bps.astype(np.float64)
+    bad = ~(np.isfinite(bps) & (bps >= 0))
+    if bad.any():
+        raise ValueError(
+            f"borrow_bps must be finite and >= 0; not so at {np.argwhere(bad)[:5].tolist()}"
+        )
+    if not (bps > 0).any():
+        return np.zeros((0, 0))
+    daily = bps / 1e4 / TRADING_DAYS_PER_YEAR
+    return np.ascontiguousarray(np.broadcast_to(daily, shape))
 
 
 def _date_series(dates: Any, name: str = "date") -> pl.Series:

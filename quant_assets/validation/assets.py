@@ -19,7 +19,7 @@ from dagster import (
 )
 
 from quant_assets.asset_lineage import lineage_metadata, lineage_of
-from quant_assets.backtest.strategy import backtested_spec, run_long_short
+from quant_assets.backtest.strategy import backtested_spec, book_inputs, run_long_short
 from quant_assets.configs import config_class
 from quant_assets.data import real
 from quant_assets.data.reference import current_universe
@@ -104,17 +104,21 @@ def validation_report(
         warehouse: Warehouse = context.resources.io_manager.warehouse
         bt = backtest.frame.sort("date")
         preds = oos_predictions.frame
-        all_prices = total_return_index(market_bars.frame, corporate_actions.frame)
         first, last = bt["date"].min(), bt["date"].max()
-        prices = all_prices.filter(pl.col("date").is_between(first, last))
         # Every variant evaluated on these predictions counts as a trial for the DSR and PBO;
         # each is the backtest's own spec with the quantile and weighting scheme varied.
         with not_retried(ValueError):  # mixed specs stay mixed on a retry
             base = backtested_spec(bt)
+        all_prices, sectors = book_inputs(
+            base, total_return_index(market_bars.frame, corporate_actions.frame), universe,
+            market_bars.frame,
+        )
+        prices = all_prices.filter(pl.col("date").is_between(first, last))
+        history = all_prices.filter(pl.col("date") < first)
         trials, dates = {}, None
         for q, scheme in itertools.product(VARIANT_QUANTILES, VARIANT_SCHEMES):
             spec = dataclasses.replace(base, quantile=q, scheme=scheme)
-            daily, _ = run_long_short(preds, prices, spec)
+            daily, _ = run_long_short(preds, prices, spec, sectors=sectors, history=history)
             trials[f"q{q:.1f}-{scheme}"] = daily["net_return"].to_numpy()
             dates = daily["date"] if dates is None else dates
         registry = next(

@@ -23,6 +23,7 @@ from quant_assets.backtest import (
 SERIES = (
     "gross_return",
     "cost",
+    "borrow_cost",
     "net_return",
     "turnover",
     "gross_exposure",
@@ -35,9 +36,18 @@ class WipedOut(Exception):
     pass
 
 
-def reference_backtest(prices, targets, tradable, costs, volume, equity, weights=None, last=None):
-    """Slow pure-Python statement of the conventions in portfolio.py, one name at a time."""
+def reference_backtest(
+    prices, targets, tradable, costs, volume, equity, weights=None, last=None,
+    borrow_bps=None, max_turnover=None,
+):
+    """Slow pure-Python statement of the conventions in portfolio.py, one name at a time.
+
+    The turnover limit is found by bisection on the step k (not by the kernel's closed
+    form), the borrow charge from the annual rate name by name."""
     n_rows, n = prices.shape
+    borrow_bps = np.zeros((n_rows, n)) if borrow_bps is None else np.broadcast_to(
+        borrow_bps, (n_rows, n))
+    positions = []
     weights = [0.0] * n if weights is None else [float(x) for x in weights]
     last = [math.nan] * n if last is None else [float(x) for x in last]
     rate = (costs.commission_bps + costs.half_spread_bps) / 1e4
@@ -56,16 +66,35 @@ def reference_backtest(prices, targets, tradable, costs, volume, equity, weights
             gross += weights[i] * rets[i]
         if 1.0 + gross <= 0.0:
             raise WipedOut(t)
+        borrows = [
+            -weights[i] * float(borrow_bps[t, i]) / 1e4 / 252 if weights[i] < 0 else 0.0
+            for i in range(n)
+        ]
         drifted = [weights[i] * (1.0 + rets[i]) / (1.0 + gross) for i in range(n)]
         equity_before = equity * (1.0 + gross)
-        new_weights, name_costs, turnover, impact = [], [], 0.0, 0.0
+
+        wanted = []
         for i in range(n):
             if tradable[t, i]:
-                target = float(targets[t, i])
+                wanted.append(float(targets[t, i]))
             elif math.isnan(price[i]) and drifted[i] != 0.0:
-                target = 0.0
+                wanted.append(0.0)
             else:
-                target = drifted[i]
+                wanted.append(drifted[i])
+        step = 1.0
+        if max_turnover is not None and _traded(1.0, wanted, drifted, tradable[t]) > max_turnover:
+            lo, hi = 0.0, 1.0
+            for _ in range(200):
+                mid = (lo + hi) / 2
+                if _traded(mid, wanted, drifted, tradable[t]) <= max_turnover:
+                    lo = mid
+                else:
+                    hi = mid
+            step = lo
+        moved = _moved(step, wanted, drifted, tradable[t])
+        new_weights, name_costs, turnover, impact = [], [], 0.0, 0.0
+        for i in range(n):
+            target = moved[i]
             trade = abs(target - drifted[i])
             turnover += trade
             name_impact = 0.0
@@ -76,23 +105,38 @@ def reference_backtest(prices, targets, tradable, costs, volume, equity, weights
             name_costs.append(trade * rate + name_impact)
             new_weights.append(target)
         cost = (turnover * rate + impact) * (1.0 + gross)
-        net = gross - cost
+        borrow = sum(borrows)
+        net = gross - cost - borrow
         equity = equity * (1.0 + net)
         if equity <= 0.0:
             raise WipedOut(t)
         contributions.append(
-            [weights[i] * rets[i] - name_costs[i] * (1.0 + gross) for i in range(n)]
+            [weights[i] * rets[i] - borrows[i] - name_costs[i] * (1.0 + gross) for i in range(n)]
         )
         weights = new_weights
+        positions.append(list(weights))
         last = [price[i] if not math.isnan(price[i]) else last[i] for i in range(n)]
         for name, value in zip(
             SERIES,
-            (gross, cost, net, turnover, sum(abs(x) for x in weights), sum(weights), equity),
+            (gross, cost, borrow, net, turnover, sum(abs(x) for x in weights), sum(weights), equity),
             strict=True,
         ):
             out[name].append(value)
     arrays = {name: np.array(values, dtype=np.float64) for name, values in out.items()}
+    arrays["positions"] = np.array(positions).reshape(n_rows, n)
     return arrays, np.array(contributions).reshape(n_rows, n), np.array(weights), equity, last
+
+
+def _moved(k, wanted, drifted, tradable_row):
+    """Tradable names move the fraction k of the way to their targets; others go at once."""
+    return [
+        drifted[i] + k * (wanted[i] - drifted[i]) if tradable_row[i] else wanted[i]
+        for i in range(len(wanted))
+    ]
+
+
+def _traded(k, wanted, drifted, tradable_row):
+    return sum(abs(m - d) for m, d in zip(_moved(k, wanted, drifted, tradable_row), drifted, strict=True))
 
 
 @st.composite
@@ -119,7 +163,13 @@ def markets(draw, max_rows=25, max_cols=6):
         half_spread_bps=draw(st.sampled_from([0.0, 2.0, 20.0])),
         impact_coef=draw(st.sampled_from([0.0, 0.05])),
     )
-    return prices, targets, tradable, volume, costs
+    options = {
+        "borrow_bps": draw(st.sampled_from(
+            [None, 50.0, rng.uniform(0, 2000, n), rng.uniform(0, 2000, (n_rows, n))]
+        )),
+        "max_turnover": draw(st.sampled_from([None, 0.05, 0.3, 1.0])),
+    }
+    return prices, targets, tradable, volume, costs, options
 
 
 HYPOTHESIS = settings(
@@ -130,39 +180,55 @@ HYPOTHESIS = settings(
 @HYPOTHESIS
 @given(markets())
 def test_matches_reference(market):
-    prices, targets, tradable, volume, costs = market
+    prices, targets, tradable, volume, costs, options = market
     try:
         expected, contributions, end_weights, end_equity, end_last = reference_backtest(
-            prices, targets, tradable, costs, volume, 1e6
+            prices, targets, tradable, costs, volume, 1e6, **options
         )
     except WipedOut as wiped:
         with pytest.raises(ValueError, match=f"wiped out at row {wiped.args[0]}"):
-            run_backtest(prices, targets, tradable, costs, volume, initial_equity=1e6)
+            run_backtest(prices, targets, tradable, costs, volume, initial_equity=1e6, **options)
         return
     result = run_backtest(
-        prices, targets, tradable, costs, volume, initial_equity=1e6, contributions=True
+        prices, targets, tradable, costs, volume, initial_equity=1e6, contributions=True,
+        positions=True, **options,
     )
     for name in SERIES:
         scale = 1e6 if name == "equity" else 1.0
         np.testing.assert_allclose(
             getattr(result, name), expected[name], rtol=0, atol=1e-12 * scale, err_msg=name
         )
+    np.testing.assert_allclose(result.positions, expected["positions"], rtol=0, atol=1e-12)
+    if options["max_turnover"] is not None:
+        # only a day with a forced close (a held name without a price) may exceed the limit
+        held_before = np.vstack([np.zeros((1, prices.shape[1])), result.positions[:-1]]) != 0
+        forced = (held_before & np.isnan(prices)).any(axis=1)
+        assert np.all(result.turnover[~forced] <= options["max_turnover"] + 1e-12)
+    if options["borrow_bps"] is None:
+        assert np.all(result.borrow_cost == 0.0)
     np.testing.assert_allclose(result.contributions, contributions, rtol=0, atol=1e-12)
     np.testing.assert_allclose(result.contributions.sum(axis=1), result.net_return, atol=1e-12)
     np.testing.assert_allclose(result.end_state.weights, end_weights, rtol=0, atol=1e-12)
     assert result.end_state.equity == pytest.approx(end_equity, rel=1e-12)
     np.testing.assert_array_equal(result.end_state.last_prices, np.array(end_last))
-    np.testing.assert_array_equal(result.net_return, result.gross_return - result.cost)
+    # borrow reduces the net return by exactly the charged amount
+    np.testing.assert_array_equal(
+        result.net_return, result.gross_return - result.cost - result.borrow_cost
+    )
 
 
 @HYPOTHESIS
 @given(markets(max_rows=40), st.lists(st.integers(0, 40), max_size=4), st.booleans())
 def test_restart_is_bit_identical(market, cuts, record):
-    prices, targets, tradable, volume, costs = market
+    prices, targets, tradable, volume, costs, options = market
     n_rows = prices.shape[0]
-    kwargs = {"volume": volume, "contributions": record}
+    kwargs = {"volume": volume, "contributions": record, "positions": record,
+              "max_turnover": options["max_turnover"]}
+    borrow = options["borrow_bps"]
     try:
-        whole = run_backtest(prices, targets, tradable, costs, initial_equity=1e6, **kwargs)
+        whole = run_backtest(
+            prices, targets, tradable, costs, initial_equity=1e6, borrow_bps=borrow, **kwargs
+        )
     except ValueError:
         return  # wiped out: nothing to continue
     bounds = [0, *sorted({c for c in cuts if 0 < c < n_rows}), n_rows]
@@ -178,6 +244,9 @@ def test_restart_is_bit_identical(market, cuts, record):
             volume[rows],
             initial_state=state,
             contributions=record,
+            positions=record,
+            max_turnover=options["max_turnover"],
+            borrow_bps=borrow[rows] if getattr(borrow, "ndim", 0) == 2 else borrow,
         )
         pieces.append(piece)
         state = piece.end_state
@@ -187,6 +256,8 @@ def test_restart_is_bit_identical(market, cuts, record):
     if record:
         joined = np.concatenate([p.contributions for p in pieces])
         assert np.array_equal(joined, whole.contributions)
+        joined = np.concatenate([p.positions for p in pieces])
+        assert np.array_equal(joined, whole.positions)
     assert np.array_equal(state.weights, whole.end_state.weights)
     assert state.equity == whole.end_state.equity
     assert np.array_equal(state.last_prices, whole.end_state.last_prices, equal_nan=True)
@@ -243,6 +314,40 @@ def test_untradable_target_is_ignored_and_drifted_weight_kept():
     assert result.gross_return[2] == pytest.approx(0.55 / 1.05 * 0.1 + 0.5 * 0.2, abs=1e-15)
 
 
+def test_turnover_limit_moves_part_of_the_way():
+    prices, targets, tradable = _two_names()
+    result = run_backtest(prices, targets, tradable, CostModel(), max_turnover=0.4, positions=True)
+    # Row 0 from cash: the full trade is 1.0, so k = 0.4 of the way: [0.2, -0.2].
+    np.testing.assert_allclose(result.positions[0], [0.2, -0.2], atol=1e-15)
+    assert result.turnover[0] == pytest.approx(0.4, abs=1e-15)
+    # Row 1: A +10% drifts the book to [0.22, -0.2] / 1.02; the rest of the way is 0.6-ish
+    drifted = np.array([0.22, -0.2]) / 1.02
+    wanted = np.abs(targets[1] - drifted).sum()
+    k = 0.4 / wanted
+    np.testing.assert_allclose(result.positions[1], drifted + k * (targets[1] - drifted), atol=1e-15)
+    assert result.turnover[1] == pytest.approx(0.4, abs=1e-15)
+    # without the limit the book reaches the targets at once
+    free = run_backtest(prices, targets, tradable, CostModel(), positions=True)
+    np.testing.assert_array_equal(free.positions, targets)
+
+
+def test_borrow_cost_on_shorts():
+    prices, targets, tradable = _two_names()
+    plain = run_backtest(prices, targets, tradable, CostModel(commission_bps=1.0))
+    charged = run_backtest(
+        prices, targets, tradable, CostModel(commission_bps=1.0), borrow_bps=[30.0, 252.0]
+    )
+    # Only B is short (0.5 of equity at close t-1); 252 bps a year is 1 bp a day. Row 0
+    # starts in cash: nothing held, nothing charged.
+    np.testing.assert_allclose(charged.borrow_cost, [0.0, 0.5e-4, 0.5e-4], rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(charged.gross_return, plain.gross_return)
+    np.testing.assert_array_equal(charged.cost, plain.cost)
+    np.testing.assert_array_equal(
+        charged.net_return, plain.net_return - charged.borrow_cost
+    )
+    assert charged.equity[-1] < plain.equity[-1]
+
+
 def test_impact_cost_formula():
     prices = np.array([[20.0, 40.0]])
     volume = np.array([[1e4, 5e3]])
@@ -296,6 +401,9 @@ def test_wiped_out_is_an_error():
             "volume must be finite and > 0",
         ),
         (lambda a: a.update(costs=(1.0, 2.0)), TypeError, "CostModel"),
+        (lambda a: a.update(borrow_bps=-1.0), ValueError, "borrow_bps must be finite"),
+        (lambda a: a.update(borrow_bps=np.ones(3)), ValueError, "borrow_bps has shape"),
+        (lambda a: a.update(max_turnover=0.0), ValueError, "max_turnover"),
         (lambda a: a.update(initial_state=PortfolioState.cash(3)), ValueError, "3 instruments"),
         (
             lambda a: a.update(initial_state=PortfolioState.cash(2), initial_equity=2.0),

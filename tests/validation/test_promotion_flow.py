@@ -13,7 +13,7 @@ from dagster import AssetKey, DagsterInstance, load_assets_from_modules, materia
 from mlflow.tracking import MlflowClient
 
 from quant_assets.backtest import assets as backtest_assets
-from quant_assets.backtest.strategy import StrategySpec, run_long_short
+from quant_assets.backtest.strategy import SPEC_COLUMN, StrategySpec, run_long_short, spec_to_json
 from quant_assets.data import assets as data_assets
 from quant_assets.data.simulator import SimulatorConfig, simulate_market
 from quant_assets.features import assets as feature_assets
@@ -71,7 +71,8 @@ def _upstream_tables(edge: bool) -> dict[str, pl.DataFrame]:
         "corporate_actions": market.corporate_actions,
         "oos_predictions": preds,
         "labels": labels,
-        "backtest": daily,
+        # the backtest asset records the spec it ran with on every row
+        "backtest": daily.with_columns(pl.lit(spec_to_json(StrategySpec())).alias(SPEC_COLUMN)),
         "lgbm_model": models,
     }
 

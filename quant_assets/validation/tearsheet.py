@@ -181,8 +181,8 @@ def monthly_ic(ic_dates: np.ndarray, ic_values: np.ndarray) -> pl.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
-# Margins are fixed in inches rather than left to constrained layout: constrained layout draws
-# every figure twice (once to measure), which doubled the render time.
+# Margins are fixed in inches rather than left to constrained layout, which draws every figure
+# an extra time to measure it (benchmarks/tearsheet.py times the whole page).
 
 _LEFT, _RIGHT, _TOP, _BOTTOM = 0.7, 0.2, 0.35, 0.5  # inches
 _LEGEND_RIGHT = 2.1  # inches kept free for a legend outside the axes
@@ -233,8 +233,9 @@ def _no_data(ax, text: str) -> None:
 def _equity(dates, r, b, bench_name: str) -> Figure:
     fig, ax = _figure()
     if len(dates):
-        ax.plot(dates, wealth(r), label="strategy (net)", color="C0")
-        ax.plot(dates, wealth(b), label=f"benchmark: {bench_name}", color="C7")
+        marker = "o" if len(dates) < 3 else None  # a line through one point draws nothing
+        ax.plot(dates, wealth(r), label="strategy (net)", color="C0", marker=marker)
+        ax.plot(dates, wealth(b), label=f"benchmark: {bench_name}", color="C7", marker=marker)
         ax.legend(loc="upper left")
         _date_axis(ax, dates)
     else:
@@ -310,7 +311,7 @@ def _yearly(yearly: pl.DataFrame, bench_name: str) -> Figure:
         ax.bar(x + 0.2, yearly["benchmark"].to_numpy(), 0.4, label=f"benchmark: {bench_name}", color="C7")
         ax.set_xticks(x, [str(y) for y in yearly["year"].to_list()])
         ax.axhline(0.0, color="black", lw=0.8)
-        ax.legend(loc="upper left", fontsize=7)
+        ax.legend(loc="best", fontsize=7)  # bars may fill any corner
     else:
         _no_data(ax, "no backtest days")
     ax.set_title("Yearly returns (compounded)")

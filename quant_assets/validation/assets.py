@@ -19,7 +19,12 @@ from dagster import (
 )
 
 from quant_assets.asset_lineage import lineage_metadata, lineage_of
-from quant_assets.backtest.strategy import backtested_spec, book_inputs, run_long_short
+from quant_assets.backtest.strategy import (
+    backtest_scores,
+    backtested_spec,
+    book_inputs,
+    run_long_short,
+)
 from quant_assets.configs import config_class
 from quant_assets.data import real
 from quant_assets.data.reference import current_universe
@@ -27,6 +32,7 @@ from quant_assets.features import total_return_index
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
 from quant_assets.validation import regimes
+from quant_assets.validation.benchmark import Benchmark, benchmark_for_book
 from quant_assets.validation.gate import PASS_METRIC, GateThresholds, evaluate_gate
 from quant_assets.validation.report import render_markdown, summarise
 from quant_assets.validation.tearsheet import TearSheetInputs, monthly_ic, render_tearsheet
@@ -131,6 +137,13 @@ def validation_report(
             sweep_returns.frame if sweep_returns else None,
         )
         scored = preds.join(labels.frame.select("date", "instrument_id", "fwd_return"), on=["date", "instrument_id"], how="inner").sort("date", "instrument_id")
+        # the benchmark that suits the book: the market factor for the simulator's
+        # dollar-neutral book (beta and alpha, not active return against a long-only market)
+        market = Benchmark(
+            "market factor: equal-weight universe",
+            regimes.equal_weight_returns(all_prices, "tr_close"), "market",
+        )
+        benchmark = benchmark_for_book(bt["net_exposure"], bt["gross_exposure"], market=market)
         summary = summarise(
             bt["net_return"].to_numpy(),
             bt["turnover"].to_numpy(),
@@ -142,14 +155,19 @@ def validation_report(
             extra_trial_sharpes=trial_set.extra_sharpes,
             pbo_returns=trial_set.pbo_returns,
             n_bootstrap=config.n_bootstrap,
+            benchmark=benchmark.aligned(bt["date"]),
+            benchmark_name=benchmark.name,
         )
         gate = evaluate_gate(summary.metrics, config.to(GateThresholds))
         metrics = {**summary.metrics, **gate.metrics()}
-        markdown = render_markdown(metrics, summary.trial_sharpes, gate.message())
+        markdown = render_markdown(
+            metrics, summary.trial_sharpes, gate.message(), benchmark_name=benchmark.name
+        )
 
         strategy = bt.select("date", pl.col("net_return").alias("return"))
-        benchmark = regimes.equal_weight_returns(all_prices, "tr_close").rename({"return": "benchmark"})
-        daily = strategy.join(benchmark, on="date", how="left").with_columns(pl.col("benchmark").fill_null(0.0))
+        # the held book of the backtested spec for the long and short legs: one run over the
+        # whole range equals the month-by-month chain bit for bit (backtest.strategy)
+        book = backtest_scores(preds, prices, base, sectors=sectors, history=history)
         state = regimes.market_state(all_prices, price_col="tr_close").filter(pl.col("date").is_between(first, last))
         regime_table = regimes.regime_performance(strategy, regimes.regime_labels(state))
         real_series, source = _real_stress_series()
@@ -168,8 +186,15 @@ def validation_report(
             exposures = None
         page = render_tearsheet(
             TearSheetInputs(
-                daily=daily,
+                daily=strategy,
                 metrics=metrics,
+                benchmark=benchmark,
+                backtest=bt,
+                predictions=preds,
+                asset_returns=regimes.instrument_returns(all_prices, "tr_close"),
+                positions=book.positions_frame(),
+                trial_sharpes=summary.trial_sharpes,
+                execution_lag=base.execution_lag,
                 monthly_ic=monthly_ic(summary.rank_ic.dates, summary.rank_ic.values),
                 bootstrap_max_drawdown=summary.bootstrap.max_drawdown,
                 regimes=regime_table,

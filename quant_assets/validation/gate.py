@@ -50,10 +50,14 @@ class Criterion:
     comparison: str  # ">=" or "<="
     applicable: bool
     passed: bool
+    note: str = ""  # why the threshold is undefined, when it is
 
     def line(self) -> str:
         value = "n/a" if not math.isfinite(self.value) else f"{self.value:.4g}"
-        threshold = "an undefined bound" if not math.isfinite(self.threshold) else f"{self.threshold:.4g}"
+        if math.isfinite(self.threshold):
+            threshold = f"{self.threshold:.4g}"
+        else:
+            threshold = f"a bound that is undefined: {self.note}" if self.note else "an undefined bound"
         verdict = "PASS" if self.passed else "FAIL"
         if not self.applicable:
             verdict = "n/a (not computable; not applied)"
@@ -91,6 +95,21 @@ def _at_least(name: str, value: float, threshold: float) -> Criterion:
     return Criterion(name, value, threshold, ">=", True, ok)
 
 
+def _undefined_min_track_record(metrics: dict[str, float]) -> str:
+    """Why MinTRL has no value: the reader should not have to know the formula."""
+    sr = _value(metrics, "sharpe_per_period")
+    if math.isfinite(sr) and sr <= 0.0:
+        return (
+            f"the minimum track record is infinite because the observed Sharpe ratio "
+            f"({sr:.4f} per day) is <= 0, the benchmark Sharpe ratio of the PSR: no track "
+            "record is long enough"
+        )
+    return (
+        "the minimum track record cannot be computed: the Sharpe ratio, skew or kurtosis is "
+        "undefined (fewer than 3 returns, or returns without dispersion)"
+    )
+
+
 def evaluate_gate(metrics: dict[str, float], thresholds: GateThresholds | None = None) -> GateResult:
     """Gate verdict from the report metrics (keys dsr, pbo, bootstrap_max_drawdown_p05,
     n_obs, min_track_record_length)."""
@@ -109,7 +128,9 @@ def evaluate_gate(metrics: dict[str, float], thresholds: GateThresholds | None =
             "track_record", _value(metrics, "n_obs"), _value(metrics, "min_track_record_length")
         )
         if math.isfinite(_value(metrics, "min_track_record_length"))
-        # MinTRL is undefined for a Sharpe ratio <= 0: no track record is long enough
-        else Criterion("track_record", _value(metrics, "n_obs"), math.nan, ">=", True, False),
+        else Criterion(
+            "track_record", _value(metrics, "n_obs"), math.nan, ">=", True, False,
+            _undefined_min_track_record(metrics),
+        ),
     )
     return GateResult(all(c.passed for c in criteria), criteria)

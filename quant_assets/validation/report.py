@@ -4,7 +4,16 @@ summary. Pure.
 
 The trial set is the strategy variants evaluated on the same predictions plus, when a sweep
 has run, the sweep's trials (``extra_trial_sharpes`` for the count and Sharpe variance of the
-DSR; their returns as extra columns of ``pbo_returns``)."""
+DSR; their returns as extra columns of ``pbo_returns``). The report says how many came from
+each source.
+
+With a benchmark (its daily returns aligned with the strategy's by date, see
+``validation.benchmark``), the report adds the benchmark-relative statistics of
+``stats.benchmark_summary``: active return, tracking error, information ratio, beta, alpha.
+
+Every Sharpe ratio shown is annualised (per-day Sharpe times sqrt(periods_per_year)); the
+per-day values stay in the metrics (``sharpe_per_period``, ``trial_sharpes``) because PSR,
+DSR and MinTRL are defined on them."""
 
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ from quant_assets.validation import stats
 
 PBO_SPLITS = 16  # CSCV blocks: C(16, 8) = 12870 splits, the paper's choice
 PBO_MIN_ROWS_PER_BLOCK = 4  # fewer rows per block: block Sharpe ratios are noise, PBO n/a
+SWEEP_PREFIX = "sweep:"  # names a sweep's trial in the trial set ("sweep:<trial_id>")
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ def summarise(
     extra_trial_sharpes: dict[str, float] | None = None,
     pbo_returns: np.ndarray | None = None,
     n_bootstrap: int = 500,
+    benchmark: np.ndarray | None = None,
+    benchmark_name: str | None = None,
 ) -> ValidationSummary:
     """``trial_returns`` holds the daily returns of every variant evaluated on the same
     predictions (the selected strategy included); ``extra_trial_sharpes`` the per-period
@@ -59,7 +71,10 @@ def summarise(
     Sharpe ratios deflate the Sharpe ratio (Bailey & Lopez de Prado 2014).
 
     ``pbo_returns`` is the (T x N) return matrix of the trials on common days for PBO; by
-    default the columns of ``trial_returns`` (when they have equal lengths)."""
+    default the columns of ``trial_returns`` (when they have equal lengths).
+
+    ``benchmark``: the benchmark's daily returns aligned with ``returns`` (same days, NaN
+    where it has none; ``Benchmark.aligned``), named ``benchmark_name`` in the Markdown."""
     returns = np.asarray(returns, dtype=np.float64)
     m = stats.performance_summary(returns, periods_per_year=periods_per_year, turnover=turnover)
     sr = m["sharpe_per_period"]
@@ -77,11 +92,17 @@ def summarise(
     srs = np.array([v for v in trial_sr.values() if math.isfinite(v)])
     n_trials = max(1, srs.size)
     sr_var = float(np.var(srs, ddof=1)) if srs.size > 1 else 0.0
-    m["psr"] = stats.probabilistic_sharpe_ratio(sr, n, m["skew"], m["kurtosis"])
+    # PSR and DSR need 2 returns: fewer is a report that says n/a, not one that fails
+    enough = n >= 2
+    m["psr"] = stats.probabilistic_sharpe_ratio(sr, n, m["skew"], m["kurtosis"]) if enough else math.nan
     m["n_trials"] = float(n_trials)
+    m["n_trials_variants"] = float(len(trial_returns))
+    m["n_trials_sweep"] = float(len(extra_trial_sharpes or {}))
     m["trial_sharpe_variance"] = sr_var
     m["expected_max_sharpe"] = stats.expected_max_sharpe(n_trials, sr_var)
-    m["dsr"] = stats.deflated_sharpe_ratio(sr, n, m["skew"], m["kurtosis"], n_trials, sr_var)
+    m["dsr"] = (
+        stats.deflated_sharpe_ratio(sr, n, m["skew"], m["kurtosis"], n_trials, sr_var) if enough else math.nan
+    )
     try:
         m["min_track_record_length"] = stats.min_track_record_length(sr, m["skew"], m["kurtosis"])
     except ValueError:
@@ -101,7 +122,10 @@ def summarise(
     m["bootstrap_max_drawdown_p05"] = pct["max_drawdown"][5.0]
     m["bootstrap_max_drawdown_p50"] = pct["max_drawdown"][50.0]
     m["bootstrap_sharpe_p05"] = pct["sharpe"][5.0]
-    return ValidationSummary(m, trial_sr, render_markdown(m, trial_sr), boot, ric, pbo)
+    if benchmark is not None:
+        m.update(stats.benchmark_summary(returns, benchmark, periods_per_year))
+    markdown = render_markdown(m, trial_sr, benchmark_name=benchmark_name, periods_per_year=periods_per_year)
+    return ValidationSummary(m, trial_sr, markdown, boot, ric, pbo)
 
 
 _ROWS = (
@@ -115,7 +139,7 @@ _ROWS = (
     ("Mean daily turnover", "mean_turnover", "{:.3f}"),
     ("PSR (vs 0)", "psr", "{:.3f}"),
     ("DSR", "dsr", "{:.3f}"),
-    ("Trials (variants + sweep)", "n_trials", "{:.0f}"),
+    ("Trials (deflating the DSR)", "n_trials", "{:.0f}"),
     ("PBO (CSCV)", "pbo", "{:.3f}"),
     ("Min track record (days)", "min_track_record_length", "{:.0f}"),
     ("Mean IC", "ic_mean", "{:.4f}"),
@@ -124,19 +148,84 @@ _ROWS = (
     ("Days", "n_obs", "{:.0f}"),
 )
 
+# Benchmark-relative rows (stats.benchmark_summary); annualised as the headline.
+RELATIVE_ROWS = (
+    ("Active return (annualised, arithmetic)", "active_return", "{:.2%}"),
+    ("Tracking error (annualised)", "tracking_error", "{:.2%}"),
+    ("Information ratio (annualised)", "information_ratio", "{:.2f}"),
+    ("Beta", "beta", "{:.3f}"),
+    ("Alpha (annualised, compounded)", "alpha", "{:.2%}"),
+    ("Correlation", "benchmark_correlation", "{:.3f}"),
+    ("Benchmark CAGR", "benchmark_cagr", "{:.2%}"),
+    ("Benchmark Sharpe (annualised)", "benchmark_sharpe", "{:.2f}"),
+    ("Benchmark max drawdown", "benchmark_max_drawdown", "{:.2%}"),
+    ("Days with a benchmark return", "n_obs_benchmark", "{:.0f}"),
+)
+RELATIVE_KEYS = tuple(k for _, k, _ in RELATIVE_ROWS)
 
-def format_metric(key: str, value: float) -> str:
-    fmt = next((f for _, k, f in _ROWS if k == key), "{:.4g}")
-    return "n/a" if value is None or not math.isfinite(value) else fmt.format(value)
+
+def _is_num(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def format_metric(key: str, value: float, metrics: dict[str, float] | None = None) -> str:
+    """``value`` formatted for the report. With ``metrics`` (the whole bundle), rows that need
+    context say more: the trial count by source, and why a minimum track record is undefined."""
+    fmt = next((f for _, k, f in _ROWS + RELATIVE_ROWS if k == key), "{:.4g}")
+    if key == "min_track_record_length" and _is_num(value) and math.isinf(value):
+        sr = (metrics or {}).get("sharpe_per_period", math.nan)
+        shown = f" ({sr:.4f} per day)" if _is_num(sr) and math.isfinite(sr) else ""
+        return f"undefined: observed Sharpe{shown} <= 0, the PSR benchmark"
+    if value is None or not _is_num(value) or not math.isfinite(value):
+        return "n/a"
+    text = fmt.format(value)
+    if key == "n_trials" and metrics and "n_trials_variants" in metrics:
+        variants = int(metrics["n_trials_variants"])
+        sweep = int(metrics.get("n_trials_sweep", 0))
+        text += f" ({variants} variants + {sweep} sweep trials"
+        if sweep == 0:
+            text += "; no sweep has run"
+        left_out = variants + sweep - int(value)
+        if left_out > 0:
+            text += f"; {left_out} with an undefined Sharpe left out"
+        text += ")"
+    return text
+
+
+def annualised_sharpe(per_period: float, periods_per_year: float = 252) -> float:
+    """Per-period Sharpe ratio on the headline's annual scale."""
+    return per_period * math.sqrt(periods_per_year)
+
+
+def trial_source(name: str) -> str:
+    """"sweep" for a sweep's trial (named with ``SWEEP_PREFIX``), else "variant"."""
+    return "sweep" if name.startswith(SWEEP_PREFIX) else "variant"
 
 
 def render_markdown(
-    metrics: dict[str, float], trial_sharpes: dict[str, float], gate_message: str | None = None
+    metrics: dict[str, float],
+    trial_sharpes: dict[str, float],
+    gate_message: str | None = None,
+    benchmark_name: str | None = None,
+    periods_per_year: float = 252,
 ) -> str:
     lines = ["| statistic | value |", "|---|---|"]
-    lines += [f"| {label} | {format_metric(key, metrics.get(key, math.nan))} |" for label, key, _ in _ROWS]
-    lines += ["", "| variant | Sharpe per day |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(trial_sharpes.items())]
+    lines += [
+        f"| {label} | {format_metric(key, metrics.get(key, math.nan), metrics)} |"
+        for label, key, _ in _ROWS
+    ]
+    if any(k in metrics for k in RELATIVE_KEYS):
+        lines += ["", f"| vs benchmark: {benchmark_name or 'benchmark'} | value |", "|---|---|"]
+        lines += [
+            f"| {label} | {format_metric(key, metrics.get(key, math.nan), metrics)} |"
+            for label, key, _ in RELATIVE_ROWS
+        ]
+    lines += ["", "| trial | source | Sharpe (annualised) |", "|---|---|---|"]
+    lines += [
+        f"| {k} | {trial_source(k)} | "
+        f"{format_metric('sharpe', annualised_sharpe(v, periods_per_year))} |"
+        for k, v in sorted(trial_sharpes.items())
+    ]
     if gate_message:
         lines += ["", "**" + gate_message.splitlines()[0] + "**", ""] + gate_message.splitlines()[1:]
     return "\n".join(lines)

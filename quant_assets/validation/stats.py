@@ -52,6 +52,17 @@ from quant_assets.performance import (
 
 __all__ = [
     "EULER_MASCHERONI",
+    "active_return",
+    "alpha",
+    "benchmark_summary",
+    "beta",
+    "conditional_value_at_risk",
+    "correlation",
+    "information_ratio",
+    "rolling_beta",
+    "rolling_volatility",
+    "tracking_error",
+    "value_at_risk",
     "BootstrapResult",
     "ICResult",
     "PBOResult",
@@ -406,3 +417,190 @@ def stationary_bootstrap(
         sr[s : s + k] = chunk_sr
         mdd[s : s + k] = _max_drawdown_rows(sample)
     return BootstrapResult(sr, mdd, n_samples, mean_block, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark-relative statistics
+# --------------------------------------------------------------------------------------------
+#
+# Inputs are two 1-D arrays already aligned by date (the caller joins on the date; see
+# ``validation.benchmark.Benchmark.aligned``). A day where either side is NaN is left out of
+# every statistic (pairwise deletion, as quantstats' ``_paired_observations``), so all of them
+# see the same sample. Annualisation follows the rest of this module: means scale by
+# ``periods_per_year``, standard deviations (ddof=1) by its square root, and alpha is
+# compounded from the mean daily alpha as ``empyrical.alpha``.
+
+
+def _paired(returns, benchmark) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(returns, dtype=float)
+    b = np.asarray(benchmark, dtype=float)
+    if r.ndim != 1 or b.ndim != 1:
+        raise ValueError(f"returns and benchmark must be 1-D, got shapes {r.shape} and {b.shape}")
+    if r.shape != b.shape:
+        raise ValueError(
+            f"returns ({r.size}) and benchmark ({b.size}) must be aligned by date (same length); "
+            "join them on the date first"
+        )
+    ok = ~(np.isnan(r) | np.isnan(b))
+    return r[ok], b[ok]
+
+
+def active_return(returns, benchmark, periods_per_year: float = 252) -> float:
+    """Annualised arithmetic mean of the daily active return r - b: mean(r - b) *
+    periods_per_year. Arithmetic (not a difference of CAGRs) so that information ratio =
+    active return / tracking error holds exactly, as Sharpe = mean / volatility does here."""
+    _check_ppy(periods_per_year)
+    r, b = _paired(returns, benchmark)
+    if r.size < 1:
+        return math.nan
+    return float(np.mean(r - b)) * periods_per_year
+
+
+def tracking_error(returns, benchmark, periods_per_year: float = 252) -> float:
+    """Annualised standard deviation (ddof=1) of the daily active return r - b: the
+    ``annual_volatility`` of the active return, as pyfolio/empyrical annualise a daily std.
+    0.0 for a series against itself; NaN for fewer than 2 paired days."""
+    _check_ppy(periods_per_year)
+    r, b = _paired(returns, benchmark)
+    return annual_volatility(r - b, periods_per_year)
+
+
+def information_ratio(returns, benchmark, periods_per_year: float = 252) -> float:
+    """Annualised information ratio, mean(r - b) / std(r - b, ddof=1) * sqrt(periods_per_year):
+    the Sharpe ratio of the active return, i.e. ``empyrical.excess_sharpe`` (and quantstats'
+    ``information_ratio``, which are both per period) times sqrt(periods_per_year), so that it
+    is on the same scale as the annualised Sharpe ratio of the headline. NaN when the active
+    return has no dispersion (a series against itself) or fewer than 2 paired days."""
+    _check_ppy(periods_per_year)
+    r, b = _paired(returns, benchmark)
+    return sharpe(r - b, periods_per_year=periods_per_year)
+
+
+def beta(returns, benchmark) -> float:
+    """OLS slope of r on b, cov(r, b) / var(b) (the ddof cancels), as ``empyrical.beta`` and
+    quantstats' ``greeks``. NaN for fewer than 2 paired days or a benchmark without variance
+    (cash: no market risk to measure against)."""
+    r, b = _paired(returns, benchmark)
+    if r.size < 2 or b.max() == b.min():
+        return math.nan
+    bc = b - b.mean()  # centring one side is enough for the covariance
+    var = float(bc @ bc)
+    if math.sqrt(var / (b.size - 1)) <= _REL_ZERO_STD * abs(float(b.mean())):
+        return math.nan  # rounding residue of a constant benchmark, as in _ratio_mean_std
+    return float(bc @ r) / var
+
+
+def alpha(returns, benchmark, risk_free: float = 0.0, periods_per_year: float = 252) -> float:
+    """Annualised Jensen's alpha as ``empyrical.alpha``: with the per-period constant
+    ``risk_free``, the mean daily alpha a = mean((r - rf) - beta * (b - rf)) compounded over a
+    year, (1 + a) ** periods_per_year - 1. (quantstats' ``greeks`` reports the arithmetic
+    a * periods_per_year instead; we follow empyrical, as for every other metric here.)
+    NaN where beta is."""
+    _check_ppy(periods_per_year)
+    r, b = _paired(returns, benchmark)
+    bt = beta(r, b)
+    if not math.isfinite(bt):
+        return math.nan
+    daily = float(np.mean((r - risk_free) - bt * (b - risk_free)))
+    return (1.0 + daily) ** periods_per_year - 1.0
+
+
+def correlation(returns, benchmark) -> float:
+    """Pearson correlation of the paired daily returns; NaN if either side is constant."""
+    r, b = _paired(returns, benchmark)
+    if r.size < 2 or r.max() == r.min() or b.max() == b.min():
+        return math.nan
+    rc, bc = r - r.mean(), b - b.mean()
+    return float(np.clip((rc @ bc) / math.sqrt(float(rc @ rc) * float(bc @ bc)), -1.0, 1.0))
+
+
+def benchmark_summary(returns, benchmark, periods_per_year: float = 252) -> dict[str, float]:
+    """The report's benchmark-relative bundle over the paired days. Keys: active_return,
+    tracking_error, information_ratio, beta, alpha, benchmark_correlation, benchmark_cagr,
+    benchmark_sharpe, benchmark_annual_volatility, benchmark_max_drawdown (the benchmark's own
+    statistics over the same days, for comparison with the headline) and n_obs_benchmark (the
+    number of paired days)."""
+    _check_ppy(periods_per_year)
+    r, b = _paired(returns, benchmark)
+    ppy = periods_per_year
+    return {
+        "active_return": active_return(r, b, ppy),
+        "tracking_error": tracking_error(r, b, ppy),
+        "information_ratio": information_ratio(r, b, ppy),
+        "beta": beta(r, b),
+        "alpha": alpha(r, b, periods_per_year=ppy),
+        "benchmark_correlation": correlation(r, b),
+        "benchmark_cagr": cagr(b, ppy),
+        "benchmark_sharpe": sharpe(b, periods_per_year=ppy),
+        "benchmark_annual_volatility": annual_volatility(b, ppy),
+        "benchmark_max_drawdown": max_drawdown(b),
+        "n_obs_benchmark": float(r.size),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Rolling statistics and tail risk (tear sheet)
+# --------------------------------------------------------------------------------------------
+
+
+def _windows(x: np.ndarray, window: int) -> np.ndarray | None:
+    if int(window) != window or window < 2:
+        raise ValueError(f"window must be an integer >= 2, got {window}")
+    if x.size < window:
+        return None
+    return np.lib.stride_tricks.sliding_window_view(x, int(window))
+
+
+def rolling_volatility(returns, window: int = 63, periods_per_year: float = 252) -> np.ndarray:
+    """Annualised volatility (std ddof=1) of each trailing ``window`` of days, aligned with the
+    input (NaN before the first full window and for windows holding a NaN), as quantstats'
+    ``rolling_volatility(rolling_period=window)``."""
+    _check_ppy(periods_per_year)
+    r = np.asarray(returns, dtype=float)
+    out = np.full(r.size, np.nan)
+    view = _windows(r, window)
+    if view is not None:
+        out[window - 1 :] = view.std(axis=1, ddof=1) * math.sqrt(periods_per_year)
+    return out
+
+
+def rolling_beta(returns, benchmark, window: int = 63) -> np.ndarray:
+    """Beta of each trailing ``window`` of paired days, aligned with the input; NaN before the
+    first full window, for windows holding a NaN on either side, and where the benchmark is
+    constant over the window. As ``empyrical.roll_beta`` on NaN-free input."""
+    r = np.asarray(returns, dtype=float)
+    b = np.asarray(benchmark, dtype=float)
+    if r.shape != b.shape or r.ndim != 1:
+        raise ValueError(f"returns and benchmark must be aligned 1-D arrays, got {r.shape} and {b.shape}")
+    out = np.full(r.size, np.nan)
+    vr, vb = _windows(r, window), _windows(b, window)
+    if vr is None:
+        return out
+    bc = vb - vb.mean(axis=1, keepdims=True)
+    var = (bc * bc).sum(axis=1)
+    cov = (bc * vr).sum(axis=1)
+    flat = vb.max(axis=1) == vb.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[window - 1 :] = np.where(flat, np.nan, cov / var)
+    return out
+
+
+def value_at_risk(returns, cutoff: float = 0.05) -> float:
+    """Historical value at risk: the ``cutoff`` percentile of the returns (linear
+    interpolation, a negative number for a loss), as ``empyrical.value_at_risk``; NaN if empty."""
+    if not 0.0 < cutoff < 1.0:
+        raise ValueError(f"cutoff must be in (0, 1), got {cutoff}")
+    r = _clean(returns)
+    return float(np.percentile(r, 100.0 * cutoff)) if r.size else math.nan
+
+
+def conditional_value_at_risk(returns, cutoff: float = 0.05) -> float:
+    """Expected shortfall: mean of the lowest int((n - 1) * cutoff) + 1 returns, as
+    ``empyrical.conditional_value_at_risk``; NaN if empty."""
+    if not 0.0 < cutoff < 1.0:
+        raise ValueError(f"cutoff must be in (0, 1), got {cutoff}")
+    r = _clean(returns)
+    if r.size == 0:
+        return math.nan
+    k = int((r.size - 1) * cutoff)
+    return float(np.mean(np.partition(r, k)[: k + 1]))

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from quant_assets.validation.report import PBO_MIN_ROWS_PER_BLOCK, PBO_SPLITS
+from quant_assets.validation.report import PBO_MIN_ROWS_PER_BLOCK, PBO_SPLITS, SWEEP_PREFIX
 
-SWEEP_PREFIX = "sweep:"
 REGISTRY_COLUMNS = ("trial_id",)
 PER_PERIOD_SHARPE_COLUMNS = ("sharpe_per_period", "sharpe")  # first present wins
 RETURNS_COLUMNS = ("date", "trial_id", "net_return")

@@ -94,3 +94,25 @@ def test_pbo_not_computable_is_not_applied_but_missing_numbers_fail():
     assert not evaluate_gate(metrics, GateThresholds(min_dsr=0.995)).passed
     with pytest.raises(ValueError, match="max_pbo"):
         GateThresholds(max_pbo=1.5)
+
+
+def test_undefined_min_track_record_says_why():
+    """'needs >= an undefined bound' told the reader nothing: the line now says that MinTRL is
+    infinite because the observed Sharpe ratio is <= 0 (the PSR's benchmark), or that it could
+    not be computed (moments undefined)."""
+    base = {"dsr": 0.2, "pbo": 0.1, "bootstrap_max_drawdown_p05": -0.1, "n_obs": 300.0}
+    negative = evaluate_gate({**base, "min_track_record_length": math.inf, "sharpe_per_period": -0.0123})
+    line = negative.message().splitlines()[4]
+    assert line == (
+        "- track_record: 300 (needs >= a bound that is undefined: the minimum track record is "
+        "infinite because the observed Sharpe ratio (-0.0123 per day) is <= 0, the benchmark "
+        "Sharpe ratio of the PSR: no track record is long enough) FAIL"
+    )
+    unknown = evaluate_gate({**base, "min_track_record_length": math.nan, "sharpe_per_period": math.nan})
+    assert "cannot be computed: the Sharpe ratio, skew or kurtosis is undefined" in unknown.message()
+    assert "an undefined bound" not in negative.message() + unknown.message()
+    # from a real summary of a losing strategy
+    r = np.random.default_rng(3).normal(-0.001, 0.01, 300)
+    m = summarise(r, np.zeros(300), {"a": r}, np.zeros(0), np.zeros(0), np.zeros(0), n_bootstrap=20).metrics
+    assert math.isinf(m["min_track_record_length"])
+    assert f"({m['sharpe_per_period']:.4f} per day) is <= 0" in evaluate_gate(m).message()

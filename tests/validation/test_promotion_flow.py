@@ -23,6 +23,7 @@ from quant_assets.settings import load_settings
 from quant_assets.validation import assets as validation_assets
 from quant_assets.validation.checks import CHECKS
 from quant_assets.validation.gate import PASS_METRIC
+from quant_assets.validation.tearsheet import FIGURES
 from quant_assets.warehouse import Warehouse
 from resources.io_manager import DeltaIOManager
 from resources.market_source import MarketSource
@@ -189,4 +190,4 @@ def test_passing_gate_promotes_latest_version(tmp_path):
     )
     (tmp_path / "dl").mkdir()
     page = open(client.download_artifacts(run_id, "report.html", str(tmp_path / "dl"))).read()
-    assert page.count("<img") == 8 and "promotion gate PASSED" in page
+    assert page.count("<img") == len(FIGURES) and "promotion gate PASSED" in page

@@ -62,3 +62,61 @@ def test_report_fails_loudly_without_the_real_prices_of_its_stress_windows(monke
         validation_assets._real_stress_series()
     assert exc.value.allow_retries is False
     real._stock_prices.cache_clear()
+
+
+def test_trial_counts_by_source_and_annualised_trial_table():
+    """"Trials (variants + sweep) 6" with an empty sweep confused readers: the count now says
+    how many came from each source; the trial table gives annualised Sharpe ratios (the
+    headline's scale), not "Sharpe per day"."""
+    rng = np.random.default_rng(2)
+    r = rng.normal(0.0005, 0.01, 300)
+    variants = {"main": r, "alt": rng.normal(0.0, 0.01, 300)}
+    s = summarise(r, np.zeros(300), variants, np.zeros(0), np.zeros(0), np.zeros(0), n_bootstrap=20)
+    assert s.metrics["n_trials_variants"] == 2 and s.metrics["n_trials_sweep"] == 0
+    assert "| Trials (deflating the DSR) | 2 (2 variants + 0 sweep trials; no sweep has run) |" in s.markdown
+    assert f"| main | variant | {stats.sharpe(r):.2f} |" in s.markdown
+    assert "Sharpe per day" not in s.markdown
+    swept = summarise(r, np.zeros(300), variants, np.zeros(0), np.zeros(0), np.zeros(0), n_bootstrap=20,
+                      extra_trial_sharpes={"sweep:t1": 0.05, "sweep:t2": math.nan})
+    assert swept.metrics["n_trials"] == 3  # the undefined Sharpe is left out of the DSR
+    assert "3 (2 variants + 2 sweep trials; 1 with an undefined Sharpe left out)" in swept.markdown
+    assert f"| sweep:t1 | sweep | {0.05 * math.sqrt(252):.2f} |" in swept.markdown
+    # context-free formatting (the demo's console summary) stays the bare count
+    assert format_metric("n_trials", 3.0) == "3"
+
+
+def test_min_track_record_format_says_why_it_is_undefined():
+    m = {"sharpe_per_period": -0.02}
+    assert format_metric("min_track_record_length", math.inf, m) == (
+        "undefined: observed Sharpe (-0.0200 per day) <= 0, the PSR benchmark"
+    )
+    assert format_metric("min_track_record_length", math.inf).startswith("undefined: observed Sharpe <= 0")
+    assert format_metric("min_track_record_length", math.nan) == "n/a"
+    assert format_metric("min_track_record_length", 123.4) == "123"
+
+
+def test_benchmark_relative_metrics_are_the_stats_functions():
+    rng = np.random.default_rng(8)
+    b = rng.normal(0.0003, 0.01, 400)
+    r = 0.2 * b + rng.normal(0.0004, 0.006, 400)
+    b_missing = b.copy()
+    b_missing[5] = np.nan
+    s = summarise(r, np.zeros(400), {"a": r}, np.zeros(0), np.zeros(0), np.zeros(0), n_bootstrap=20,
+                  benchmark=b_missing, benchmark_name="market factor")
+    m = s.metrics
+    assert m["information_ratio"] == stats.information_ratio(r, b_missing)
+    assert m["beta"] == stats.beta(r, b_missing) and m["alpha"] == stats.alpha(r, b_missing)
+    assert m["tracking_error"] == stats.tracking_error(r, b_missing)
+    assert m["n_obs_benchmark"] == 399
+    assert "| vs benchmark: market factor | value |" in s.markdown
+    assert f"| Beta | {m['beta']:.3f} |" in s.markdown
+    # without a benchmark nothing relative is claimed
+    plain = summarise(r, np.zeros(400), {"a": r}, np.zeros(0), np.zeros(0), np.zeros(0), n_bootstrap=20)
+    assert "beta" not in plain.metrics and "vs benchmark" not in plain.markdown
+
+
+def test_too_short_a_backtest_reports_na_instead_of_failing():
+    for n in (0, 1):
+        r = np.full(n, 0.01)
+        m = summarise(r, np.zeros(n), {"a": r}, np.zeros(0), np.zeros(0), np.zeros(0), n_bootstrap=10).metrics
+        assert math.isnan(m["psr"]) and math.isnan(m["dsr"])

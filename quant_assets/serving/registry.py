@@ -133,6 +133,18 @@ def load_version(client: MlflowClient, lgbm_models: pl.DataFrame, version: int,
     return ServedModel(int(version), mv.run_id, model, record)
 
 
+def promoted_at(version: int, name: str = MODEL_NAME, alias: str = CHAMPION,
+                root: str | None = None) -> dt.datetime | None:
+    """When ``alias`` last moved to ``version`` (a promote or rollback row of the audit
+    trail), or None if the trail has no such move (an alias set by hand)."""
+    rows = audit.read(root, obj=name).filter(
+        pl.col("action").is_in(["promote", "rollback"])
+        & (pl.col("model_version") == str(int(version)))
+        & (pl.col("tags").str.json_path_match("$.alias") == alias)
+    )
+    return rows["time"][-1] if rows.height else None
+
+
 def load_alias(client: MlflowClient, lgbm_models: pl.DataFrame, alias: str = CHAMPION,
                name: str = MODEL_NAME) -> ServedModel:
     """The model behind ``alias`` (default ``champion``), resolved now."""

@@ -389,3 +389,33 @@ def test_a_slow_version_crosses_the_p99_bound(tokens):
         assert verdict.requests == 60 and verdict.share_over == 1.0
         assert verdict.p99_s > bound_s
         assert "v3 p99" in verdict.reason and "above 10 ms for 30 s since its promotion" in verdict.reason
+
+
+def test_promotion_time_comes_from_the_audit_trail(tmp_path):
+    """registry.promoted_at: the last promote/rollback row that moved `champion` to the
+    version (what the scorer's age metric and the latency monitor's window start from)."""
+    import datetime as dt
+
+    from quant_assets import audit
+    from quant_assets.serving import registry
+
+    root = str(tmp_path / "warehouse")
+    name = registry.MODEL_NAME
+    t = [dt.datetime(2024, 3, 1, 12, i, tzinfo=dt.UTC) for i in range(5)]
+    audit.record([
+        audit.AuditEvent("promote", "model", name, model_version="3", time=t[0],
+                         tags={"alias": "champion", "previous_version": ""}, actor="ci"),
+        audit.AuditEvent("promote", "model", name, model_version="4", time=t[1],
+                         tags={"alias": "champion", "previous_version": "3"}, actor="ci"),
+        audit.AuditEvent("rollback", "model", name, model_version="3", time=t[2], reason="drift",
+                         tags={"alias": "champion", "previous_version": "4"}, actor="sensor"),
+        audit.AuditEvent("promote", "model", name, model_version="3", time=t[3],
+                         tags={"alias": "challenger"}, actor="ci"),
+        audit.AuditEvent("serve", "model", name, model_version="4", time=t[4], actor="scorer"),
+        audit.AuditEvent("promote", "model", "another-model", model_version="4", time=t[4],
+                         tags={"alias": "champion"}, actor="ci"),
+    ], root=root)
+    assert registry.promoted_at(3, root=root) == t[2]  # the rollback moved champion back
+    assert registry.promoted_at(4, root=root) == t[1]
+    assert registry.promoted_at(3, alias="challenger", root=root) == t[3]
+    assert registry.promoted_at(5, root=root) is None

@@ -9,7 +9,8 @@ latency labelled ``route``, ``status`` and ``model_version`` (the version that a
 with the bucket edges ``LATENCY_BUCKETS``, and ``process_start_time_seconds``. A monitor
 scrapes every scorer pod once per round (all pods of a round carry the same ``at``),
 keeps the ``Scrape`` records of the last window (``scrapes_to_json`` for a sensor cursor),
-and asks ``judge_latency``.
+and asks ``judge_latency``; ``monitor_tick`` does both for one tick under a
+``LatencyPolicy`` (bound, window, quantile, minimum traffic).
 
 The verdict, for the version ``v`` promoted at ``promoted_at``:
 
@@ -328,3 +329,34 @@ def judge_latency(
     return verdict(True, f"scorer latency: v{model_version} {q_name} ~{p * 1000:.1f} ms above "
                          f"{bound_ms} for {window_s:g} s since its promotion ({summary})",
                    len(busy), window)
+
+
+# -- one monitor tick ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyPolicy:
+    """The configured alarm: ``quantile`` latency above ``bound_s`` (a bucket edge) for
+    ``window_s`` seconds after a promotion, judged on rounds of ``min_requests`` or more
+    requests, at least ``min_rounds`` of them."""
+
+    bound_s: float = 0.005
+    window_s: float = 300.0
+    quantile: float = 0.99
+    min_requests: int = 50
+    min_rounds: int = 3
+
+    def __post_init__(self) -> None:
+        Histogram.zero((*LATENCY_BUCKETS, math.inf)).count_le(self.bound_s)  # an edge, or fail
+
+
+def monitor_tick(cursor: Sequence[Mapping], new_scrapes: Iterable[Scrape], model_version: int,
+                 promoted_at: float, now: float,
+                 policy: LatencyPolicy = LatencyPolicy()) -> tuple[LatencyVerdict, list[dict]]:
+    """One tick of a latency monitor: the verdict on the kept scrapes plus this round's,
+    and the scrapes to keep for the next tick (JSON-able, for a sensor cursor)."""
+    scrapes = [*scrapes_from_json(cursor), *new_scrapes]
+    verdict = judge_latency(scrapes, model_version, promoted_at, now, policy.bound_s,
+                            policy.window_s, policy.quantile, policy.min_requests,
+                            policy.min_rounds)
+    return verdict, scrapes_to_json(keep_recent(scrapes, now - policy.window_s))

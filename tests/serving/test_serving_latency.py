@@ -3,6 +3,7 @@ across restarts, and "p99 above the bound, sustained, since the promotion"."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -220,3 +221,21 @@ process_start_time_seconds 1.7e+09
     scrape = parse_metrics(text, "10.0.0.5:8080", 123.0)
     assert scrape.served_version == 3 and scrape.started_at == 1.7e9
     assert scrape.score_latency == {3: Histogram((0.005, math.inf), (4.0, 5.0))}
+
+
+def test_monitor_tick_keeps_what_the_next_verdict_needs():
+    from quant_assets.serving.latency import LatencyPolicy, monitor_tick
+
+    policy = LatencyPolicy(bound_s=0.005, window_s=180, min_requests=50, min_rounds=3)
+    scrapes = _scrapes_from([{"pod-a": {}}, *_slow_rounds(6, slow=3, fast=97)])
+    cursor: list = []
+    verdicts = []
+    for s in scrapes:  # one pod: one scrape per tick
+        verdict, cursor = monitor_tick(cursor, [s], 7, T0, s.at, policy)
+        verdicts.append(verdict.breach)
+        assert len(cursor) <= 5  # the window's 3 rounds, its baseline, and now
+        assert json.loads(json.dumps(cursor)) == cursor
+    # breach once the 180 s window lies after the promotion and holds 3 busy rounds
+    assert verdicts == [False, False, False, False, True, True, True]
+    with pytest.raises(ValueError, match="not a bucket edge"):
+        LatencyPolicy(bound_s=0.0045)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import polars as pl
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -73,6 +74,18 @@ def alias_info(client: MlflowClient, alias: str = CHAMPION, name: str = MODEL_NA
     if version is None:
         raise RegistryError(f"{name} has no '{alias}' alias: promote a version first")
     return version_info(client, version, name)
+
+
+def promoted_at(version: int, name: str = MODEL_NAME, alias: str = CHAMPION,
+                root: str | None = None) -> dt.datetime | None:
+    """When ``alias`` last moved to ``version`` (a promote or rollback row of the audit
+    trail), or None if the trail has no such move (an alias set by hand)."""
+    rows = audit.read(root, obj=name).filter(
+        pl.col("action").is_in(["promote", "rollback"])
+        & (pl.col("model_version") == str(int(version)))
+        & (pl.col("tags").str.json_path_match("$.alias") == alias)
+    )
+    return rows["time"][-1] if rows.height else None
 
 
 @dataclass(frozen=True)

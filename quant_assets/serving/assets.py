@@ -157,8 +157,10 @@ def drift_report(
         reference = reference.with_columns(score=pl.Series(model.predict(reference), dtype=pl.Float64))
         columns = [*model.feature_cols, "score"]
         policy = config.to(drift.DriftPolicy)
-        table = drift.drift_table(reference, current, columns, bins=policy.bins)
-        verdict = drift.drift_verdict(table, policy)
+        # the day's verdict under its policy goes on every row: the serving alarm acts on it
+        table, verdict = drift.with_verdict(
+            drift.drift_table(reference, current, columns, bins=policy.bins), policy
+        )
         frame = table.select(
             pl.lit(day, dtype=pl.Date).alias("date"),
             pl.lit(version, dtype=pl.Int64).alias("model_version"),
@@ -168,11 +170,6 @@ def drift_report(
             reference_start=pl.lit(model.train_start, dtype=pl.Date),
             reference_end=pl.lit(model.train_end, dtype=pl.Date),
             bins=pl.lit(policy.bins, dtype=pl.Int64),
-            # the day's verdict under the policy it was judged with (the alarm acts on it)
-            psi_threshold=pl.lit(policy.psi_threshold, dtype=pl.Float64),
-            max_features_over=pl.lit(policy.max_features_over, dtype=pl.Int64),
-            breach=pl.lit(verdict.breach, dtype=pl.Boolean),
-            verdict=pl.lit(verdict.reason, dtype=pl.Utf8),
         )
         top = table.filter(pl.col("psi").is_not_null()).sort("psi", descending=True).head(10)
         meter.rows(rows_in=daily_scores.height + pit_features.height, rows_out=frame.height)

@@ -195,3 +195,15 @@ def drift_verdict(
             + ", ".join(over[:10])
         )
     return DriftVerdict(bool(reasons), "; ".join(reasons), score_psi, over)
+
+
+def with_verdict(table: pl.DataFrame, policy: DriftPolicy = DriftPolicy()) -> tuple[pl.DataFrame, DriftVerdict]:
+    """``table`` with the day's verdict under ``policy`` on every row (the columns the
+    serving alarm acts on: breach, verdict, psi_threshold, max_features_over)."""
+    verdict = drift_verdict(table, policy)
+    return table.with_columns(
+        psi_threshold=pl.lit(policy.psi_threshold, dtype=pl.Float64),
+        max_features_over=pl.lit(policy.max_features_over, dtype=pl.Int64),
+        breach=pl.lit(verdict.breach, dtype=pl.Boolean),
+        verdict=pl.lit(verdict.reason, dtype=pl.Utf8),
+    ), verdict

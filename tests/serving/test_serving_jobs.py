@@ -13,6 +13,7 @@ from dagster import (
     load_assets_from_modules,
 )
 
+from quant_assets import jobs
 from quant_assets.serving import assets as serving_assets
 from sensors import monitoring
 
@@ -28,7 +29,8 @@ def test_jobs_resolve_with_the_whole_code_location():
 
     defs = Definitions(
         assets=load_assets_from_modules([*STAGES, serving_assets]),
-        jobs=monitoring.JOBS, schedules=monitoring.SCHEDULES, sensors=monitoring.SENSORS,
+        jobs=[jobs.serving_job, jobs.nightly_revalidation_job],
+        schedules=monitoring.SCHEDULES, sensors=monitoring.SENSORS,
         resources=build_resources(get_settings()),
     )
     serving = defs.resolve_job_def("serving_job")

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from servers import start_server
 
 from quant_assets.instance import local_instance_yaml
+from quant_assets.serving import drift
 from quant_assets.warehouse import PartitionWindow, Warehouse
 from resources import model_registry as registry
 from resources.io_manager import DeltaIOManager
@@ -49,8 +50,10 @@ def write_partition(wh: Warehouse, asset: str, frame: pl.DataFrame) -> None:
 
 
 def drift_rows(score_psi: float, version: int = 2) -> pl.DataFrame:
-    return pl.DataFrame({"column": ["f1", "f2", "score"], "psi": [0.01, 0.02, score_psi],
-                         "model_version": [version] * 3})
+    """A drift_report partition as the asset writes it: PSIs and the verdict of its policy."""
+    table = pl.DataFrame({"column": ["f1", "f2", "score"], "psi": [0.01, 0.02, score_psi],
+                          "model_version": [version] * 3})
+    return drift.with_verdict(table)[0]
 
 
 def health_row(breach: bool, version: int = 2) -> pl.DataFrame:
@@ -111,6 +114,27 @@ def test_calm_reports_change_nothing(tmp_path):
     assert isinstance(result, SkipReason)
     assert registry.alias_version(client, registry.CHAMPION) == 2
     assert not wh.exists(ALERTS_TABLE)
+
+
+@pytest.mark.parametrize(("policy", "breach"), [(drift.DriftPolicy(), True),
+                                               (drift.DriftPolicy(max_features_over=5), False)])
+def test_the_alarm_acts_on_the_drift_verdict_of_the_asset_policy(tmp_path, policy, breach):
+    """One drift policy: four features over PSI 0.25 with a calm score. Under the asset's
+    default policy (more than 3 features) that is drift, and the sensor rolls back; under a
+    policy allowing 5 it is not, and the sensor does nothing. (The sensor used to re-judge
+    with its own limit of 10 features, so the asset's breach never reached the alarm.)"""
+    client = make_registry(tmp_path)
+    wh = Warehouse(str(tmp_path / "warehouse"))
+    table = pl.DataFrame({"column": ["f1", "f2", "f3", "f4", "f5", "score"],
+                          "psi": [0.4, 0.5, 0.3, 0.26, 0.01, 0.02], "model_version": [2] * 6})
+    rows, verdict = drift.with_verdict(table, policy)
+    assert verdict.breach is breach
+    write_partition(wh, "drift_report", rows)
+    with DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(AssetMaterialization("drift_report", partition=DAY))
+        serving_alarm_sensor(build_sensor_context(instance=instance, resources=resources(tmp_path)))
+    assert registry.alias_version(client, registry.CHAMPION) == (1 if breach else 2)
+    assert wh.exists(ALERTS_TABLE) is breach
 
 
 @pytest.mark.slow

@@ -450,9 +450,8 @@ def test_real_definitions_load_with_the_pools_on_every_step(stages, placed, poli
     from quant_assets import jobs
     from quant_assets.settings import load_settings
     from resources import build_resources
-    from sensors.monitoring import JOBS as MONITORING_JOBS
 
-    all_jobs = [*jobs.ALL_JOBS, *MONITORING_JOBS]
+    all_jobs = jobs.ALL_JOBS
     defs = Definitions(
         assets=placed,
         asset_checks=load_asset_checks_from_modules(stages),

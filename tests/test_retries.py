@@ -103,20 +103,23 @@ def test_refusal_is_not_retried_but_a_transient_error_is():
     assert results["flaky"].success and _retries(results["flaky"]) == 1
 
 
-def test_blocking_quality_failure_is_not_retried(tmp_path: Path):
+def test_blocking_quality_failure_is_not_retried(tmp_path: Path, monkeypatch):
+    from quant_assets.data import market
     from quant_assets.data.assets import corporate_actions, fundamentals, universe
     from quant_assets.settings import Settings
     from resources import build_resources
-    from resources.market_source import MarketSource
 
-    class ZeroSplit(MarketSource):
-        def load(self):
-            data = super().load()
-            ca = data.corporate_actions.with_columns(
-                pl.when(pl.int_range(pl.len()) == 0).then(0.0).otherwise(pl.col("split_ratio"))
-                .alias("split_ratio")
-            )
-            return data._replace(corporate_actions=ca)
+    simulated = market.simulated_market
+
+    def zero_split(*args):
+        data = simulated(*args)
+        ca = data.corporate_actions.with_columns(
+            pl.when(pl.int_range(pl.len()) == 0).then(0.0).otherwise(pl.col("split_ratio"))
+            .alias("split_ratio")
+        )
+        return data._replace(corporate_actions=ca)
+
+    monkeypatch.setattr(market, "simulated_market", zero_split)
 
     old = os.environ["QUANT_HOME"]
     os.environ["QUANT_HOME"] = str(tmp_path)
@@ -125,7 +128,6 @@ def test_blocking_quality_failure_is_not_retried(tmp_path: Path):
     finally:
         os.environ["QUANT_HOME"] = old
     resources = build_resources(settings)
-    resources["market_source"] = ZeroSplit(**resources["market_source"].model_dump())
     with DagsterInstance.ephemeral() as instance:
         result = materialize(
             [universe, corporate_actions, fundamentals], selection=[corporate_actions],

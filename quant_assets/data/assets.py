@@ -74,15 +74,11 @@ def _checked(
     yield Output(frame, metadata={"rows": frame.height, **(metadata or {})})
 
 
-def _simulated(source: MarketSource) -> market.MarketData:
-    return market.simulated_market(source.n_instruments, source.seed, source.start, source.end)
-
-
 def _bars(source: MarketSource, kind: str) -> pl.DataFrame:
     """All bars of the source ``kind`` (default: the resource's)."""
     kind = kind or source.source
     if kind == "simulator":
-        return _simulated(source).market_bars
+        return market.simulated_for(source).market_bars
     if kind == "landing":
         return market.landing_bars(source.landing_dir)
     raise ValueError(f"market source {kind!r} must be one of {market.SOURCES}")
@@ -100,7 +96,7 @@ def _unpartitioned(name: str, check: Callable[[pl.DataFrame], list[quality.Viola
     )
     def _asset(context: AssetExecutionContext, market_source: MarketSource):
         with measured(context, output_name="result") as meter:  # run costs; checks are outputs too
-            frame = getattr(_simulated(market_source), name)
+            frame = getattr(market.simulated_for(market_source), name)
             violations = check(frame)
             meter.rows(rows_out=frame.height)
         yield from _checked(frame, rules, violations)

@@ -32,6 +32,12 @@ def simulated_market(n_instruments: int, seed: int, start: str, end: str) -> Mar
     )
 
 
+def simulated_for(source) -> MarketData:
+    """The simulation a market-source configuration (``n_instruments``, ``seed``, ``start``,
+    ``end``, as the ``market_source`` resource carries them) describes."""
+    return simulated_market(source.n_instruments, source.seed, source.start, source.end)
+
+
 def landing_bars(landing_dir: str) -> pl.DataFrame:
     """Every landing file's bars (each read and checked by ``files.read_market_bars_file``)."""
     files = list_landing_files(landing_dir)

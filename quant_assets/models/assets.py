@@ -40,7 +40,7 @@ from quant_assets.models.walkforward import (
 from quant_assets.partitions import monthly_partitions, months_of
 from quant_assets.performance import rank_information_coefficient
 from quant_assets.retries import IO_RETRY, refuse
-from quant_assets.run_costs import measured
+from quant_assets.run_costs import Meter, measured
 from quant_assets.settings import load_settings
 from quant_assets.warehouse import VersionedFrame
 from resources.model_registry import REGISTERED_MODELS
@@ -98,6 +98,7 @@ def _train_months(
     tracking: MlflowTracking,
     pit_features: VersionedFrame,
     labels: VersionedFrame,
+    meter: Meter,
 ) -> Output:
     """The one month loop of every model family: for each month of the partition range, fit
     on the purged, embargoed rows, score the month out of sample, and log one MLflow run with
@@ -105,49 +106,48 @@ def _train_months(
     log_model = {"lgbm": tracking.log_lgbm_model, "seq": tracking.log_seq_model}[family.name]
     registered_name = REGISTERED_MODELS[family.name] if config.register_model else None
     walk_forward, model_config = config.to(WalkForwardConfig), config.to(family.config_type)
-    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
-        joined = join_features_labels(pit_features.frame, labels.frame)
-        features = feature_columns(pit_features.frame)
-        rows, run_ids = [], []
-        lineage = None
-        for month in months_of(context):
-            trained = family.fit(joined, features, month, walk_forward, model_config)
-            # the month's out-of-sample scores, exactly as the predictions asset writes them:
-            # their hash is what `python -m quant_assets reproduce` compares
-            scores = family.predict(trained, pit_features.frame, month)
-            scores_hash = month_predictions_hash(scores)
-            oos_ic = _rank_ic(scores, labels.frame)
-            lineage = _month_lineage(context, config, month, pit_features, labels)
-            device = trained.metrics.get("device")
-            with tracking.run(
-                f"{family.asset} {month:%Y-%m}",
-                lineage,
-                params=config.model_dump(),
-                tags={PREDICTIONS_TAG: scores_hash, **({"quant.device": device} if device else {})},
-            ) as run:
-                tracking.log_metrics({**trained.metrics, "oos_rank_ic": oos_ic})
-                model_uri, version = log_model(trained, registered_name)
-            context.log.info(
-                f"{family.asset} {month:%Y-%m}{f' on {device}' if device else ''}: "
-                f"{trained.metrics.get('n_train', 0):.0f} training rows, "
-                f"valid IC {trained.metrics.get('valid_ic', float('nan')):.3f}, "
-                f"out-of-sample rank IC {oos_ic:.3f}, MLflow run {run.info.run_id}"
-            )
-            run_ids.append(run.info.run_id)
-            rows.append(
-                {
-                    "date": month,
-                    **trained.to_record(),
-                    "predictions_sha256": scores_hash,
-                    "n_predictions": scores.height,
-                    "oos_rank_ic": oos_ic,
-                    "mlflow_run_id": run.info.run_id,
-                    "model_uri": model_uri,
-                    "registered_version": version,
-                    "config_hash": lineage["config_hash"],
-                }
-            )
-        meter.rows(rows_in=pit_features.frame.height, rows_out=len(rows))
+    joined = join_features_labels(pit_features.frame, labels.frame)
+    features = feature_columns(pit_features.frame)
+    rows, run_ids = [], []
+    lineage = None
+    for month in months_of(context):
+        trained = family.fit(joined, features, month, walk_forward, model_config)
+        # the month's out-of-sample scores, exactly as the predictions asset writes them:
+        # their hash is what `python -m quant_assets reproduce` compares
+        scores = family.predict(trained, pit_features.frame, month)
+        scores_hash = month_predictions_hash(scores)
+        oos_ic = _rank_ic(scores, labels.frame)
+        lineage = _month_lineage(context, config, month, pit_features, labels)
+        device = trained.metrics.get("device")
+        with tracking.run(
+            f"{family.asset} {month:%Y-%m}",
+            lineage,
+            params=config.model_dump(),
+            tags={PREDICTIONS_TAG: scores_hash, **({"quant.device": device} if device else {})},
+        ) as run:
+            tracking.log_metrics({**trained.metrics, "oos_rank_ic": oos_ic})
+            model_uri, version = log_model(trained, registered_name)
+        context.log.info(
+            f"{family.asset} {month:%Y-%m}{f' on {device}' if device else ''}: "
+            f"{trained.metrics.get('n_train', 0):.0f} training rows, "
+            f"valid IC {trained.metrics.get('valid_ic', float('nan')):.3f}, "
+            f"out-of-sample rank IC {oos_ic:.3f}, MLflow run {run.info.run_id}"
+        )
+        run_ids.append(run.info.run_id)
+        rows.append(
+            {
+                "date": month,
+                **trained.to_record(),
+                "predictions_sha256": scores_hash,
+                "n_predictions": scores.height,
+                "oos_rank_ic": oos_ic,
+                "mlflow_run_id": run.info.run_id,
+                "model_uri": model_uri,
+                "registered_version": version,
+                "config_hash": lineage["config_hash"],
+            }
+        )
+    meter.rows(rows_in=pit_features.frame.height, rows_out=len(rows))
     frame = pl.DataFrame(rows, schema_overrides={"registered_version": pl.Int64})
     return Output(frame, metadata={"months": len(rows), **lineage_metadata(lineage, run_ids)})
 
@@ -174,7 +174,8 @@ def lgbm_model(
     """One LightGBM model per month, walk-forward, purged and embargoed; a row per month
     with the exact model string, its sha256, metrics, the hash and rank IC of the month's
     out-of-sample scores and the MLflow run/version."""
-    return _train_months(context, LGBM, config, tracking, pit_features, labels)
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
+        return _train_months(context, LGBM, config, tracking, pit_features, labels, meter)
 
 
 @asset(
@@ -236,4 +237,5 @@ def seq_model(
     """One GRU sequence model per month on the same purged, embargoed rows as `lgbm_model`;
     a row per month with the weights (base64), their sha256, the hash and rank IC of the
     month's out-of-sample scores, and the MLflow run (PyTorch flavour) and version."""
-    return _train_months(context, SEQ, config, tracking, pit_features, labels)
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
+        return _train_months(context, SEQ, config, tracking, pit_features, labels, meter)

@@ -39,6 +39,7 @@ from dagster._core.storage.tags import (
 
 from quant_assets import calendar
 from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
+from quant_assets.data.market import simulated_for
 from quant_assets.features import (
     FeatureConfig,
     catalog,
@@ -132,7 +133,7 @@ def test_registry_passes_the_leak_check(good_run):
 
 def test_scoring_from_live_inputs_equals_the_stored_partitions(env, good_run):
     _, resources, warehouse = env
-    live = resources["market_source"].load()  # every row known now: later bars, restatements
+    live = simulated_for(resources["market_source"])  # every row known now: later bars, restatements
     config = FeatureConfig(cutoff_time=load_settings().cutoff_time)
     stored = warehouse.read(["pit_features"]).frame
     for day in _days(GOOD_RANGE):

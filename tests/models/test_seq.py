@@ -101,9 +101,9 @@ def _score_dates(frame: pl.DataFrame, n: int = 3) -> list[dt.date]:
 def test_config_defaults_and_to_dict():
     cfg = SeqConfig()
     d = cfg.to_dict()
-    assert d["seq_len"] == 20 and d["hidden"] == 32 and d["layers"] == 1
+    assert d["seq_len"] == 10 and d["hidden"] == 16 and d["layers"] == 1
     assert d["target"] == "fwd_return_rank" and d["seed"] == 11 and d["device"] == "auto"
-    assert d["max_train_samples"] is None
+    assert d["max_train_samples"] == 20000
     assert SeqConfig(**json.loads(json.dumps(d))) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seq_len = 5  # type: ignore[misc]

@@ -176,22 +176,23 @@ def test_market_bars_run_blocks_bad_file(good_state, tmp_path, kind):
     assert snapshot(wh) == before
 
 
-class _ZeroSplitSource(MarketSource):
+def test_corporate_actions_run_blocks_zero_split_ratio(good_state, monkeypatch):
     """The simulator's data with one split ratio set to 0 (a bad vendor record)."""
+    from quant_assets.data import market
 
-    def load(self):
-        data = super().load()
+    simulated = market.simulated_market
+
+    def zero_split(*args):
+        data = simulated(*args)
         ca = data.corporate_actions.with_columns(
             pl.when(pl.int_range(pl.len()) == 0).then(0.0).otherwise(pl.col("split_ratio"))
             .alias("split_ratio")
         )
         return data._replace(corporate_actions=ca)
 
-
-def test_corporate_actions_run_blocks_zero_split_ratio(good_state):
+    monkeypatch.setattr(market, "simulated_market", zero_split)
     settings, wh, _, before = good_state
     resources = build_resources(settings)
-    resources["market_source"] = _ZeroSplitSource(**resources["market_source"].model_dump())
     with DagsterInstance.ephemeral() as instance:
         result = materialize(
             [universe, corporate_actions, fundamentals], selection=[corporate_actions],

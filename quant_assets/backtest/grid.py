@@ -303,8 +303,9 @@ def _zmr_plan(look, ent, ext, stp, n_instruments: int, simd: bool) -> _ZmrPlan:
 
 
 def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, return_series,
-         simd=True):
-    """:func:`zmr_grid` (``simd=False``: the plain numba lanes everywhere, for tests)."""
+         simd=True, kernels="lanes"):
+    """:func:`zmr_grid` (``simd=False``: the plain numba lanes everywhere, for tests;
+    ``kernels="ceiling"``: the benchmark's ceiling kernels, meaningless statistics)."""
     matrix, one_d = _close_matrix(close)
     look, ent, ext, stp = _params(lookback, entry, exit, stop)
     cost = _check_number("cost_bps", cost_bps, positive=False) / 1e4
@@ -330,8 +331,8 @@ def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, ret
     else:
         addrs = np.zeros(4, dtype=np.int64)
         if plan.chunk_simd.any():
-            kernels = grid_simd.kernel_addresses()
-            addrs[:] = [kernels[f"lanes{k}"] for k in (16, 12, 8, 4)]
+            compiled = grid_simd.kernel_addresses()
+            addrs[:] = [compiled[f"{kernels}{k}"] for k in (16, 12, 8, 4)]
         with numba.parallel_chunksize(1):  # jobs of unequal size: hand out one at a time
             grid_nb.zmr_grid_nb(
                 matrix, plan.lookbacks, plan.entry, plan.exit_lo, plan.exit, plan.stop, *common,

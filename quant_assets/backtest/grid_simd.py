@@ -214,20 +214,16 @@ def kernel_addresses() -> dict[str, int]:
     """Addresses of the compiled kernels (compiled on first call, once per process).
 
     ``lanesK`` advances K lanes per loop iteration (16: two 8-lane vectors interleaved;
-    12: an 8-lane and a 4-lane one; 8, 4: one vector); ``ceiling16`` is the benchmark's
-    ceiling kernel (same loads and transition logic, no booking).
+    12: an 8-lane and a 4-lane one; 8, 4: one vector); ``ceilingK`` are the benchmark's
+    ceiling kernels (same loads and transition logic, no booking).
     """
     with _lock:
         if not _compiled:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
-            specs = {
-                "lanes16": ((8, 8), False),
-                "lanes12": ((8, 4), False),
-                "lanes8": ((8,), False),
-                "lanes4": ((4,), False),
-                "ceiling16": ((8, 8), True),
-            }
+            shapes = {16: (8, 8), 12: (8, 4), 8: (8,), 4: (4,)}
+            specs = {f"lanes{k}": (w, False) for k, w in shapes.items()}
+            specs.update({f"ceiling{k}": (w, True) for k, w in shapes.items()})
             mods = [llvm.parse_assembly(str(_build(name, g, c))) for name, (g, c) in specs.items()]
             for mod in mods:
                 mod.verify()

@@ -303,9 +303,13 @@ def _zmr_plan(look, ent, ext, stp, n_instruments: int, simd: bool) -> _ZmrPlan:
 
 
 def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, return_series,
-         simd=True, kernels="lanes"):
+         simd=True, kernels="lanes", backend="cpu"):
     """:func:`zmr_grid` (``simd=False``: the plain numba lanes everywhere, for tests;
     ``kernels="ceiling"``: the benchmark's ceiling kernels, meaningless statistics)."""
+    if backend not in ("cpu", "cuda"):
+        raise ValueError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
+    if backend == "cuda" and return_series:
+        raise ValueError("return_series=True is not supported with backend='cuda'")
     matrix, one_d = _close_matrix(close)
     look, ent, ext, stp = _params(lookback, entry, exit, stop)
     cost = _check_number("cost_bps", cost_bps, positive=False) / 1e4
@@ -321,7 +325,14 @@ def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, ret
                         segment // (8 * int(plan.lookbacks[-1]))))
     st = grid_nb.new_state(n, plan.entry.shape[0])
     common = (plan.chunk_g, plan.chunk_j0, plan.chunk_j1)
-    if return_series:
+    if backend == "cuda":
+        from quant_assets.backtest import grid_cuda  # imports numba.cuda: only when asked
+
+        lane_g = np.empty(plan.entry.shape[0], dtype=np.int64)
+        for g, j0, j1 in zip(*(a.tolist() for a in common), strict=True):
+            lane_g[j0:j1] = g
+        st = grid_cuda.run_lanes(matrix, plan.lookbacks, lane_g, plan.entry, plan.exit, plan.stop, cost, first)
+    elif return_series:
         series = np.zeros((look.shape[0], n_bars))
         grid_nb.zmr_grid_series_nb(
             matrix, plan.lookbacks, plan.entry, plan.exit, plan.stop, *common, plan.lane_col,
@@ -357,6 +368,7 @@ def zmr_grid(
     *,
     start: int = 1,
     return_series: bool = False,
+    backend: str = "cpu",
 ) -> GridResult | tuple[GridResult, np.ndarray]:
     """Z-score mean reversion over P parameter sets (conventions: module docstring).
 
@@ -369,8 +381,12 @@ def zmr_grid(
     bars ``start..T-1`` (``start = 1`` is the plain convention). ``return_series=True``
     also returns the per-bar returns (P, T) -- for a 2-D ``close`` their equal-weight mean
     over the instruments, so memory stays P x T whatever N -- as ``(result, returns)``.
+
+    ``backend="cuda"`` runs the grid on a GPU (:mod:`quant_assets.backtest.grid_cuda`, numba
+    CUDA): bit for bit the same results as the default ``"cpu"``; no ``return_series``.
     """
-    return _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, return_series)
+    return _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, return_series,
+                backend=backend)
 
 
 def breakout_grid(

@@ -303,9 +303,10 @@ def _zmr_plan(look, ent, ext, stp, n_instruments: int, simd: bool) -> _ZmrPlan:
 
 
 def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, return_series,
-         simd=True, kernels="lanes", backend="cpu"):
+         simd=True, kernels="lanes", backend="cpu", timings=None):
     """:func:`zmr_grid` (``simd=False``: the plain numba lanes everywhere, for tests;
-    ``kernels="ceiling"``: the benchmark's ceiling kernels, meaningless statistics)."""
+    ``kernels="ceiling"``: the benchmark's ceiling kernels, meaningless statistics;
+    ``timings``: a dict for the GPU's time per step, for benchmarks)."""
     if backend not in ("cpu", "cuda"):
         raise ValueError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
     if backend == "cuda" and return_series:
@@ -316,12 +317,15 @@ def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, ret
     ann = math.sqrt(_check_number("bars_per_year", bars_per_year, positive=True))
     first = _check_start(start, matrix.shape[1])
     n, n_bars = matrix.shape
-    plan = _zmr_plan(look, ent, ext, stp, 1 if return_series else n, simd and not return_series)
-    n_groups = plan.lookbacks.shape[0]
-    segment = max(grid_nb.BLOCK, min(n_bars, _BUFFER_BYTES // (8 * n * (n_groups + 1))))
+    n_groups = np.unique(look).shape[0]
+    # instruments per kernel call: as many as the buffers (z-score rows and returns of the
+    # whole series) allow; a longer series alone runs in segments of bars
+    batch = n if return_series else max(1, min(n, _BUFFER_BYTES // (8 * (n_groups + 1) * n_bars)))
+    plan = _zmr_plan(look, ent, ext, stp, 1 if return_series else batch, simd and not return_series)
+    segment = max(grid_nb.BLOCK, min(n_bars, _BUFFER_BYTES // (8 * batch * (n_groups + 1))))
     threads = numba.get_num_threads()
     # phase 1 pieces: enough jobs to balance the threads, each piece many windows long
-    pieces = max(1, min(math.ceil(_TASKS_PER_THREAD * threads / (n * n_groups)),
+    pieces = max(1, min(math.ceil(_TASKS_PER_THREAD * threads / (batch * n_groups)),
                         segment // (8 * int(plan.lookbacks[-1]))))
     st = grid_nb.new_state(n, plan.entry.shape[0])
     common = (plan.chunk_g, plan.chunk_j0, plan.chunk_j1)
@@ -331,7 +335,8 @@ def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, ret
         lane_g = np.empty(plan.entry.shape[0], dtype=np.int64)
         for g, j0, j1 in zip(*(a.tolist() for a in common), strict=True):
             lane_g[j0:j1] = g
-        st = grid_cuda.run_lanes(matrix, plan.lookbacks, lane_g, plan.entry, plan.exit, plan.stop, cost, first)
+        st = grid_cuda.run_lanes(matrix, plan.lookbacks, lane_g, plan.entry, plan.exit, plan.stop,
+                                 cost, first, timings)
     elif return_series:
         series = np.zeros((look.shape[0], n_bars))
         grid_nb.zmr_grid_series_nb(
@@ -344,11 +349,13 @@ def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, ret
         if plan.chunk_simd.any():
             compiled = grid_simd.kernel_addresses()
             addrs[:] = [compiled[f"{kernels}{k}"] for k in (16, 12, 8, 4)]
-        with numba.parallel_chunksize(1):  # jobs of unequal size: hand out one at a time
-            grid_nb.zmr_grid_nb(
-                matrix, plan.lookbacks, plan.entry, plan.exit_lo, plan.exit, plan.stop, *common,
-                plan.chunk_simd, cost, first, segment, pieces, addrs, st,
-            )
+        for i0 in range(0, n, batch):
+            with numba.parallel_chunksize(1):  # jobs of unequal size: hand out one at a time
+                grid_nb.zmr_grid_nb(
+                    matrix[i0 : i0 + batch], plan.lookbacks, plan.entry, plan.exit_lo,
+                    plan.exit, plan.stop, *common, plan.chunk_simd, cost, first, segment,
+                    pieces, addrs, st[i0 : i0 + batch],
+                )
     p = look.shape[0]
     out = GridResult(np.empty((n, p)), np.empty((n, p)), np.empty((n, p)), np.empty((n, p), dtype=np.int64))
     for i in range(n):

@@ -26,6 +26,7 @@ own ``cuda.fma`` rounds twice).
 from __future__ import annotations
 
 import math
+import time
 from fractions import Fraction
 
 import numba
@@ -38,8 +39,9 @@ __all__ = ["PIECE", "run_lanes"]
 
 PIECE = 4096  # bars per phase-1 thread
 THREADS = 128  # threads per block
-# device memory for one batch of instruments (closes, z-score rows, returns)
-BATCH_BYTES = 8 * 2**30
+# device memory for one batch of instruments (closes, z-score rows, returns): at most this,
+# and at most half the device's free memory
+BATCH_BYTES = 32 * 2**30
 
 if numba.config.ENABLE_CUDASIM:
 
@@ -57,6 +59,17 @@ else:
 
     _fma = libdevice.fma
     _mul = libdevice.dmul_rn
+
+
+@cuda.jit(device=True)
+def _imax(a, b):
+    # (the builtin max/min of integers does not compile for CUDA in numba 0.68)
+    return a if a > b else b
+
+
+@cuda.jit(device=True)
+def _imin(a, b):
+    return a if a < b else b
 
 
 @cuda.jit(device=True)
@@ -113,11 +126,11 @@ def _recompute(x, t, lookback):
 def _zscore_piece(x, lookback, ta, tb, out, o0):
     """``grid_nb.zscore_range_nb`` for bars ``ta..tb-1`` into ``out[o0 + t - ta]``."""
     first = lookback - 1
-    for t in range(ta, min(tb, first)):
+    for t in range(ta, _imin(tb, first)):
         out[o0 + t - ta] = math.nan
     if tb <= first:
         return
-    t_begin = max(ta, first)
+    t_begin = _imax(ta, first)
     t = first + (t_begin - first) // lookback * lookback
     changed = t - lookback + 1
     for u in range(t, t - lookback + 1, -1):
@@ -128,7 +141,7 @@ def _zscore_piece(x, lookback, ta, tb, out, o0):
     inv_l1 = 1.0 / (lookback - 1)
     while t < tb:
         k, a1, a2 = _recompute(x, t, lookback)
-        end = min(t + lookback, tb)
+        end = _imin(t + lookback, tb)
         u = t
         while u < t_begin:
             u += 1
@@ -140,8 +153,8 @@ def _zscore_piece(x, lookback, ta, tb, out, o0):
         changed = u if x[u] != x[u - 1] else changed
         dn = x[u] - k
         while True:
-            dev = a1 * inv_l
-            var = (a2 - _mul(a1, dev)) * inv_l1
+            dev = _mul(a1, inv_l)
+            var = _mul(a2 - _mul(a1, dev), inv_l1)
             ok = (changed > u - lookback + 1) and (var > 0.0)
             out[o0 + u - ta] = ((dn - dev) / math.sqrt(var)) if ok else math.nan
             u += 1
@@ -174,7 +187,7 @@ def _phase1(close, lookbacks, pieces, zbuf, rbuf):
     x = close[i]
     if row == rows - 1:
         r = rbuf[i]
-        for t in range(max(a, 1), b):
+        for t in range(_imax(a, 1), b):
             r[t] = x[t] / x[t - 1] - 1.0
         if a == 0:
             r[0] = 0.0
@@ -218,7 +231,7 @@ def _phase2(zbuf, rbuf, lookbacks, lane_g, entry, exit_, stop, cost, start, st):
     wp = lane[7, j]
     z_row = zbuf[i, g]
     r_row = rbuf[i]
-    for t in range(max(lookbacks[g] - 1, start), r_row.shape[0]):
+    for t in range(_imax(lookbacks[g] - 1, start), r_row.shape[0]):
         q = _target(p, z_row[t], e, xt, s)
         trans = q != p
         c = cost if trans else 0.0
@@ -242,32 +255,57 @@ def _phase2(zbuf, rbuf, lookbacks, lane_g, entry, exit_, stop, cost, start, st):
     lane[7, j] = wp
 
 
+class _Clock:
+    """Seconds per step, synchronising the device at each lap (only when asked)."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.timings is None:
+            return
+        cuda.synchronize()
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now
+
+
 def run_lanes(matrix: np.ndarray, lookbacks: np.ndarray, lane_g: np.ndarray, entry: np.ndarray,
               exit_: np.ndarray, stop: np.ndarray, cost: float, start: int,
-              batch_bytes: int = BATCH_BYTES) -> np.ndarray:
+              timings: dict | None = None) -> np.ndarray:
     """Lane states (N, N_STATE, lanes) after every bar of ``matrix`` (N, T), computed on
     the GPU in batches of instruments (the layout of ``grid._zmr_plan``; ``lane_g`` is the
-    lookback group of each lane)."""
+    lookback group of each lane). ``timings``, if given, gets the seconds spent in
+    transfers, phase 1 and phase 2 (synchronising after each: for benchmarks)."""
     n_inst, n_bars = matrix.shape
     n_groups = lookbacks.shape[0]
     st = grid_nb.new_state(n_inst, entry.shape[0])
     per_instrument = (n_groups + 2) * n_bars * 8 + st[0].nbytes
-    batch = max(1, min(n_inst, batch_bytes // per_instrument))
+    budget = BATCH_BYTES
+    if not numba.config.ENABLE_CUDASIM:
+        budget = min(budget, cuda.current_context().get_memory_info().free // 2)
+    batch = max(1, min(n_inst, budget // per_instrument))
+    clock = _Clock(timings)
     pieces = max(1, -(-n_bars // PIECE))
     params = [cuda.to_device(np.ascontiguousarray(a)) for a in (lookbacks, lane_g, entry, exit_, stop)]
     d_look, d_lane_g, d_entry, d_exit, d_stop = params
     for i0 in range(0, n_inst, batch):
         i1 = min(i0 + batch, n_inst)
         close = cuda.to_device(matrix[i0:i1])
+        d_st = cuda.to_device(st[i0:i1])
         zbuf = cuda.device_array((i1 - i0, n_groups, n_bars))
         rbuf = cuda.device_array((i1 - i0, n_bars))
+        clock.lap("transfer_s")
         jobs = (i1 - i0) * (n_groups + 1) * pieces
         _phase1[-(-jobs // THREADS), THREADS](close, d_look, pieces, zbuf, rbuf)
-        d_st = cuda.to_device(st[i0:i1])
+        clock.lap("phase1_s")
         jobs = (i1 - i0) * entry.shape[0]
         _phase2[-(-jobs // THREADS), THREADS](
             zbuf, rbuf, d_look, d_lane_g, d_entry, d_exit, d_stop, cost, start, d_st
         )
+        clock.lap("phase2_s")
         st[i0:i1] = d_st.copy_to_host()
+        clock.lap("transfer_s")
         del close, zbuf, rbuf, d_st
     return st

@@ -18,7 +18,7 @@ seeds as the Parquet cache) -- no files needed. The grid is the same 1,000 sets.
 
 Prints both wall times (median of ``--repeats``) with bar-parameters per second and the ratio.
 
-Needs numpy, numba (and llvmlite), pyarrow, a CUDA driver, and NVVM + libdevice: from a CUDA
+Needs numpy, numba (and llvmlite), a CUDA driver, and NVVM + libdevice: from a CUDA
 toolkit (``CUDA_HOME``) or from the ``nvidia-cuda-nvcc-cu12`` wheel (with libcudart from
 ``nvidia-cuda-runtime-cu12``, which torch brings), found in site-packages and linked into a
 temporary CUDA_HOME because numba's built-in CUDA target only looks for versioned files in a

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from quant_assets.backtest.grid import zmr_grid
+
+# pyarrow is imported where files are touched: the generator alone (the GPU benchmark's
+# data, generated in memory) runs without it.
 
 __all__ = [
     "SweepReport",
@@ -34,14 +35,17 @@ __all__ = [
     "write_random_walk_bars",
 ]
 
-_STATS_SCHEMA = pa.schema([
-    ("instrument", pa.string()),
-    ("set_id", pa.int32()),
-    ("total_return", pa.float64()),
-    ("sharpe", pa.float64()),
-    ("max_drawdown", pa.float64()),
-    ("n_trades", pa.int64()),
-])
+def _stats_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("instrument", pa.string()),
+        ("set_id", pa.int32()),
+        ("total_return", pa.float64()),
+        ("sharpe", pa.float64()),
+        ("max_drawdown", pa.float64()),
+        ("n_trades", pa.int64()),
+    ])
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ def write_random_walk_bars(directory: str | Path, n_instruments: int, n_bars: in
                            vol: float = 8e-4) -> list[Path]:
     """:func:`random_walk_closes` of instruments 0..n-1, one Parquet partition each
     (``instrument=I0000/bars.parquet``). Returns the partition files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     root = Path(directory)
     paths = []
     for i in range(n_instruments):
@@ -97,6 +104,8 @@ def bar_partitions(directory: str | Path) -> list[tuple[str, Path]]:
 
 
 def _read_close(path: Path) -> np.ndarray:
+    import pyarrow.parquet as pq
+
     column = pq.read_table(path, columns=["close"]).column("close")
     if column.null_count:
         raise ValueError(f"{path}: close has {column.null_count} missing values")
@@ -120,7 +129,11 @@ def sweep_zmr_parquet(
     """Run the z-score grid (parameter arrays as in ``zmr_grid``) over every partition of
     ``bars_dir`` (the first ``instruments`` if given) and write the tables above to
     ``out_dir``. Returns the :class:`SweepReport`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     wall = time.perf_counter()
+    schema = _stats_schema()
     parts = bar_partitions(bars_dir)[:instruments]
     params = {k: np.asarray(v) for k, v in
               {"lookback": lookback, "entry": entry, "exit": exit, "stop": stop}.items()}
@@ -134,7 +147,7 @@ def sweep_zmr_parquet(
     trades = np.zeros(n_sets, dtype=np.int64)
     read_s = grid_s = write_s = 0.0
     bars = 0
-    with pq.ParquetWriter(out / "stats.parquet", _STATS_SCHEMA) as writer:
+    with pq.ParquetWriter(out / "stats.parquet", schema) as writer:
         for name, path in parts:
             t0 = time.perf_counter()
             close = _read_close(path)
@@ -149,7 +162,7 @@ def sweep_zmr_parquet(
                 "sharpe": res.sharpe,
                 "max_drawdown": res.max_drawdown,
                 "n_trades": res.n_trades,
-            }, schema=_STATS_SCHEMA))
+            }, schema=schema))
             sums["sharpe"] += res.sharpe
             sums["sharpe_sq"] += res.sharpe**2
             sums["total_return"] += res.total_return

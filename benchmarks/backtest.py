@@ -19,8 +19,8 @@ Compared on the same synthetic data (a geometric random walk), medians of ``--re
 * pandas rolling + a Python loop over bars, on a subset, extrapolated per bar-parameter.
 
 Timings are ns per bar-parameter per core (wall time x threads / (bars x parameter sets)).
-Peak memory is measured in a fresh subprocess (ru_maxrss increase during the call over the
-input bytes). The portfolio part runs ``scenario_backtest`` (``step_nb``'s arithmetic over
+Peak memory is measured in a fresh subprocess (the peak resident memory during the call
+over the resident memory before it, Linux's VmHWM reset first). The portfolio part runs ``scenario_backtest`` (``step_nb``'s arithmetic over
 many weight scenarios, four at a time under prange) and reports instrument-days per second
 per core. The machine may be shared: the 1-minute load average is printed next to each part
 (a load above the core count inflates every timing, the 2-thread ones most).
@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -230,16 +229,25 @@ def vectorbt_time(python: str, n_bars: int, repeats: int) -> tuple[float | None,
     return out["seconds"], f"vectorbt {out['version']}"
 
 
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
 def memory_probe(n_instruments: int, n_bars: int) -> dict:
-    """Runs in a fresh interpreter: ru_maxrss before/after one zmr_grid call."""
+    """Runs in a fresh interpreter: the peak resident memory during one zmr_grid call over
+    the resident memory before it. The peak (VmHWM) is reset first: compiling may have
+    peaked higher than the call does."""
     g = param_product(**GRID)
     zmr_grid(walk(1, 3000)[0], **g)  # compile / load the cache first
     close = walk(n_instruments, n_bars)
     close = close[0] if n_instruments == 1 else close
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_bytes("VmRSS")
     zmr_grid(close, **g)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"input": close.nbytes, "extra": max(0, after - before)}
+    return {"input": close.nbytes, "extra": max(0, _status_bytes("VmHWM") - before)}
 
 
 def run_memory_probe(n_instruments: int, n_bars: int) -> dict:

@@ -324,8 +324,9 @@ def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, ret
     plan = _zmr_plan(look, ent, ext, stp, 1 if return_series else batch, simd and not return_series)
     segment = max(grid_nb.BLOCK, min(n_bars, _BUFFER_BYTES // (8 * batch * (n_groups + 1))))
     threads = numba.get_num_threads()
-    # phase 1 pieces: enough jobs to balance the threads, each piece many windows long
-    pieces = max(1, min(math.ceil(_TASKS_PER_THREAD * threads / (batch * n_groups)),
+    # phase 1 pieces: enough jobs to balance the threads (twice the chunks' target: its
+    # jobs are short and the returns job is shorter), each piece many windows long
+    pieces = max(1, min(math.ceil(2 * _TASKS_PER_THREAD * threads / (batch * n_groups)),
                         segment // (8 * int(plan.lookbacks[-1]))))
     st = grid_nb.new_state(n, plan.entry.shape[0])
     common = (plan.chunk_g, plan.chunk_j0, plan.chunk_j1)

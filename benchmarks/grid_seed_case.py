@@ -167,8 +167,10 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     summary = pq.read_table(out_dir / "summary.parquet").to_pandas()
-    best = summary.sort_values("mean_sharpe", ascending=False).head(3)
-    print("\nbest 3 sets by mean Sharpe across instruments (a random walk: all should be ~<= 0):")
+    traded = summary[summary.n_trades > 0]
+    best = traded.sort_values("mean_sharpe", ascending=False).head(3)
+    print(f"\n{len(traded)} of {len(summary)} sets traded; the best 3 by mean Sharpe across "
+          "instruments (random walks with costs: all should be <= 0):")
     print(best[["lookback", "entry", "exit", "stop", "mean_sharpe", "std_sharpe",
                 "mean_total_return", "n_trades"]].to_string(index=False))
 

@@ -3,9 +3,14 @@
     .venv/bin/python benchmarks/backtest.py            # full run (~several minutes)
     .venv/bin/python benchmarks/backtest.py --quick    # small sizes (< 1 minute)
 
-Compared on the same synthetic data (a geometric random walk), medians of ``--repeats``:
+Compared on the same synthetic data (a geometric random walk), medians of ``--repeats``
+(the zmr_grid timings and the ceiling interleaved round by round, so load changes hit all):
 
 * ``zmr_grid`` (1 and 2 numba threads);
+* the machine's ceiling for this layout: the same run (z-score phase, same lanes, same SIMD
+  loop and loads) with kernels that only decide positions (the threshold compares and
+  selects, transitions counted) and book nothing; the gap between the two rows is the cost
+  of the bookkeeping (returns, equity, Sharpe sums, drawdown);
 * a straightforward per-parameter numba loop: one njit call per parameter set, recomputing
   its own rolling statistics;
 * vectorbt ``Portfolio.from_signals`` with the equivalent long/short entry/exit signals, run
@@ -14,8 +19,8 @@ Compared on the same synthetic data (a geometric random walk), medians of ``--re
 * pandas rolling + a Python loop over bars, on a subset, extrapolated per bar-parameter.
 
 Timings are ns per bar-parameter per core (wall time x threads / (bars x parameter sets)).
-Peak memory is measured in a fresh subprocess (ru_maxrss increase during the call over the
-input bytes). The portfolio part runs ``scenario_backtest`` (``step_nb``'s arithmetic over
+Peak memory is measured in a fresh subprocess (the peak resident memory during the call
+over the resident memory before it, Linux's VmHWM reset first). The portfolio part runs ``scenario_backtest`` (``step_nb``'s arithmetic over
 many weight scenarios, four at a time under prange) and reports instrument-days per second
 per core. The options part (``--options-only`` runs it alone) times the portfolio-construction
 options of one strategy run (sector-neutral weights, trailing betas, the beta-neutral
@@ -30,7 +35,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +47,7 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quant_assets.backtest import CostModel, param_product, scenario_backtest, zmr_grid  # noqa: E402
+from quant_assets.backtest import CostModel, grid, param_product, scenario_backtest, zmr_grid  # noqa: E402
 
 GRID = {
     "lookback": [20, 40, 60, 80, 100],
@@ -67,6 +71,12 @@ def walk(n_instruments: int, n_bars: int, seed: int = 0) -> np.ndarray:
 
 def load_average() -> str:
     return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def median_time(fn, repeats: int) -> float:
@@ -222,16 +232,25 @@ def vectorbt_time(python: str, n_bars: int, repeats: int) -> tuple[float | None,
     return out["seconds"], f"vectorbt {out['version']}"
 
 
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
 def memory_probe(n_instruments: int, n_bars: int) -> dict:
-    """Runs in a fresh interpreter: ru_maxrss before/after one zmr_grid call."""
+    """Runs in a fresh interpreter: the peak resident memory during one zmr_grid call over
+    the resident memory before it. The peak (VmHWM) is reset first: compiling may have
+    peaked higher than the call does."""
     g = param_product(**GRID)
     zmr_grid(walk(1, 3000)[0], **g)  # compile / load the cache first
     close = walk(n_instruments, n_bars)
     close = close[0] if n_instruments == 1 else close
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_bytes("VmRSS")
     zmr_grid(close, **g)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"input": close.nbytes, "extra": max(0, after - before)}
+    return {"input": close.nbytes, "extra": max(0, _status_bytes("VmHWM") - before)}
 
 
 def run_memory_probe(n_instruments: int, n_bars: int) -> dict:
@@ -245,21 +264,33 @@ def run_memory_probe(n_instruments: int, n_bars: int) -> dict:
 def grid_rows(label: str, close: np.ndarray, g: dict, repeats: int, base_repeats: int) -> list:
     n_inst = 1 if close.ndim == 1 else close.shape[0]
     bar_params = close.size * g["lookback"].shape[0]
-    rows = []
+    args = (g["lookback"], g["entry"], g["exit"], g["stop"], COST_BPS, BPY, 1, False)
     zmr_grid(close[..., :2000], **g)
-    numba.set_num_threads(1)
-    t1 = median_time(lambda: zmr_grid(close, **g), repeats)
-    numba.set_num_threads(2)
-    t2 = median_time(lambda: zmr_grid(close, **g), repeats)
+    grid._zmr(close[..., :2000], *args, kernels="ceiling")
+    runs = {"t1": [], "t2": [], "ceiling": []}
+    for _ in range(repeats):  # interleaved rounds: a load change hits every engine alike
+        numba.set_num_threads(1)
+        runs["t1"].append(timed(lambda: zmr_grid(close, **g)))
+        runs["ceiling"].append(timed(lambda: grid._zmr(close, *args, kernels="ceiling")))
+        numba.set_num_threads(2)
+        runs["t2"].append(timed(lambda: zmr_grid(close, **g)))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    t1, t2, tc = (statistics.median(runs[k]) for k in ("t1", "t2", "ceiling"))
     ns1 = t1 * 1e9 / bar_params
     ns2 = t2 * 2 * 1e9 / bar_params
+    nsc = tc * 1e9 / bar_params
     matrix = close.reshape(n_inst, -1)
     per_param_loop(matrix[:, :2000], g)
     tb = median_time(lambda: per_param_loop(matrix, g), base_repeats)
     nsb = tb * 1e9 / bar_params
+    rows = []
     rows.append((label, "zmr_grid, 1 thread", t1, ns1, 1.0))
     rows.append((label, f"zmr_grid, 2 threads (speed-up {t1 / t2:.2f}x)", t2, ns2, ns1 / ns2))
+    rows.append((label, "ceiling: positions only, no booking, 1 thread", tc, nsc, ns1 / nsc))
     rows.append((label, "per-parameter numba loop, 1 thread", tb, nsb, ns1 / nsb))
+    spread = {k: f"{min(v) * 1e9 / bar_params:.2f}-{max(v) * 1e9 / bar_params:.2f}" for k, v in runs.items()}
+    print(f"{label}: runs (ns/bar-param, min-max of {repeats}): 1 thread {spread['t1']}, "
+          f"2 threads {spread['t2']} (wall), ceiling {spread['ceiling']}")
     return rows
 
 
@@ -382,6 +413,8 @@ def main() -> None:
         rel = "1.00x" if ratio == 1.0 else f"{1 / ratio:.1f}x slower" if ratio < 1 else f"{ratio:.2f}x"
         if "2 threads" in engine:
             rel = "(per core)"
+        if "ceiling" in engine:
+            rel = f"grid {ratio:.2f}x"
         print(f"{case:<34} {engine:<48} {seconds:>10.3f} {ns:>18.2f} {rel:>12}")
     print("(vectorbt and pandas rows: measured on the subset shown; their ns/bar-param is the "
           "extrapolation to the full sizes)")
@@ -419,12 +452,12 @@ def main() -> None:
 
     options_part(quick, repeats)
 
-    # Extrapolation: 5 years of 1-minute bars x 500 instruments x 1,000 parameter sets.
-    total = 98_000 * 5 * 500 * 1000
+    # The seeds' headline case is run end to end by benchmarks/grid_seed_case.py.
+    total = 252 * 390 * 5 * 500 * 1000
     core_s = total * ns_grid * 1e-9
-    print(f"\nextrapolated: 5y x 98k 1-min bars x 500 instruments x 1,000 sets = {total:.2e} "
-          f"bar-params at {ns_grid:.2f} ns -> {core_s / 3600:.1f} core-hours "
-          f"({core_s / 3600 / 2:.1f} h on 2 cores)")
+    print(f"\nat {ns_grid:.2f} ns: 5y of 1-min bars (491,400) x 500 instruments x 1,000 sets "
+          f"= {total:.2e} bar-params -> {core_s / 60:.1f} core-minutes of grid "
+          f"(run end to end: benchmarks/grid_seed_case.py)")
 
 
 if __name__ == "__main__":

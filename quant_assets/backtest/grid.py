@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from quant_assets.backtest import grid_nb
+from quant_assets.backtest import grid_nb, grid_simd
 from quant_assets.backtest.portfolio import CostModel
 
 __all__ = [
@@ -72,11 +72,15 @@ __all__ = [
 ]
 
 # Chunks of a lookback group are cut at multiples of LANES (the kernels pad every chunk to a
-# multiple of it), so splitting a group never adds padding lanes: 27 sets split as 16 + 11,
-# two 16-lane tasks, the same 32 lanes of work as one unsplit task. That keeps 1 instrument x
+# multiple of it), so splitting a group never adds padding lanes. That keeps 1 instrument x
 # 5 lookbacks balanced on 2 threads (10 equal tasks instead of 5).
 # Aim for this many tasks per thread so that static prange scheduling balances well.
 _TASKS_PER_THREAD = 4
+# The z-score grid's lanes are cut in multiples of this (the SIMD kernel's 16-lane step).
+_SIMD_STEP = 16
+# Memory for the z-score grid's per-segment buffers (z-scores of every instrument x lookback
+# and returns of every instrument); longer series run in segments of bars.
+_BUFFER_BYTES = 32 * 2**20
 
 
 class GridResult(NamedTuple):
@@ -236,6 +240,131 @@ def _run_grid(
     return (result, series) if return_series else result
 
 
+class _ZmrPlan(NamedTuple):
+    """Lane layout of a z-score grid (see :mod:`quant_assets.backtest.grid_nb`)."""
+
+    lookbacks: np.ndarray  # (G,) distinct lookbacks, ascending
+    entry: np.ndarray  # (M,) padded lane parameters, lookback groups one after the other
+    exit: np.ndarray
+    exit_lo: np.ndarray  # the double just below exit (the SIMD kernel's strict compare)
+    stop: np.ndarray
+    lane_col: np.ndarray  # (M,) parameter-set index of each lane, -1 for padding
+    chunk_g: np.ndarray  # (C,) group of each chunk
+    chunk_j0: np.ndarray  # (C,) first lane
+    chunk_j1: np.ndarray  # (C,) end lane
+    chunk_simd: np.ndarray  # (C,) bool: SIMD kernel (all entries >= 0)
+
+
+def _zmr_plan(look, ent, ext, stp, n_instruments: int, simd: bool) -> _ZmrPlan:
+    """Sort the sets by lookback, pad each group to whole vectors and cut it into chunks.
+
+    Groups are split (at multiples of the SIMD step, so no extra padding) only when
+    instruments x groups are too few to keep every thread busy. Layout and chunking affect
+    speed only, never results.
+    """
+    order = np.argsort(look, kind="stable")
+    sorted_look = look[order]
+    starts = np.flatnonzero(np.r_[True, sorted_look[1:] != sorted_look[:-1]])
+    stops = np.r_[starts[1:], sorted_look.shape[0]]
+    target = _TASKS_PER_THREAD * numba.get_num_threads()
+    splits = max(1, math.ceil(target / (n_instruments * starts.shape[0])))
+    lanes = grid_nb.ZMR_LANES
+    sizes = [-(-(b - a) // lanes) * lanes for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+    n_lanes = sum(sizes)
+    entry = np.zeros(n_lanes)
+    exit_ = np.zeros(n_lanes)
+    stop = np.zeros(n_lanes)
+    lane_col = np.full(n_lanes, -1, dtype=np.int64)
+    chunk_g, chunk_j0, chunk_j1, chunk_simd = [], [], [], []
+    j = 0
+    for g, (a, b) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
+        cols = order[a:b]
+        entry[j : j + b - a] = ent[cols]
+        exit_[j : j + b - a] = ext[cols]
+        stop[j : j + b - a] = stp[cols]
+        lane_col[j : j + b - a] = cols
+        steps = -(-sizes[g] // _SIMD_STEP)
+        parts = max(1, min(splits, steps))
+        cuts = np.minimum(np.linspace(0, steps, parts + 1).round().astype(np.int64) * _SIMD_STEP, sizes[g])
+        if parts > 1 and g % 2:
+            cuts = sizes[g] - cuts[::-1]  # odd groups put the short chunk first (balance)
+        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            chunk_g.append(g)
+            chunk_j0.append(j + lo)
+            chunk_j1.append(j + hi)
+            # the SIMD transition rule needs entry >= 0 (long and short entries exclusive)
+            chunk_simd.append(simd and bool((entry[j + lo : j + hi] >= 0).all()))
+        j += sizes[g]
+    return _ZmrPlan(
+        sorted_look[starts].astype(np.int64), entry, exit_, np.nextafter(exit_, -np.inf), stop,
+        lane_col, np.array(chunk_g, dtype=np.int64), np.array(chunk_j0, dtype=np.int64),
+        np.array(chunk_j1, dtype=np.int64), np.array(chunk_simd, dtype=np.bool_),
+    )
+
+
+def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, return_series,
+         simd=True, kernels="lanes", backend="cpu", timings=None):
+    """:func:`zmr_grid` (``simd=False``: the plain numba lanes everywhere, for tests;
+    ``kernels="ceiling"``: the benchmark's ceiling kernels, meaningless statistics;
+    ``timings``: a dict for the GPU's time per step, for benchmarks)."""
+    if backend not in ("cpu", "cuda"):
+        raise ValueError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
+    if backend == "cuda" and return_series:
+        raise ValueError("return_series=True is not supported with backend='cuda'")
+    matrix, one_d = _close_matrix(close)
+    look, ent, ext, stp = _params(lookback, entry, exit, stop)
+    cost = _check_number("cost_bps", cost_bps, positive=False) / 1e4
+    ann = math.sqrt(_check_number("bars_per_year", bars_per_year, positive=True))
+    first = _check_start(start, matrix.shape[1])
+    n, n_bars = matrix.shape
+    n_groups = np.unique(look).shape[0]
+    # instruments per kernel call: as many as the buffers (z-score rows and returns of the
+    # whole series) allow; a longer series alone runs in segments of bars
+    batch = n if return_series else max(1, min(n, _BUFFER_BYTES // (8 * (n_groups + 1) * n_bars)))
+    plan = _zmr_plan(look, ent, ext, stp, 1 if return_series else batch, simd and not return_series)
+    segment = max(grid_nb.BLOCK, min(n_bars, _BUFFER_BYTES // (8 * batch * (n_groups + 1))))
+    threads = numba.get_num_threads()
+    # phase 1 pieces: enough jobs to balance the threads (twice the chunks' target: its
+    # jobs are short and the returns job is shorter), each piece many windows long
+    pieces = max(1, min(math.ceil(2 * _TASKS_PER_THREAD * threads / (batch * n_groups)),
+                        segment // (8 * int(plan.lookbacks[-1]))))
+    st = grid_nb.new_state(n, plan.entry.shape[0])
+    common = (plan.chunk_g, plan.chunk_j0, plan.chunk_j1)
+    if backend == "cuda":
+        from quant_assets.backtest import grid_cuda  # imports numba.cuda: only when asked
+
+        lane_g = np.empty(plan.entry.shape[0], dtype=np.int64)
+        for g, j0, j1 in zip(*(a.tolist() for a in common), strict=True):
+            lane_g[j0:j1] = g
+        st = grid_cuda.run_lanes(matrix, plan.lookbacks, lane_g, plan.entry, plan.exit, plan.stop,
+                                 cost, first, timings)
+    elif return_series:
+        series = np.zeros((look.shape[0], n_bars))
+        grid_nb.zmr_grid_series_nb(
+            matrix, plan.lookbacks, plan.entry, plan.exit, plan.stop, *common, plan.lane_col,
+            cost, first, segment, pieces, st, series,
+        )
+        series /= n  # equal weight across instruments
+    else:
+        addrs = np.zeros(4, dtype=np.int64)
+        if plan.chunk_simd.any():
+            compiled = grid_simd.kernel_addresses()
+            addrs[:] = [compiled[f"{kernels}{k}"] for k in (16, 12, 8, 4)]
+        for i0 in range(0, n, batch):
+            with numba.parallel_chunksize(1):  # jobs of unequal size: hand out one at a time
+                grid_nb.zmr_grid_nb(
+                    matrix[i0 : i0 + batch], plan.lookbacks, plan.entry, plan.exit_lo,
+                    plan.exit, plan.stop, *common, plan.chunk_simd, cost, first, segment,
+                    pieces, addrs, st[i0 : i0 + batch],
+                )
+    p = look.shape[0]
+    out = GridResult(np.empty((n, p)), np.empty((n, p)), np.empty((n, p)), np.empty((n, p), dtype=np.int64))
+    for i in range(n):
+        grid_nb.finish_nb(st[i], n_bars - first, ann, plan.lane_col, *(o[i] for o in out))
+    result = GridResult(*(o[0] for o in out)) if one_d else out
+    return (result, series) if return_series else result
+
+
 def zmr_grid(
     close: Any,
     lookback: Any,
@@ -247,6 +376,7 @@ def zmr_grid(
     *,
     start: int = 1,
     return_series: bool = False,
+    backend: str = "cpu",
 ) -> GridResult | tuple[GridResult, np.ndarray]:
     """Z-score mean reversion over P parameter sets (conventions: module docstring).
 
@@ -259,11 +389,12 @@ def zmr_grid(
     bars ``start..T-1`` (``start = 1`` is the plain convention). ``return_series=True``
     also returns the per-bar returns (P, T) -- for a 2-D ``close`` their equal-weight mean
     over the instruments, so memory stays P x T whatever N -- as ``(result, returns)``.
+
+    ``backend="cuda"`` runs the grid on a GPU (:mod:`quant_assets.backtest.grid_cuda`, numba
+    CUDA): bit for bit the same results as the default ``"cpu"``; no ``return_series``.
     """
-    return _run_grid(
-        (grid_nb.zmr_grid_nb, grid_nb.zmr_grid_series_nb), close, lookback, entry, exit, stop,
-        cost_bps, bars_per_year, start, return_series,
-    )
+    return _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, return_series,
+                backend=backend)
 
 
 def breakout_grid(

@@ -3,22 +3,28 @@
 The conventions are documented in :mod:`quant_assets.backtest.grid`; these kernels trust
 their caller to have validated the inputs.
 
-Layout. Work is split into *tasks*: one instrument x one lookback x one contiguous chunk
-of the parameter sets sharing that lookback (parameters are sorted by lookback by the
-caller). A task computes its rolling statistic once per bar and then advances every
-parameter set of its chunk in an inner loop over small state arrays, so the work per
-bar-parameter is a few compares and a multiply-add. Tasks run under ``prange``; each writes
-only its own output cells and nothing is reduced across threads, so results do not depend
-on the number of threads (or on the chunking: a parameter set's arithmetic only depends on
-its instrument and lookback).
+Lanes. Parameter sets are sorted by lookback (the rolling statistic they share) and laid out
+as *lanes*: each lookback group is padded to a multiple of ``LANES`` with lanes that never
+trade. A lane's state is one column of an (``N_STATE``, lanes) block, the rows below; one
+pass over the bars advances all lanes of a chunk, so the work per bar-parameter is a few
+compares and multiply-adds. Nothing is reduced across threads and a lane's arithmetic only
+depends on its instrument and lookback, so results do not depend on the number of threads,
+the chunking or the order of the parameter sets.
 
-The inner loops are written branch-free (selects instead of ``if``) so that LLVM can
-vectorise them across parameter sets; ``error_model="numpy"`` (IEEE division, no Python
-zero-division checks) keeps them so. The z-score kernel advances each lane by two bars per
-pass (``_zmr_lanes2_nb``): the lane's state is loaded and stored once per two bars, which
-measured ~3x faster than one bar per pass (state traffic, not arithmetic, was the bound);
-the arithmetic per bar is unchanged, so results are bit-identical. Four bars per pass
-measured no faster.
+Z-score grid (:func:`zmr_grid_nb`), per segment of bars: phase 1 computes the z-scores of
+every (instrument, lookback) and the returns of every instrument into buffers (in parallel,
+long series cut into pieces); phase 2 advances every (instrument, chunk of lanes) over the
+segment (in parallel). Computing the rolling statistic once per lookback, not once per
+chunk, is what lets a single instrument use both cores. Phase 2 runs the SIMD kernel of
+:mod:`quant_assets.backtest.grid_simd` for chunks whose entries are all >= 0 and
+:func:`zmr_lanes_nb` (the plain numba loop, any thresholds, optionally recording per-bar
+returns) otherwise; both book bit-identical arithmetic (``_book_nb``).
+
+Booking (one place, mirrored by the SIMD kernel): ``r = fma(p, ret, -c)`` with ``c`` the
+cost on a bar where the position changes (|q - p| = 1: never long <-> short directly);
+``equity = fma(equity, r, equity)``; ``s1 += r``; ``s2 = fma(r, r, s2)``; the drawdown keeps
+the running peak and the worst (equity, peak) pair by cross-multiplication (no division per
+bar); transitions are counted (trades = (transitions + |final position|) / 2).
 """
 
 from __future__ import annotations
@@ -26,152 +32,271 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
 
 from quant_assets.backtest import nb
 
 # Relative size below which a one-pass variance is indistinguishable from rounding error.
 _VAR_EPS = 8.0 * 2.220446049250313e-16
 
-
-# Bars per block: the shared per-bar statistics of a block are computed first (their
-# divisions and square roots vectorise), then the lanes run over the block from L1 cache.
+# Bars per block of the per-chunk kernels (breakout, series mode): the shared per-bar
+# statistics of a block are computed first, then the lanes run over it from L1 cache.
 BLOCK = 512
-# Lanes are padded to a multiple of this so that LLVM's vector loop over parameter sets has
-# no scalar remainder (16 doubles = two 512-bit vectors). Measured: as fast per lane as 32,
-# and it lets a 27-set lookback group split into two 16-lane chunks (balanced threads) for
-# the same 32 lanes of work that one unsplit chunk costs.
+# Breakout lanes are padded to a multiple of this so that LLVM's vector loop over parameter
+# sets has no scalar remainder (16 doubles = two 512-bit vectors).
 LANES = 16
+# Z-score lanes are padded per lookback to a multiple of this: the SIMD kernels take 16, 12,
+# 8 or 4 lanes (a 4-lane vector costs half an 8-lane one), so 27 sets take 28 lanes, not 32.
+ZMR_LANES = 4
 
-# State rows of a task (one (N_STATE, lanes) block keeps a task's state together and lets
-# LLVM vectorise across lanes without alias checks between many separate arrays).
-_POS, _EQ, _PEAK, _TROUGH, _WORST_T, _WORST_P, _S1, _S2, _ENTRIES, _PRICE_IN = range(10)
-N_STATE = 10
+# State rows of a lane (rows 0-7 are also the SIMD kernel's layout; row 8 only breakout's).
+_POS, _EQ, _S1, _S2, _NT, _PEAK, _WT, _WP, _PRICE_IN = range(9)
+N_STATE = 9
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once (``llvm.fma``): the same operation as the SIMD kernel's."""
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        d = ir.DoubleType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(d, [d, d, d]), "llvm.fma.f64")
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _simd_lanes(typingctx, addr, st, st_off, ld, m, z, z_off, ret, r_off, n, ent, xlo, stp, p_off, cost):
+    """Call a kernel of :mod:`grid_simd` at ``addr`` on lanes ``p_off..p_off+m`` of ``st``
+    (state block starting ``st_off`` doubles into ``st``, rows ``ld`` apart) over bars
+    ``z[z_off:z_off+n]`` / ``ret[r_off:r_off+n]``. The address is a run-time argument, so
+    the calling kernel stays cacheable."""
+    sig = types.void(addr, st, st_off, ld, m, z, z_off, ret, r_off, n, ent, xlo, stp, p_off, cost)
+
+    def codegen(context, builder, signature, args):
+        (addr_v, st_v, st_off_v, ld_v, m_v, z_v, z_off_v, r_v, r_off_v, n_v, ent_v, xlo_v,
+         stp_v, p_off_v, cost_v) = args
+        tys = signature.args
+
+        def data(k, value, off):
+            array = context.make_array(tys[k])(context, builder, value)
+            return builder.gep(array.data, [off])
+
+        pd = ir.DoubleType().as_pointer()
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [pd, i64, i64, pd, pd, i64, pd, pd, pd, ir.DoubleType()])
+        fn = builder.inttoptr(addr_v, fnty.as_pointer())
+        builder.call(fn, [
+            data(1, st_v, st_off_v), ld_v, m_v, data(5, z_v, z_off_v), data(7, r_v, r_off_v), n_v,
+            data(10, ent_v, p_off_v), data(11, xlo_v, p_off_v), data(12, stp_v, p_off_v), cost_v,
+        ])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, error_model="numpy")
 def zscore_recompute_nb(x, t, lookback):
     """Exact two-pass sums of the window ``x[t-L+1..t]`` around its mean ``k``.
 
-    Returns ``(k, a1, a2)`` with ``a1 = sum(x - k)`` (~0) and ``a2 = sum((x - k)^2)``.
+    Returns ``(k, a1, a2)`` with ``a1 = sum(x - k)`` (~0) and ``a2 = sum((x - k)^2)``. Each
+    sum runs as four interleaved partial sums (a fixed order, so results are deterministic):
+    one chain of dependent adds would cost its latency per element.
     """
-    s = 0.0
-    for u in range(t - lookback + 1, t + 1):
-        s += x[u]
-    k = s / lookback
+    lo = t - lookback + 1
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    u = lo
+    while u + 3 <= t:
+        s0 += x[u]
+        s1 += x[u + 1]
+        s2 += x[u + 2]
+        s3 += x[u + 3]
+        u += 4
+    while u <= t:
+        s0 += x[u]
+        u += 1
+    k = ((s0 + s1) + (s2 + s3)) / lookback
+    a0 = 0.0
     a1 = 0.0
     a2 = 0.0
-    for u in range(t - lookback + 1, t + 1):
-        d = x[u] - k
-        a1 += d
-        a2 += d * d
-    return k, a1, a2
+    a3 = 0.0
+    b0 = 0.0
+    b1 = 0.0
+    b2 = 0.0
+    b3 = 0.0
+    u = lo
+    while u + 3 <= t:
+        d0 = x[u] - k
+        d1 = x[u + 1] - k
+        d2 = x[u + 2] - k
+        d3 = x[u + 3] - k
+        a0 += d0
+        a1 += d1
+        a2 += d2
+        a3 += d3
+        b0 += d0 * d0
+        b1 += d1 * d1
+        b2 += d2 * d2
+        b3 += d3 * d3
+        u += 4
+    while u <= t:
+        d0 = x[u] - k
+        a0 += d0
+        b0 += d0 * d0
+        u += 1
+    return k, (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
 
 
 @njit(cache=True, error_model="numpy")
-def zscore_block_nb(x, t0, t1, lookback, zb, roll, run):
-    """Z-scores of bars ``t0..t1-1`` into ``zb`` (NaN: no transition); returns ``run``.
-
-    ``roll`` = [k, a1, a2, countdown] carries the rolling state between blocks. Sums are
-    kept of ``x - k`` (shifted by a recent window mean ``k``, which keeps the one-pass
-    variance well conditioned) and slid by one bar; every ``L`` bars (when the window has
-    fully turned over) they are recomputed exactly by two passes, so rounding drift never
-    accumulates over more than ``L`` updates. ``run`` is the length of the streak of equal
-    closes ending at the bar: a constant window (std = 0) is detected exactly instead of
-    through a rounded variance.
-    """
-    k = roll[0]
-    a1 = roll[1]
-    a2 = roll[2]
-    countdown = np.int64(roll[3])
+def _zscores_nb(out, dev_x, s1, s2, changed, u0, lookback):
+    """z from the window sums of bars ``u0..`` (apart from the sequential loop so that
+    the divisions and square roots vectorise): ``dev_x = x - k``, ``s1``/``s2`` the sums
+    of ``x - k`` and its square, ``changed`` the last bar whose close moved."""
     inv_l = 1.0 / lookback
     inv_l1 = 1.0 / (lookback - 1)
-    for t in range(t0, t1):
-        i = t - t0
-        if t > 0:
-            run = run + 1 if x[t] == x[t - 1] else 1
-        if t < lookback - 1:
-            zb[i] = np.nan
-            continue
-        if countdown == 0:
-            k, a1, a2 = zscore_recompute_nb(x, t, lookback)
-            countdown = lookback
-        else:
-            dn = x[t] - k
-            do = x[t - lookback] - k
+    for i in range(out.shape[0]):
+        a1 = s1[i]
+        dev = a1 * inv_l
+        var = (s2[i] - a1 * dev) * inv_l1
+        ok = (changed[i] > u0 + i - lookback + 1) & (var > 0.0)
+        out[i] = ((dev_x[i] - dev) / math.sqrt(var)) if ok else np.nan
+
+
+@njit(cache=True, error_model="numpy")
+def zscore_range_nb(x, lookback, ta, tb, out):
+    """Z-scores of bars ``ta..tb-1`` into ``out[0:tb-ta]`` (NaN: no transition).
+
+    ``z_t = (x_t - mean) / std`` over the window ``x[t-L+1..t]`` (ddof=1), NaN before bar
+    L-1 and where the window is constant. Sums are kept of ``x - k`` (shifted by the window
+    mean ``k`` of the last exact recompute, which keeps the one-pass variance well
+    conditioned) and slid by one bar; they are recomputed exactly by two passes at bars
+    L-1, 2L-1, 3L-1, ..., so rounding drift never accumulates over more than L updates. The
+    value at a bar does not depend on ``ta`` (a range starts from the recompute at or
+    before it), so a series can be cut into pieces computed in parallel. A constant window
+    is detected exactly (the last bar whose close differs from the one before), not through
+    a rounded variance.
+    """
+    first = lookback - 1
+    for t in range(ta, min(tb, first)):
+        out[t - ta] = np.nan
+    if tb <= first:
+        return
+    t_begin = max(ta, first)
+    t = first + (t_begin - first) // lookback * lookback
+    # the last bar <= t whose close differs from the previous one (older ones do not matter)
+    changed = t - lookback + 1
+    for u in range(t, t - lookback + 1, -1):
+        if x[u] != x[u - 1]:
+            changed = u
+            break
+    # per-bar sums of the bars not yet turned into z (every ~BLOCK bars)
+    cap = BLOCK + lookback
+    dev_x = np.empty(cap)
+    s1 = np.empty(cap)
+    s2 = np.empty(cap)
+    moved = np.empty(cap, np.int64)
+    done = t_begin
+    while t < tb:
+        # one recompute interval: the exact sums at bar t, then L - 1 one-bar slides
+        k, a1, a2 = zscore_recompute_nb(x, t, lookback)
+        end = min(t + lookback, tb)
+        u = t
+        while u < t_begin:  # first interval only: slide to the first bar wanted
+            u += 1
+            dn = x[u] - k
+            do = x[u - lookback] - k
             a1 += dn - do
             a2 += dn * dn - do * do
-        countdown -= 1
-        dev = a1 * inv_l
-        var = (a2 - a1 * dev) * inv_l1
-        # Numerator now, division by the std in a separate (vectorised) pass below.
-        zb[i] = (x[t] - k) - dev if (run < lookback) & (var > 0.0) else np.nan
-        roll[4 + i] = var if var > 0.0 else 1.0
-    for i in range(t1 - t0):
-        zb[i] = zb[i] / math.sqrt(roll[4 + i])
-    roll[0] = k
-    roll[1] = a1
-    roll[2] = a2
-    roll[3] = countdown
-    return run
+            changed = u if x[u] != x[u - 1] else changed
+        changed = u if x[u] != x[u - 1] else changed
+        dn = x[u] - k
+        while True:
+            i = u - done
+            dev_x[i] = dn
+            s1[i] = a1
+            s2[i] = a2
+            moved[i] = changed
+            u += 1
+            if u >= end:
+                break
+            dn = x[u] - k
+            do = x[u - lookback] - k
+            a1 += dn - do
+            a2 += dn * dn - do * do
+            changed = u if x[u] != x[u - 1] else changed
+        t = end
+        if t - done >= BLOCK or t >= tb:
+            n = t - done
+            _zscores_nb(out[done - ta : t - ta], dev_x[:n], s1[:n], s2[:n], moved[:n], done, lookback)
+            done = t
 
 
 @njit(cache=True, error_model="numpy")
 def rolling_zscore_nb(x, lookback):
-    """The z-score series (T,) that the grid kernel sees (NaN where no transition happens)."""
-    n_bars = x.shape[0]
-    out = np.empty(n_bars)
-    roll = np.zeros(4 + BLOCK)
-    run = 1
-    for t0 in range(0, n_bars, BLOCK):
-        t1 = min(t0 + BLOCK, n_bars)
-        run = zscore_block_nb(x, t0, t1, lookback, out[t0:t1], roll, run)
+    """The z-score series (T,) that the grid kernels see (NaN where no transition happens)."""
+    out = np.empty(x.shape[0])
+    zscore_range_nb(x, lookback, 0, x.shape[0], out)
     return out
 
 
 @njit(cache=True, error_model="numpy")
-def _new_state(m):
-    """Per-lane state: equity, peak and the drawdown ratios start at 1, the rest at 0."""
-    state = np.zeros((N_STATE, m))
-    for r in (_EQ, _PEAK, _TROUGH, _WORST_T, _WORST_P):
-        state[r, :] = 1.0
+def returns_range_nb(x, ta, tb, out):
+    """Close-to-close returns of bars ``ta..tb-1`` into ``out[0:tb-ta]`` (bar 0: 0)."""
+    for t in range(max(ta, 1), tb):
+        out[t - ta] = x[t] / x[t - 1] - 1.0
+    if ta == 0 and tb > 0:
+        out[0] = 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def new_state(n_instruments, n_lanes):
+    """Lane states (N, N_STATE, lanes): equity, peak and the worst pair start at 1."""
+    state = np.zeros((n_instruments, N_STATE, n_lanes))
+    for r in (_EQ, _PEAK, _WT, _WP):
+        state[:, r, :] = 1.0
     return state
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _book_nb(st, j, p, q, ret, cost):
-    """Book the bar's return of lane ``j`` moving from position ``p`` to ``q``.
-
-    Max drawdown without a division per bar: within one episode (between new peaks) the
-    deepest point is the lowest equity, so only the trough is tracked; when a new peak ends
-    the episode its ratio trough / peak is compared with the worst so far by
-    cross-multiplication (all values are > 0).
-    """
-    r = p * ret - cost * abs(q - p)
-    e = st[_EQ, j] * (1.0 + r)
+    """Book the bar's return of lane ``j`` moving from position ``p`` to ``q``; returns r."""
+    trans = q != p
+    c = cost if trans else 0.0
+    r = fma(p, ret, -c)
+    e = st[_EQ, j]
+    e = fma(e, r, e)
     st[_EQ, j] = e
     st[_S1, j] += r
-    st[_S2, j] += r * r
-    st[_ENTRIES, j] += 1.0 if (p == 0.0) & (q != 0.0) else 0.0
+    st[_S2, j] = fma(r, r, st[_S2, j])
+    st[_NT, j] += 1.0 if trans else 0.0
     pk = st[_PEAK, j]
-    tr = st[_TROUGH, j]
-    wt = st[_WORST_T, j]
-    wp = st[_WORST_P, j]
-    new_peak = e > pk
-    worse = new_peak & (tr * wp < wt * pk)
-    st[_WORST_T, j] = tr if worse else wt
-    st[_WORST_P, j] = pk if worse else wp
-    st[_PEAK, j] = e if new_peak else pk
-    st[_TROUGH, j] = e if new_peak else min(tr, e)
+    pk = e if e > pk else pk
+    st[_PEAK, j] = pk
+    wt = st[_WT, j]
+    wp = st[_WP, j]
+    worse = e * wp < wt * pk
+    st[_WT, j] = e if worse else wt
+    st[_WP, j] = pk if worse else wp
     st[_POS, j] = q
     return r
 
 
 @njit(cache=True, error_model="numpy")
-def _finish_nb(st, m, n_returns, ann, order, k0, out_total, out_sharpe, out_mdd, out_trades):
-    """Summary statistics of a task's first ``m`` lanes, scattered to their original columns."""
-    for j in range(m):
-        col = order[k0 + j]
+def finish_nb(st, n_returns, ann, lane_col, out_total, out_sharpe, out_mdd, out_trades):
+    """Summary statistics of lanes (N_STATE, lanes), written to columns ``lane_col``
+    (-1: a padding lane, not reported)."""
+    for j in range(lane_col.shape[0]):
+        col = lane_col[j]
+        if col < 0:
+            continue
         out_total[col] = st[_EQ, j] - 1.0
         sharpe = 0.0
         if n_returns > 0:
@@ -182,36 +307,24 @@ def _finish_nb(st, m, n_returns, ann, order, k0, out_total, out_sharpe, out_mdd,
             if var > _VAR_EPS * mean_sq:
                 sharpe = mean / math.sqrt(var) * ann
         out_sharpe[col] = sharpe
-        tr = st[_TROUGH, j]
-        pk = st[_PEAK, j]
-        wt = st[_WORST_T, j]
-        wp = st[_WORST_P, j]
-        if tr * wp < wt * pk:  # close the last, still open episode
-            wt = tr
-            wp = pk
-        out_mdd[col] = 1.0 - wt / wp
-        out_trades[col] = np.int64(st[_ENTRIES, j])
+        out_mdd[col] = 1.0 - st[_WT, j] / st[_WP, j]
+        out_trades[col] = np.int64(st[_NT, j] + abs(st[_POS, j])) // 2
 
 
 @njit(cache=True, error_model="numpy")
 def _lanes(values, k0, k1):
     """Parameter values ``k0:k1`` padded with zeros to a multiple of LANES (padding lanes
-    run like the others and are never reported)."""
+    never enter a position: 0 < a <= 0 never holds)."""
     m = k1 - k0
     out = np.zeros((m + LANES - 1) // LANES * LANES)
     out[:m] = values[k0:k1]
     return out
 
 
-@njit(cache=True, error_model="numpy")
-def _returns_block_nb(x, t0, t1, rb):
-    for t in range(max(t0, 1), t1):
-        rb[t - t0] = x[t] / x[t - 1] - 1.0
-
-
 @njit(cache=True, error_model="numpy", inline="always")
 def _zmr_target(p, z, e, xt, s):
-    """Position after a bar of z-score ``z`` from position ``p`` (branch-free selects)."""
+    """Position after a bar of z-score ``z`` from position ``p`` (branch-free selects; NaN
+    z makes every comparison False: no transition)."""
     go_long = (z < -e) & (z >= -s)
     go_short = (z > e) & (z <= s)
     q_flat = 1.0 if go_long else (-1.0 if go_short else 0.0)
@@ -220,125 +333,152 @@ def _zmr_target(p, z, e, xt, s):
     return q_flat if p == 0.0 else (q_long if p > 0.0 else q_short)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _book_values(p, q, ret, cost, eq, s1, s2, ent, pk, tr, wt, wp):
-    """``_book_nb`` on values instead of a state column (same operations, same order)."""
-    r = p * ret - cost * abs(q - p)
-    e = eq * (1.0 + r)
-    s1 += r
-    s2 += r * r
-    ent += 1.0 if (p == 0.0) & (q != 0.0) else 0.0
-    new_peak = e > pk
-    worse = new_peak & (tr * wp < wt * pk)
-    wt2 = tr if worse else wt
-    wp2 = pk if worse else wp
-    pk2 = e if new_peak else pk
-    tr2 = e if new_peak else min(tr, e)
-    return e, s1, s2, ent, pk2, tr2, wt2, wp2
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _zmr_lanes2_nb(st, m, za, ra, zb, rb, ent, ext, stp, cost):
-    """Two consecutive bars per lane: the lane's state is loaded and stored once for both,
-    which halves the state traffic that bounds the one-bar loop."""
-    for j in range(m):
-        p = st[_POS, j]
-        e = ent[j]
-        xt = ext[j]
-        s = stp[j]
-        eq = st[_EQ, j]
-        s1 = st[_S1, j]
-        s2 = st[_S2, j]
-        n_in = st[_ENTRIES, j]
-        pk = st[_PEAK, j]
-        tr = st[_TROUGH, j]
-        wt = st[_WORST_T, j]
-        wp = st[_WORST_P, j]
-        q = _zmr_target(p, za, e, xt, s)
-        eq, s1, s2, n_in, pk, tr, wt, wp = _book_values(p, q, ra, cost, eq, s1, s2, n_in, pk, tr, wt, wp)
-        q2 = _zmr_target(q, zb, e, xt, s)
-        eq, s1, s2, n_in, pk, tr, wt, wp = _book_values(q, q2, rb, cost, eq, s1, s2, n_in, pk, tr, wt, wp)
-        st[_POS, j] = q2
-        st[_EQ, j] = eq
-        st[_S1, j] = s1
-        st[_S2, j] = s2
-        st[_ENTRIES, j] = n_in
-        st[_PEAK, j] = pk
-        st[_TROUGH, j] = tr
-        st[_WORST_T, j] = wt
-        st[_WORST_P, j] = wp
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _zmr_lanes_nb(st, m, z, ret, ent, ext, stp, cost, rec, i, keep):
-    """Advance the ``m`` lanes of a task by one bar of z-score ``z`` and return ``ret``.
-
-    ``keep`` is a literal at each call site, so the copy without ``rec`` writes is the
-    plain (vectorised) loop.
-    """
-    # NaN z makes every comparison False: no transition, as the spec asks.
-    for j in range(m):
-        p = st[_POS, j]
-        q = _zmr_target(p, z, ent[j], ext[j], stp[j])
-        r = _book_nb(st, j, p, q, ret, cost)
-        if keep:
-            rec[j, i] = r
+@njit(cache=True, error_model="numpy")
+def zmr_lanes_nb(st, j0, j1, zb, z0, rb, r0, n, entry, exit_, stop, cost, rec):
+    """Advance lanes ``j0..j1`` of ``st`` (N_STATE, lanes) over ``n`` bars: z-scores
+    ``zb[z0:z0+n]``, returns ``rb[r0:r0+n]``; any thresholds. When ``rec`` is not empty
+    ((j1-j0, n)) each lane's per-bar return is stored in it. The plain numba form of the
+    SIMD kernel (bit-identical results), one bar per pass over the lanes."""
+    keep = rec.shape[0] > 0
+    for i in range(n):
+        z = zb[z0 + i]
+        ret = rb[r0 + i]
+        for j in range(j0, j1):
+            p = st[_POS, j]
+            q = _zmr_target(p, z, entry[j], exit_[j], stop[j])
+            r = _book_nb(st, j, p, q, ret, cost)
+            if keep:
+                rec[j - j0, i] = r
 
 
 @njit(cache=True, error_model="numpy")
-def _add_series_nb(series, rec, order, k0, n_sets, t0, i0, i1):
-    """Add the recorded returns of bars ``t0+i0 .. t0+i1-1`` to their columns' series."""
-    for j in range(n_sets):
-        row = series[order[k0 + j]]
-        for i in range(i0, i1):
+def _z_phase_job(close, lookbacks, t0, t1, pieces, zbuf, rbuf, job):
+    """Phase 1 job ``job``: one piece of one (instrument, lookback) z-score row, or one
+    instrument's returns, for bars ``t0..t1-1`` of the segment."""
+    per = lookbacks.shape[0] * pieces + 1
+    i = job // per
+    k = job - i * per
+    x = close[i]
+    if k == per - 1:
+        returns_range_nb(x, t0, t1, rbuf[i])
+        return
+    g = k // pieces
+    piece = k - g * pieces
+    a = t0 + (t1 - t0) * piece // pieces
+    b = t0 + (t1 - t0) * (piece + 1) // pieces
+    if b > a:
+        zscore_range_nb(x, lookbacks[g], a, b, zbuf[i, g, a - t0 :])
+
+
+@njit(cache=True, error_model="numpy")
+def _lane_phase_job(
+    close, lookbacks, entry, exit_lo, exit_, stop, chunk_g, chunk_j0, chunk_j1, chunk_simd,
+    cost, start, t0, t1, zbuf, rbuf, st, addrs, job,
+):
+    """Phase 2 job: chunk ``job % C`` of instrument ``job // C`` over bars ``t0..t1-1``.
+    ``addrs``: the SIMD kernels for 16, 12, 8 and 4 lanes."""
+    n_chunks = chunk_g.shape[0]
+    i = job // n_chunks
+    c = job - i * n_chunks
+    g = chunk_g[c]
+    first = max(lookbacks[g] - 1, start)
+    a = max(t0, first)
+    if a >= t1:
+        return  # still warming up: every position is flat, nothing to book
+    j0 = chunk_j0[c]
+    j1 = chunk_j1[c]
+    n = t1 - a
+    zrow = zbuf[i, g]
+    rrow = rbuf[i]
+    if chunk_simd[c]:
+        n_lanes = st.shape[2]
+        base = i * st.shape[1] * n_lanes
+        m16 = (j1 - j0) // 16 * 16
+        if m16 > 0:
+            _simd_lanes(addrs[0], st, base + j0, n_lanes, m16, zrow, a - t0, rrow, a - t0, n,
+                        entry, exit_lo, stop, j0, cost)
+        rest = j1 - j0 - m16  # 12, 8 or 4 lanes: addrs[1], [2], [3]
+        if rest > 0:
+            _simd_lanes(addrs[4 - rest // 4], st, base + j0 + m16, n_lanes, rest, zrow, a - t0,
+                        rrow, a - t0, n, entry, exit_lo, stop, j0 + m16, cost)
+    else:
+        zmr_lanes_nb(st[i], j0, j1, zrow, a - t0, rrow, a - t0, n, entry, exit_, stop, cost,
+                     np.zeros((0, 0)))
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def zmr_grid_nb(
+    close, lookbacks, entry, exit_lo, exit_, stop, chunk_g, chunk_j0, chunk_j1, chunk_simd,
+    cost, start, segment, pieces, addrs, st,
+):
+    """Advance the lane states ``st`` (N, N_STATE, lanes) of the z-score grid over every bar
+    of ``close`` (N, T). Lane parameters are the padded, lookback-sorted ``entry``,
+    ``exit_lo`` (the double below ``exit_``), ``exit_`` and ``stop``; chunk c holds lanes
+    ``chunk_j0[c]..chunk_j1[c]`` of lookback ``lookbacks[chunk_g[c]]`` and runs the SIMD
+    kernels (``addrs``: 16, 12, 8, 4 lanes) when ``chunk_simd[c]``. Bars go in segments of
+    ``segment`` (bounding the z/return buffers); each lookback row is cut into ``pieces``
+    for phase 1. Call it under ``numba.parallel_chunksize(1)``: jobs differ in size
+    (returns vs z rows, 16- vs 12-lane chunks) and are best handed out one at a time."""
+    n_inst, n_bars = close.shape
+    n_groups = lookbacks.shape[0]
+    width = min(segment, n_bars)
+    zbuf = np.empty((n_inst, n_groups, width))
+    rbuf = np.empty((n_inst, width))
+    n_z = n_inst * (n_groups * pieces + 1)
+    n_l = n_inst * chunk_g.shape[0]
+    for t0 in range(0, n_bars, segment):
+        t1 = min(t0 + segment, n_bars)
+        for job in prange(n_z):
+            _z_phase_job(close, lookbacks, t0, t1, pieces, zbuf, rbuf, job)
+        for job in prange(n_l):
+            _lane_phase_job(
+                close, lookbacks, entry, exit_lo, exit_, stop, chunk_g, chunk_j0, chunk_j1,
+                chunk_simd, cost, start, t0, t1, zbuf, rbuf, st, addrs, job,
+            )
+
+
+@njit(cache=True, error_model="numpy")
+def _add_series_nb(series, rec, lane_col, j0, t0, n_rows, n):
+    """Add recorded returns (lanes x bars) to the series rows of their columns at bar t0."""
+    for j in range(n_rows):
+        col = lane_col[j0 + j]
+        if col < 0:
+            continue
+        row = series[col]
+        for i in range(n):
             row[t0 + i] += rec[j, i]
 
 
-@njit(cache=True, error_model="numpy")
-def zmr_task_nb(
-    x, lookback, k0, k1, entry, exit_, stop, order, cost, ann, start,
-    out_total, out_sharpe, out_mdd, out_trades, series,
+@njit(cache=True, error_model="numpy", parallel=True)
+def zmr_grid_series_nb(
+    close, lookbacks, entry, exit_, stop, chunk_g, chunk_j0, chunk_j1, lane_col, cost,
+    start, segment, pieces, st, series,
 ):
-    """Z-score mean reversion for one instrument ``x`` (T,) and parameter sets ``k0:k1``.
-
-    Positions stay flat and nothing is booked before bar ``start`` (the bars before it
-    only warm up the rolling statistic); statistics cover the returns of bars start..T-1.
-    When ``series`` is not empty ((P, T)), each set's per-bar return is added to its row.
-    """
-    ent = _lanes(entry, k0, k1)
-    ext = _lanes(exit_, k0, k1)
-    stp = _lanes(stop, k0, k1)
-    m = ent.shape[0]
-    keep = series.shape[0] > 0
-    st = _new_state(m)
-    zb = np.empty(BLOCK)
-    rb = np.zeros(BLOCK)
-    rec = np.zeros((m if keep else 0, BLOCK))
-    roll = np.zeros(4 + BLOCK)
-    run = 1
-    n_bars = x.shape[0]
-    first = max(lookback - 1, start)
-    for t0 in range(0, n_bars, BLOCK):
-        t1 = min(t0 + BLOCK, n_bars)
-        run = zscore_block_nb(x, t0, t1, lookback, zb, roll, run)
-        if t1 <= first:
-            continue  # every position is still flat: returns are 0, nothing to book
-        _returns_block_nb(x, t0, t1, rb)
-        i0 = max(0, first - t0)
-        if keep:
-            # one bar per pass here: every return is stored anyway (series mode is for the
-            # validation statistics, not the sweep's hot path)
-            for i in range(i0, t1 - t0):
-                _zmr_lanes_nb(st, m, zb[i], rb[i], ent, ext, stp, cost, rec, i, True)
-            _add_series_nb(series, rec, order, k0, k1 - k0, t0, i0, t1 - t0)
-        else:
-            i = i0
-            while i + 1 < t1 - t0:
-                _zmr_lanes2_nb(st, m, zb[i], rb[i], zb[i + 1], rb[i + 1], ent, ext, stp, cost)
-                i += 2
-            if i < t1 - t0:
-                _zmr_lanes_nb(st, m, zb[i], rb[i], ent, ext, stp, cost, rec, i, False)
-    _finish_nb(st, k1 - k0, n_bars - start, ann, order, k0, out_total, out_sharpe, out_mdd, out_trades)
+    """As :func:`zmr_grid_nb` (plain numba lanes), also summing each set's per-bar returns
+    over instruments into ``series`` (P, T). Chunks run in parallel and each loops over the
+    instruments in order, so every row is summed by one thread in a fixed order."""
+    n_inst, n_bars = close.shape
+    n_groups = lookbacks.shape[0]
+    width = min(segment, n_bars)
+    zbuf = np.empty((n_inst, n_groups, width))
+    rbuf = np.empty((n_inst, width))
+    n_z = n_inst * (n_groups * pieces + 1)
+    for t0 in range(0, n_bars, segment):
+        t1 = min(t0 + segment, n_bars)
+        for job in prange(n_z):
+            _z_phase_job(close, lookbacks, t0, t1, pieces, zbuf, rbuf, job)
+        for c in prange(chunk_g.shape[0]):
+            g = chunk_g[c]
+            j0 = chunk_j0[c]
+            j1 = chunk_j1[c]
+            a = max(t0, max(lookbacks[g] - 1, start))
+            rec = np.empty((j1 - j0, BLOCK))
+            for i in range(n_inst):
+                for b0 in range(a, t1, BLOCK):
+                    n = min(BLOCK, t1 - b0)
+                    zmr_lanes_nb(st[i], j0, j1, zbuf[i, g], b0 - t0, rbuf[i], b0 - t0, n, entry,
+                                 exit_, stop, cost, rec)
+                    _add_series_nb(series, rec, lane_col, j0, b0, j1 - j0, n)
 
 
 @njit(cache=True, error_model="numpy")
@@ -438,17 +578,21 @@ def breakout_task_nb(
     x, lookback, k0, k1, entry, exit_, stop, order, cost, ann, start,
     out_total, out_sharpe, out_mdd, out_trades, series,
 ):
-    """Donchian breakout for one instrument ``x`` (T,) and parameter sets ``k0:k1``
-    (``start`` and ``series`` as in :func:`zmr_task_nb`)."""
+    """Donchian breakout for one instrument ``x`` (T,) and the lookback-sorted parameter
+    sets ``k0:k1`` (columns ``order[k0:k1]``). Positions stay flat and nothing is booked
+    before bar ``start``; when ``series`` is not empty ((P, T)), each set's per-bar return
+    is added to its row."""
     ent = _lanes(entry, k0, k1)
     ext = _lanes(exit_, k0, k1)
     stp = _lanes(stop, k0, k1)
     m = ent.shape[0]
+    lane_col = np.full(m, -1, np.int64)
+    lane_col[: k1 - k0] = order[k0:k1]
     keep = series.shape[0] > 0
     # Stop levels as multipliers of the entry close, hoisted out of the bar loop.
     long_stop = 1.0 - stp
     short_stop = 1.0 + stp
-    st = _new_state(m)
+    st = new_state(1, m)[0]
     ub = np.empty(BLOCK)
     rb = np.zeros(BLOCK)
     rec = np.zeros((m if keep else 0, BLOCK))
@@ -460,7 +604,7 @@ def breakout_task_nb(
         channel_block_nb(x, t0, t1, lookback, ub, deques, ends)
         if t1 <= first:
             continue  # no channel yet (or still warming up): every position is flat
-        _returns_block_nb(x, t0, t1, rb)
+        returns_range_nb(x, t0, t1, rb)
         i0 = max(0, first - t0)
         if keep:
             for i in range(i0, t1 - t0):
@@ -468,47 +612,14 @@ def breakout_task_nb(
                     st, m, ub[i], rb[i], x[t0 + i], ent, ext, long_stop, short_stop, cost,
                     rec, i, True,
                 )
-            _add_series_nb(series, rec, order, k0, k1 - k0, t0, i0, t1 - t0)
+            _add_series_nb(series, rec[:, i0:], lane_col, 0, t0 + i0, m, t1 - t0 - i0)
         else:
             for i in range(i0, t1 - t0):
                 _breakout_lanes_nb(
                     st, m, ub[i], rb[i], x[t0 + i], ent, ext, long_stop, short_stop, cost,
                     rec, i, False,
                 )
-    _finish_nb(st, k1 - k0, n_bars - start, ann, order, k0, out_total, out_sharpe, out_mdd, out_trades)
-
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def zmr_grid_nb(
-    close, task_lookback, task_k0, task_k1, entry, exit_, stop, order, cost, ann, start,
-    out_total, out_sharpe, out_mdd, out_trades,
-):
-    """Run every (instrument, task) pair of the z-score grid; ``close`` is (N, T)."""
-    n_tasks = task_lookback.shape[0]
-    no_series = np.zeros((0, 0))
-    for job in prange(close.shape[0] * n_tasks):
-        i = job // n_tasks
-        g = job - i * n_tasks
-        zmr_task_nb(
-            close[i], task_lookback[g], task_k0[g], task_k1[g], entry, exit_, stop, order,
-            cost, ann, start, out_total[i], out_sharpe[i], out_mdd[i], out_trades[i], no_series,
-        )
-
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def zmr_grid_series_nb(
-    close, task_lookback, task_k0, task_k1, entry, exit_, stop, order, cost, ann, start,
-    out_total, out_sharpe, out_mdd, out_trades, series,
-):
-    """As :func:`zmr_grid_nb`, also summing each set's per-bar returns over instruments into
-    ``series`` (P, T). Tasks (parameter chunks) run in parallel and each loops over the
-    instruments in order, so every row is summed by one thread in a fixed order."""
-    for g in prange(task_lookback.shape[0]):
-        for i in range(close.shape[0]):
-            zmr_task_nb(
-                close[i], task_lookback[g], task_k0[g], task_k1[g], entry, exit_, stop, order,
-                cost, ann, start, out_total[i], out_sharpe[i], out_mdd[i], out_trades[i], series,
-            )
+    finish_nb(st, n_bars - start, ann, lane_col, out_total, out_sharpe, out_mdd, out_trades)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

@@ -3,9 +3,9 @@ it, that it backs off exponentially with jitter, and that deterministic failures
 blocking quality rule, a refusal) fail at once instead of going through the retries."""
 
 import os
+import sys
 from pathlib import Path
 
-import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
@@ -109,17 +109,10 @@ def test_blocking_quality_failure_is_not_retried(tmp_path: Path, monkeypatch):
     from quant_assets.settings import Settings
     from resources import build_resources
 
-    simulated = market.simulated_market
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+    from bad_inputs.corpus import with_zero_split
 
-    def zero_split(*args):
-        data = simulated(*args)
-        ca = data.corporate_actions.with_columns(
-            pl.when(pl.int_range(pl.len()) == 0).then(0.0).otherwise(pl.col("split_ratio"))
-            .alias("split_ratio")
-        )
-        return data._replace(corporate_actions=ca)
-
-    monkeypatch.setattr(market, "simulated_market", zero_split)
+    monkeypatch.setattr(market, "simulated_market", with_zero_split(market.simulated_market))
 
     old = os.environ["QUANT_HOME"]
     os.environ["QUANT_HOME"] = str(tmp_path)

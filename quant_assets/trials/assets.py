@@ -42,18 +42,23 @@ from resources.tracking import MlflowTracking
 GROUP = "sweeps"
 
 
-def sweep_parent_run(tracking: MlflowTracking, space: SearchSpace) -> str:
-    """Id of the sweep's MLflow parent run, created on first use (tags quant.sweep=name,
-    quant.sweep_role=parent; the search space is its lineage config)."""
-    client = tracking.client()
-    found = client.search_runs(
+def _parent_run(tracking: MlflowTracking, sweep: str) -> str | None:
+    """Id of the sweep's MLflow parent run (tags quant.sweep=name, quant.sweep_role=parent)."""
+    found = tracking.client().search_runs(
         [tracking.experiment_id()],
-        filter_string=f"tags.`{SWEEP_TAG}` = '{space.name}' and tags.`{ROLE_TAG}` = 'parent'",
+        filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{ROLE_TAG}` = 'parent'",
         order_by=["attributes.start_time ASC"],
         max_results=1,
     )
-    if found:
-        return found[0].info.run_id
+    return found[0].info.run_id if found else None
+
+
+def sweep_parent_run(tracking: MlflowTracking, space: SearchSpace) -> str:
+    """Id of the sweep's MLflow parent run, created on first use (the search space is its
+    lineage config)."""
+    found = _parent_run(tracking, space.name)
+    if found is not None:
+        return found
     lineage = collect_lineage(
         asset_key="sweep_trials",
         partition_keys=[],
@@ -69,16 +74,10 @@ def sweep_parent_run(tracking: MlflowTracking, space: SearchSpace) -> str:
 
 
 def find_parent_run(tracking: MlflowTracking, sweep: str) -> str:
-    client = tracking.client()
-    found = client.search_runs(
-        [tracking.experiment_id()],
-        filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{ROLE_TAG}` = 'parent'",
-        order_by=["attributes.start_time ASC"],
-        max_results=1,
-    )
-    if not found:
+    found = _parent_run(tracking, sweep)
+    if found is None:
         raise ValueError(f"sweep {sweep}: no MLflow parent run; register the sweep first")
-    return found[0].info.run_id
+    return found
 
 
 SWEEP_OUTPUTS = ("sweep_trials", "trial_returns")

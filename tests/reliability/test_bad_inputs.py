@@ -32,7 +32,13 @@ from resources.market_source import MarketSource
 from sensors.landing import REJECTED, evaluate_landing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from bad_inputs.corpus import GOOD_DAY, KINDS, BadKind, write_kind  # noqa: E402
+from bad_inputs.corpus import (  # noqa: E402
+    GOOD_DAY,
+    KINDS,
+    BadKind,
+    with_zero_split,
+    write_kind,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
@@ -180,17 +186,7 @@ def test_corporate_actions_run_blocks_zero_split_ratio(good_state, monkeypatch):
     """The simulator's data with one split ratio set to 0 (a bad vendor record)."""
     from quant_assets.data import market
 
-    simulated = market.simulated_market
-
-    def zero_split(*args):
-        data = simulated(*args)
-        ca = data.corporate_actions.with_columns(
-            pl.when(pl.int_range(pl.len()) == 0).then(0.0).otherwise(pl.col("split_ratio"))
-            .alias("split_ratio")
-        )
-        return data._replace(corporate_actions=ca)
-
-    monkeypatch.setattr(market, "simulated_market", zero_split)
+    monkeypatch.setattr(market, "simulated_market", with_zero_split(market.simulated_market))
     settings, wh, _, before = good_state
     resources = build_resources(settings)
     with DagsterInstance.ephemeral() as instance:

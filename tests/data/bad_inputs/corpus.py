@@ -200,3 +200,19 @@ if __name__ == "__main__":
     good = good_bars()
     for k in KINDS:
         print(write_kind(k, good, out))
+
+
+def with_zero_split(simulated):
+    """``data.market.simulated_market`` with the first split ratio set to 0 (a bad vendor
+    record): monkeypatch it in to feed the corporate_actions asset a zero split."""
+    import polars as pl
+
+    def zero_split(*args):
+        data = simulated(*args)
+        ca = data.corporate_actions.with_columns(
+            pl.when(pl.int_range(pl.len()) == 0).then(0.0).otherwise(pl.col("split_ratio"))
+            .alias("split_ratio")
+        )
+        return data._replace(corporate_actions=ca)
+
+    return zero_split

@@ -40,7 +40,7 @@ from quant_assets.data.files import LandingFileError
 from quant_assets.partitions import trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried
 from quant_assets.run_costs import measured
-from quant_assets.warehouse import Warehouse
+from quant_assets.warehouse import WRITE_ID_KEY, Warehouse
 from resources.market_source import MarketSource
 
 GROUP = "market_data"
@@ -123,7 +123,9 @@ def _stored_versions(warehouse: Warehouse, name: str, tag: str) -> pl.DataFrame 
     are none or another source wrote them (a source switch replaces the table once)."""
     if not warehouse.exists([name]):
         return None
-    if warehouse.table([name]).history(1)[0].get(SOURCE_KEY) != tag:
+    # the latest commit of the one write path (maintenance commits carry no write id)
+    ours = next((h for h in warehouse.table([name]).history(50) if WRITE_ID_KEY in h), {})
+    if ours.get(SOURCE_KEY) != tag:
         return None
     return warehouse.read([name]).frame
 

@@ -192,3 +192,18 @@ def test_a_landing_file_may_use_the_data_directory_layout(tmp_path):
     (landing / "MSFT.csv").write_text("Date,Close\n3/1/2022,295.0\n")
     requests, logs, _ = evaluate_landing(landing, set(), as_of=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert requests == [] and "rejected" in logs[0]
+
+
+def test_switching_from_the_simulator_replaces_its_rows_once(tmp_path):
+    data = _data_dir(tmp_path)
+    files = _resources(tmp_path, data)
+    simulated = {**files, "market_source": MarketSource(n_instruments=5, seed=7, start="2022-01-03", end="2022-06-30")}
+    wh = Warehouse(str(tmp_path / "warehouse"))
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize([universe], instance=instance, resources=simulated).success
+        assert wh.read(["universe"]).frame["instrument_id"].str.starts_with("SIM").all()
+        assert materialize([universe], instance=instance, resources=files).success
+        assert sorted(wh.read(["universe"]).frame["instrument_id"].to_list()) == SYMBOLS
+        assert materialize([universe], instance=instance, resources=files).success  # no change: no write
+    history = wh.table(["universe"]).history()
+    assert len(history) == 2 and history[0]["quant.source"] == f"files:{data}"

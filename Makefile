@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv lint lock clean ui mlflow-ui reliability-nightly
+.PHONY: demo demo-real test venv lint lock clean ui mlflow-ui reliability-nightly
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,19 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m quant_assets demo
+
+# The golden flow on real prices: skfolio's wheel's S&P 500 closes (20 survivors, adjusted,
+# close-only; the S&P 500 index as benchmark) written into the documented file layout under
+# $QUANT_HOME/real/data, then the same demo through QUANT_SOURCE=files; the run's own state
+# (warehouse, MLflow, Dagster) under $QUANT_HOME/real. REAL_* narrow or widen it.
+REAL_START ?= 2015-01-02
+REAL_END ?= 2022-11-30
+REAL_SYMBOLS ?=
+demo-real: $(STAMP)
+	real=$${QUANT_HOME:-$$PWD/.quant}/real; \
+	$(PY) -m quant_assets.data.real_layout "$$real/data" --start $(REAL_START) --end $(REAL_END) \
+	  $(if $(REAL_SYMBOLS),--symbols $(REAL_SYMBOLS)) && \
+	QUANT_HOME="$$real" QUANT_SOURCE=files QUANT_DATA_DIR="$$real/data" $(PY) -m quant_assets demo
 
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass.
 # --dist loadfile: a test file (and its module-scoped servers/flows) stays on one worker;

@@ -10,8 +10,9 @@ from quant_assets.partitions import sweep_trial_partitions
 
 reference_data_job = define_asset_job(
     "reference_data_job",
-    selection=AssetSelection.assets("universe", "corporate_actions", "fundamentals"),
-    description="Unpartitioned raw tables: universe, corporate actions, fundamentals.",
+    selection=AssetSelection.assets("universe", "corporate_actions", "fundamentals", "benchmark", "data_source"),
+    description="Unpartitioned raw tables: universe, corporate actions, fundamentals; the "
+    "source's benchmark index and description (data_source: its caveats).",
 )
 daily_features_job = define_asset_job(
     "daily_features_job",

@@ -9,6 +9,9 @@ from typing import Any
 
 from quant_assets.settings import Settings
 
+# QUANT_SOURCE -> the market source resource's kind
+_SOURCE_KINDS = {"simulated": "simulator", "files": "files"}
+
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     from resources.io_manager import DeltaIOManager
@@ -23,11 +26,13 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             artifact_location=settings.mlflow_artifacts,
         ),
         "market_source": MarketSource(
+            source=_SOURCE_KINDS[settings.source],
             n_instruments=settings.n_instruments,
             seed=settings.seed,
             start=settings.start_date.isoformat(),
             end=end or _today(),
             landing_dir=str(settings.landing_dir),
+            data_dir=str(settings.data_dir) if settings.data_dir else "",
         ),
     }
 

@@ -88,7 +88,7 @@ def flow(tmp_path_factory):
     # in memory: a SQLite instance doubles the flow's time; the CLI over a SQLite instance
     # is tests/test_economics.py::test_report_cli
     with DagsterInstance.ephemeral() as instance:
-        run(["universe", "corporate_actions", "fundamentals"])
+        run(["universe", "corporate_actions", "fundamentals", "benchmark", "data_source"])
         run(["market_bars", "pit_features"], start=days[0], end=days[-1])
         # labels of D need bars up to D + horizon
         run(["labels"], start=days[0], end=days[-load_settings().label_horizon - 1])
@@ -137,7 +137,7 @@ def test_every_asset_of_the_definitions_materialised_with_econ_metadata(flow):
 def test_rows_in_where_there_is_a_tabular_input(flow):
     _, seen, _ = flow
     # the reference tables come from the source (no tabular input); the rest read tables
-    sources = {"universe", "corporate_actions", "fundamentals", "market_bars"}
+    sources = {"universe", "corporate_actions", "fundamentals", "market_bars", "benchmark", "data_source"}
     for key, metas in seen.items():
         if key not in sources:
             assert all("econ.rows_in" in m for m in metas), key

@@ -1,4 +1,6 @@
-"""``make demo``: the golden flow end to end on the embedded default.
+"""``make demo``: the golden flow end to end on the embedded default (the simulator), or on a
+data directory with ``QUANT_SOURCE=files QUANT_DATA_DIR=<dir>`` (``make demo-real``: the
+real S&P 500 prices of skfolio's wheel written into that layout).
 
 Runs the flow through a real Dagster instance under DAGSTER_HOME (so the runs show up in
 ``dagster dev`` afterwards), stage by stage, one run per partitioning:
@@ -8,12 +10,38 @@ Runs the flow through a real Dagster instance under DAGSTER_HOME (so the runs sh
 3. labels over the days whose horizon is complete
 4. walk-forward LightGBM, out-of-sample predictions and the backtest, every month
 5. the validation report
+
+With the file source the date range comes from the data unless QUANT_START_DATE,
+QUANT_END_DATE and QUANT_FIRST_MODEL_MONTH are set: the first and last day of the bars, and
+models from the twelfth month after the first (a year of history to train on), and the
+range ends with the last complete month of the bars (a model month reads its whole month).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
+
+
+def _range_from_data() -> None:
+    """With QUANT_SOURCE=files, set the unset range variables from the data directory (the
+    partitions are built from them when the code location is imported, just after)."""
+    if os.environ.get("QUANT_SOURCE") != "files" or not os.environ.get("QUANT_DATA_DIR"):
+        return
+    from quant_assets import calendar
+    from quant_assets.data.market import file_source
+
+    bars = file_source(os.environ["QUANT_DATA_DIR"]).tables.market_bars
+    first, last = bars["date"].min(), bars["date"].max()
+    # a model month covers its whole month of features: end at the last complete month
+    month_start = last.replace(day=1)
+    if last != calendar.trading_days(month_start, calendar.next_month(month_start) - dt.timedelta(days=1))[-1]:
+        last = calendar.trading_days(first, month_start - dt.timedelta(days=1))[-1]
+    month = first.year * 12 + first.month - 1 + 12
+    os.environ.setdefault("QUANT_START_DATE", first.isoformat())
+    os.environ.setdefault("QUANT_END_DATE", last.isoformat())
+    os.environ.setdefault("QUANT_FIRST_MODEL_MONTH", f"{month // 12:04d}-{month % 12 + 1:02d}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,17 +49,27 @@ def main(argv: list[str] | None = None) -> int:
 
     argparse.ArgumentParser(prog="quant-assets demo", description=__doc__.splitlines()[0]).parse_args(argv)
     t_start = time.perf_counter()
+    from quant_assets.data.sources import SourceFileError, SourceRejected
     from quant_assets.instance import prepare_local_instance
     from quant_assets.placement.apply import configure_local_instance
     from quant_assets.placement.policy import load_policy
     from quant_assets.settings import Settings
 
+    try:
+        _range_from_data()
+    except (SourceFileError, SourceRejected) as exc:  # nothing was loaded: say why and stop
+        print(f"quant-assets demo: the data directory was rejected\n{exc}")
+        return 1
     settings = Settings.from_env()
     prepare_local_instance(settings.dagster_home)
     os.environ.setdefault("QUANT_HOME", str(settings.quant_home))
 
-    print(f"quant-assets demo: {settings.n_instruments} instruments, "
-          f"{settings.start_date} .. {settings.end_date}, seed {settings.seed}")
+    if settings.source == "files":
+        print(f"quant-assets demo: files in {settings.data_dir}, "
+              f"{settings.start_date} .. {settings.end_date}, models from {settings.first_model_month:%Y-%m}")
+    else:
+        print(f"quant-assets demo: {settings.n_instruments} instruments, "
+              f"{settings.start_date} .. {settings.end_date}, seed {settings.seed}")
     print(f"  QUANT_HOME={settings.quant_home}")
 
     from dagster import DagsterInstance
@@ -86,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_summary(settings, elapsed: float) -> None:
+    import polars as pl
+
     from quant_assets.validation.report import format_metric
     from quant_assets.warehouse import Warehouse
 
     wh = Warehouse(settings.warehouse_uri)
     report = dict(wh.read(["validation_report"]).frame.iter_rows())
     models = wh.read(["lgbm_model"]).frame
-    print("\nBuilt: universe, market_bars, corporate_actions, fundamentals, pit_features, labels,")
+    print("\nBuilt: universe, market_bars, corporate_actions, fundamentals, benchmark, data_source,")
+    print("       pit_features, labels,")
     print(f"       lgbm_model ({models.height} monthly models), oos_predictions, backtest, validation_report")
     print("Headline statistics (out of sample, net of costs):")
     for label, key in (
@@ -101,6 +142,14 @@ def print_summary(settings, elapsed: float) -> None:
         ("Mean daily turnover", "mean_turnover"), ("Mean rank IC", "rank_ic_mean"),
     ):
         print(f"  {label:<22} {format_metric(key, report.get(key, float('nan')))}")
+    if wh.exists(["data_source"]):  # what the numbers rest on (survivors only, close-only, ...)
+        about = wh.read(["data_source"]).frame
+        named = dict(about.filter(pl.col("item") != "caveat").iter_rows())
+        if named.get("benchmark"):
+            print(f"  {'Benchmark':<22} {named['benchmark']}")
+        print(f"Data ({named.get('source', '?')}):")
+        for caveat in about.filter(pl.col("item") == "caveat")["value"]:
+            print(f"  - {caveat}")
     gate = {k[len("gate_"):-len("_passed")]: v for k, v in report.items()
             if k.startswith("gate_") and k.endswith("_passed") and k != "gate_passed"}
     verdict = "PASSED" if report.get("gate_passed") == 1.0 else "FAILED (no promotion)"

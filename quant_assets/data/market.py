@@ -1,4 +1,5 @@
-"""What the raw data assets read, by source: the seeded simulator (embedded default) or, for
+"""What the raw data assets read, by source: the seeded simulator (embedded default), a data
+directory in the documented layout (``QUANT_SOURCE=files``, ``sources.py``) or, for
 ``market_bars``, Parquet/CSV files in the landing folder.
 
 Pure (no Dagster): ``resources/market_source.py`` only carries the configuration; the
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
+from pathlib import Path
 
 import polars as pl
 
 from quant_assets.data.files import list_landing_files, read_market_bars_file
 from quant_assets.data.simulator import MarketData, SimulatorConfig, simulate_market
+from quant_assets.data.sources import FileSourceData, Layout, load_data_dir, read_bars_file
 
-SOURCES = ("simulator", "landing")
+SOURCES = ("simulator", "landing", "files")
 
 
 @lru_cache(maxsize=4)
@@ -38,12 +41,44 @@ def simulated_for(source) -> MarketData:
     return simulated_market(source.n_instruments, source.seed, source.start, source.end)
 
 
-def landing_bars(landing_dir: str) -> pl.DataFrame:
-    """Every landing file's bars (each read and checked by ``files.read_market_bars_file``)."""
+def data_dir_state(data_dir: str | Path) -> tuple[tuple[str, int, int], ...]:
+    """(relative path, size, mtime_ns) of every file under the data directory, sorted: a
+    file added, replaced or edited changes it."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        return ()
+    return tuple(
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*")) if p.is_file()
+    )
+
+
+def file_source(data_dir: str | Path) -> FileSourceData:
+    """The data directory loaded and checked (``sources.load_data_dir``) once per process
+    while its files stay the same: every raw asset of a run reads one load, and a file
+    that arrives later (a new day's bars) is seen by the next call."""
+    return _loaded(str(Path(data_dir).resolve()), data_dir_state(data_dir))
+
+
+@lru_cache(maxsize=2)
+def _loaded(data_dir: str, state: tuple) -> FileSourceData:  # state: the cache key only
+    return load_data_dir(data_dir)
+
+
+def landing_bars(landing_dir: str, layout: Layout | None = None) -> pl.DataFrame:
+    """Every landing file's bars: strict contract files (``files.read_market_bars_file``),
+    or, with a data directory's ``layout`` (file source), files in that layout."""
     files = list_landing_files(landing_dir)
     if not files:
         raise ValueError(f"landing folder {landing_dir!r} has no market_bars files")
-    return pl.concat([read_market_bars_file(f) for f in files], how="vertical")
+    return pl.concat([read_landing_file(f, layout) for f in files], how="vertical")
+
+
+def read_landing_file(path: str | Path, layout: Layout | None = None) -> pl.DataFrame:
+    """One landing file as contract bars (see ``landing_bars``)."""
+    if layout is None:
+        return read_market_bars_file(path)
+    return read_bars_file(path, layout)
 
 
 def bars_between(bars: pl.DataFrame, start: dt.date, end: dt.date) -> pl.DataFrame:

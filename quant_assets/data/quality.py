@@ -34,6 +34,7 @@ import polars as pl
 from quant_assets.calendar import is_session_expr
 from quant_assets.data.reference import current_universe
 from quant_assets.data.schemas import (
+    BENCHMARK_SCHEMA,
     CORPORATE_ACTIONS_SCHEMA,
     FUNDAMENTALS_SCHEMA,
     MARKET_BARS_SCHEMA,
@@ -98,6 +99,7 @@ RULES_BY_TABLE: dict[str, tuple[str, ...]] = {
         "value_finite",
         "knowledge_time_before_period_end",
     ),
+    "benchmark": ("schema", "null_key", "duplicate_key", "price_positive_finite", "trading_day"),
 }
 
 
@@ -416,6 +418,21 @@ def check_fundamentals(df: pl.DataFrame) -> list[Violation]:
         keys,
         "published (knowledge_time) before the period ended (period_end 00:00 UTC)",
     )
+    return out
+
+
+def check_benchmark(df: pl.DataFrame) -> list[Violation]:
+    """A benchmark index level (date, close): one positive close per session."""
+    table = "benchmark"
+    out = check_schema(df, BENCHMARK_SCHEMA, table)
+    if _schema_blocks(df, BENCHMARK_SCHEMA):
+        return out
+    keys = ["date"]
+    out += _nulls(df, table, ["date"], keys)
+    out += _duplicates(df, table, keys)
+    out += _rule(df, table, "price_positive_finite", ~_finite_positive("close"), keys + ["close"],
+                 "close must be finite and > 0")
+    out += _trading_days(df.drop_nulls("date"), table, keys)
     return out
 
 

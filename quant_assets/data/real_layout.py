@@ -15,8 +15,9 @@ through the same code and rules as a user's own files. What the data is, honestl
 - no fundamentals: the fundamentals-based features are null;
 - knowledge times follow the layout rules (a bar is known at its session's close).
 
-The S&P 500 index level goes to ``benchmark.csv`` (date, close), for the report's benchmark;
-it is not one of the four raw tables. ``SOURCE.md`` in the folder repeats the caveats.
+The S&P 500 index level goes to ``benchmark.csv`` (date, close; ``benchmark_name`` in
+layout.yaml), the report's benchmark; it is not one of the four raw tables. It is a price
+index (no dividends) while the stocks' closes are dividend-adjusted. ``SOURCE.md`` in the folder repeats the caveats.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ CAVEATS = (
     "close-only: no open/high/low/volume; features that need them are null",
     "adjusted: closes are split- and dividend-adjusted; price levels are not point in time",
     "no fundamentals and no corporate actions",
+    "benchmark: the S&P 500 price index (without dividends), against dividend-adjusted stocks",
 )
-LAYOUT = {"bars_adjusted": True}
+LAYOUT = {"bars_adjusted": True, "benchmark_name": "S&P 500 index"}
 
 
 def write_real_layout(
@@ -67,6 +69,9 @@ def write_real_layout(
         raise ValueError(f"no prices between {start} and {end} for {symbols or known}")
     root = Path(data_dir)
     (root / BARS_DIR).mkdir(parents=True, exist_ok=True)
+    for stale in (root / BARS_DIR).glob("*.csv"):  # a narrower rerun must not keep old names
+        if stale.stem in real.SECTORS:
+            stale.unlink()
     for (symbol,), part in prices.sort("instrument_id", "date").group_by("instrument_id", maintain_order=True):
         part.select("date", "instrument_id", "close").write_csv(root / BARS_DIR / f"{symbol}.csv", date_format="%Y-%m-%d")
     # survivors: every name listed from its first bar on and never delisted (that is the bias)

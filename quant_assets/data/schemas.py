@@ -42,3 +42,9 @@ FUNDAMENTALS_SCHEMA: dict[str, pl.DataType] = {
     "knowledge_time": UTC_TIME,
 }
 
+# A benchmark index level (optional, file source only): used ex post by the validation
+# report (an index is a reference series, not an input of any feature).
+BENCHMARK_SCHEMA: dict[str, pl.DataType] = {
+    "date": pl.Date(),
+    "close": pl.Float64(),
+}

@@ -9,6 +9,7 @@ the column rules and the knowledge-time rules are documented in ``docs/data_layo
       universe.csv|.parquet              optional (derived from the bars, with a warning)
       corporate_actions.csv|.parquet     optional
       fundamentals.csv|.parquet          optional
+      benchmark.csv|.parquet             optional: an index level (date, close) for the report
 
 Everything is read and checked before anything is returned: a file that cannot become
 contract rows raises ``SourceFileError`` (a ``LandingFileError``: file, rule, columns or
@@ -44,6 +45,7 @@ from quant_assets.data.files import (
 )
 from quant_assets.data.reference import new_versions, universe_versions
 from quant_assets.data.schemas import (
+    BENCHMARK_SCHEMA,
     CORPORATE_ACTIONS_SCHEMA,
     FUNDAMENTALS_SCHEMA,
     MARKET_BARS_SCHEMA,
@@ -56,6 +58,7 @@ LAYOUT_FILE = "layout.yaml"
 BARS_DIR = "bars"
 REFERENCE_TABLES = ("universe", "corporate_actions", "fundamentals")
 TABLES = ("market_bars", *REFERENCE_TABLES)
+BENCHMARK = "benchmark"
 SUFFIXES = PARQUET_SUFFIXES + CSV_SUFFIXES
 _MAX_SHOWN = 5
 DERIVED_SECTOR = "unknown"
@@ -93,10 +96,12 @@ SPECS: dict[str, _Spec] = {
         "fundamentals", FUNDAMENTALS_SCHEMA, ("instrument_id", "field", "period_end", "value"),
         {"knowledge_time": None},
     ),
+    BENCHMARK: _Spec(BENCHMARK, BENCHMARK_SCHEMA, ("date", "close"), {}),
 }
 # names in layout.yaml's `columns:` for each table
 _LAYOUT_TABLE_NAMES = {"bars": "market_bars", "universe": "universe",
-                       "corporate_actions": "corporate_actions", "fundamentals": "fundamentals"}
+                       "corporate_actions": "corporate_actions", "fundamentals": "fundamentals",
+                       "benchmark": BENCHMARK}
 
 
 class SourceFileError(LandingFileError):
@@ -145,6 +150,8 @@ class Layout:
     instrument_from_filename: bool = False
     # strptime format of date columns in CSV files (e.g. "%m/%d/%Y" for M/D/YYYY)
     date_format: str = "%Y-%m-%d"
+    # the name the report shows for benchmark.csv (e.g. "S&P 500 index")
+    benchmark_name: str = "benchmark index"
     # per table: source column -> contract column (None: ignore the column)
     columns: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
 
@@ -182,6 +189,10 @@ def read_layout(data_dir: str | Path) -> Layout:
         if not isinstance(lag, int) or isinstance(lag, bool) or lag < 0:
             raise SourceFileError(path, "layout", f"fundamentals_filing_lag_days: {lag!r} must be an integer >= 0")
         kwargs["fundamentals_filing_lag_days"] = lag
+    if "benchmark_name" in raw:
+        if not isinstance(raw["benchmark_name"], str) or not raw["benchmark_name"].strip():
+            raise SourceFileError(path, "layout", f"benchmark_name: {raw['benchmark_name']!r} must be a non-empty string")
+        kwargs["benchmark_name"] = raw["benchmark_name"].strip()
     if "date_format" in raw:
         fmt = raw["date_format"]
         if not isinstance(fmt, str) or "%" not in fmt:
@@ -207,6 +218,11 @@ def read_layout(data_dir: str | Path) -> Layout:
         mapped[table] = {str(k): v for k, v in mapping.items()}
     kwargs["columns"] = mapped
     return Layout(**kwargs)
+
+
+def bars_adjusted(data_dir: str | Path | None) -> bool:
+    """Whether a data directory's bars are split/dividend adjusted (False: no directory)."""
+    return read_layout(data_dir).bars_adjusted if data_dir else False
 
 
 # --------------------------------------------------------------------------- one file
@@ -344,6 +360,7 @@ class FileSourceData:
     missing_tables: tuple[str, ...]  # optional tables without a file
     universe_derived: bool
     warnings: tuple[str, ...]
+    benchmark: pl.DataFrame | None = None  # (date, close) of benchmark.csv, checked; None if absent
 
     def metadata(self) -> dict[str, object]:
         """Plain values for Dagster/MLflow metadata: how honest the data is."""
@@ -354,8 +371,34 @@ class FileSourceData:
             "missing_tables": list(self.missing_tables),
             "universe_derived_from_bars": self.universe_derived,
             "files": {k: len(v) for k, v in self.files.items()},
+            "benchmark": self.layout.benchmark_name if self.benchmark is not None else None,
+            "caveats": list(self.caveats()),
             "warnings": list(self.warnings),
         }
+
+    def caveats(self) -> tuple[str, ...]:
+        """What a reader of any result built on this data must know, derived from the data
+        (not from where it came from): survivorship, missing fields, adjusted prices."""
+        out = []
+        universe = self.tables.universe
+        if self.universe_derived:
+            out.append("survivors only: the universe is derived from the bars (no universe file)")
+        elif universe.height and universe["listed_until"].null_count() == universe.height:
+            out.append("survivors only: no instrument of the universe was ever delisted, so names that "
+                       "died or left are absent (survivorship bias: results overstate returns)")
+        if set(self.missing_bar_fields) == {"open", "high", "low", "volume"}:
+            out.append("close-only: no open/high/low/volume; the features that need them are null")
+        elif self.missing_bar_fields:
+            out.append(f"bars lack {', '.join(self.missing_bar_fields)}; the features that need them are null")
+        if self.layout.bars_adjusted:
+            out.append("adjusted: closes are split- and dividend-adjusted, so price levels embed later "
+                       "corporate actions (returns are unaffected; price-level features are not point in time)")
+        if self.benchmark is not None and self.layout.bars_adjusted:
+            out.append(f"benchmark: {self.layout.benchmark_name} returns come from its level as given "
+                       "(a price index leaves out the dividends that adjusted closes include)")
+        if "fundamentals" in self.missing_tables:
+            out.append("no fundamentals: the fundamentals-based features are null")
+        return tuple(out)
 
 
 def table_files(data_dir: str | Path, table: str) -> list[Path]:
@@ -472,6 +515,7 @@ def _locate(violation: quality.Violation, annotated: pl.DataFrame, keys: list[st
 
 
 _KEYS = {
+    BENCHMARK: ["date"],
     "market_bars": ["date", "instrument_id"],
     "universe": ["instrument_id", "knowledge_time"],
     "corporate_actions": ["instrument_id", "ex_date", "knowledge_time"],
@@ -568,6 +612,7 @@ def load_data_dir(data_dir: str | Path, *, as_of: dt.datetime | None = None) -> 
     for table, check in (("corporate_actions", quality.check_corporate_actions), ("fundamentals", quality.check_fundamentals)):
         if table not in undatable:
             _check(table, ruled[table], check(contract[table]), problems)
+    benchmark = _benchmark(root, layout, problems)
     if problems:
         raise SourceRejected(root, problems)
     tables = MarketData(
@@ -585,7 +630,30 @@ def load_data_dir(data_dir: str | Path, *, as_of: dt.datetime | None = None) -> 
         missing_tables=tuple(t for t in REFERENCE_TABLES if not files[t]),
         universe_derived=derived,
         warnings=tuple(warn),
+        benchmark=benchmark,
     )
+
+
+def _benchmark(root: Path, layout: Layout, problems: list[Problem]) -> pl.DataFrame | None:
+    """benchmark.csv|.parquet (date, close), checked by ``quality.check_benchmark``."""
+    found = table_files(root, BENCHMARK)
+    if not found:
+        return None
+    annotated = _concat([read_table_file(p, BENCHMARK, layout, root) for p in found], SPECS[BENCHMARK])
+    annotated = annotated.sort("date", maintain_order=True)
+    frame = annotated.drop("_file", "_row")
+    _check(BENCHMARK, annotated, quality.check_benchmark(frame), problems)
+    return frame
+
+
+def read_bars_file(path: str | Path, layout: Layout, root: Path | None = None) -> pl.DataFrame:
+    """One bars file as contract rows (optional fields null, knowledge-time rule applied):
+    how the landing folder reads a file when the source is a data directory, so a new day's
+    file may use the directory's layout.yaml (mapping, date format, symbol from file name).
+    Row rules are the caller's (the landing rules)."""
+    frame = _concat([read_table_file(path, "market_bars", layout, root)], SPECS["market_bars"])
+    ruled = frame.with_columns(bars_knowledge_time(layout.bars_knowledge_delay).cast(UTC_TIME).alias("knowledge_time"))
+    return ruled.drop("_file", "_row")
 
 
 # --------------------------------------------------------------------------- incremental

@@ -33,6 +33,7 @@ from dagster import (
     asset,
 )
 
+from quant_assets.data.sources import bars_adjusted
 from quant_assets.features import (
     FeatureConfig,
     compute_features,
@@ -41,6 +42,7 @@ from quant_assets.features import (
     guard,
     required_lookback_days,
 )
+from quant_assets.features.availability import availability_metadata
 from quant_assets.partitions import trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried
 from quant_assets.run_costs import measured
@@ -128,7 +130,10 @@ def build_pit_features(code_version: str) -> AssetsDefinition:
             # fail before the output: nothing is written and nothing downstream runs
             raise Failure(description=message, allow_retries=False)  # deterministic: a retry finds the same leak
         yield AssetCheckResult(check_name=LEAK_CHECK, passed=True, metadata=checked)
-        yield Output(frame, metadata={"days": len(days), "rows": frame.height, "features": frame.width - 2})
+        # which features are null for every row and why (never computed from a substitute)
+        available = availability_metadata(market_bars, fundamentals, bars_adjusted(SETTINGS.data_dir if SETTINGS.source == "files" else None))
+        yield Output(frame, metadata={"days": len(days), "rows": frame.height, "features": frame.width - 2,
+                                      **{k: MetadataValue.json(v) for k, v in available.items()}})
 
     return pit_features
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import polars as pl
+
 from quant_assets.features import pit
 from quant_assets.features.catalog import active_features
 
@@ -93,7 +95,7 @@ def null_features(
     return out
 
 
-def price_levelactive_features() -> dict[str, str]:
+def price_level_features() -> dict[str, str]:
     """Features that read an as-traded price or volume level: with back-adjusted bars
     (``bars_adjusted: true``) they are computed, but the level embeds later corporate
     actions, so they are not point in time (returns and ratios of closes are unaffected)."""
@@ -104,3 +106,25 @@ def price_levelactive_features() -> dict[str, str]:
         if reads_level or any(d in out for d in feature.depends_on):
             out[name] = "reads a price/volume level; back-adjusted bars make it look-ahead"
     return out
+
+
+def missing_fields(market_bars: pl.DataFrame, fundamentals: pl.DataFrame) -> tuple[list[str], list[str]]:
+    """(optional bar fields null in every bar, fundamentals fields without a row) of the
+    tables a run read: what ``null_features`` needs, taken from the data itself."""
+    bars = [] if market_bars.height == 0 else [
+        f for f in OPTIONAL_BAR_FIELDS
+        if f not in market_bars.columns or market_bars[f].null_count() == market_bars.height
+    ]
+    present = set(fundamentals["field"].unique().to_list()) if "field" in fundamentals.columns else set()
+    return bars, [f for f in pit.FUNDAMENTAL_FIELDS if f not in present]
+
+
+def availability_metadata(market_bars: pl.DataFrame, fundamentals: pl.DataFrame, bars_adjusted: bool) -> dict:
+    """What a feature run's metadata says about its inputs: ``null_features`` (feature ->
+    why it is null for every row) and, for adjusted bars, ``not_point_in_time`` (feature ->
+    why its value embeds later corporate actions; those already null are left out)."""
+    bars, funds = missing_fields(market_bars, fundamentals)
+    null = null_features(bars, funds)
+    levels = {k: v for k, v in price_level_features().items() if k not in null} if bars_adjusted else {}
+    return {"missing_bar_fields": bars, "missing_fundamental_fields": funds,
+            "null_features": null, "not_point_in_time": levels}

@@ -89,6 +89,16 @@ def truncate_at_cutoff(
     return bars.collect(engine=pit.ENGINE), actions.collect(engine=pit.ENGINE), funds.collect(engine=pit.ENGINE)
 
 
+def universe_at_cutoff(universe: pl.DataFrame, day: dt.date, cutoff_time: Cutoff) -> pl.DataFrame:
+    """The universe versions known at cutoff(day) (all rows of a universe without
+    knowledge_time): the universe is bitemporal too, so a leak through a later listing or
+    delisting shows up as a difference."""
+    if "knowledge_time" not in universe.columns:
+        return universe
+    cut = pl.lit(day).pipe(pit.cutoff_expr, cutoff_time)
+    return pit.with_utc(universe, "knowledge_time").filter(pl.col("knowledge_time") <= cut).collect(engine=pit.ENGINE)
+
+
 def compare_day(stored: pl.DataFrame, recomputed: pl.DataFrame, day: dt.date) -> list[Leak]:
     """Every difference between two feature frames of one day (exact, nulls equal)."""
     features = [c for c in stored.columns if c not in KEY]
@@ -159,7 +169,8 @@ def find_leaks(
         bars, actions, funds = truncate_at_cutoff(market_bars, corporate_actions, fundamentals, day, cfg.cutoff_time)
         sample = sample_instruments(stored, day, instruments, seed)
         day_cfg = dataclasses.replace(cfg, instruments=sample)
-        recomputed = compute_features(universe, bars, actions, funds, [day], day_cfg)
+        recomputed = compute_features(universe_at_cutoff(universe, day, cfg.cutoff_time), bars, actions, funds,
+                                      [day], day_cfg)
         expected = stored.filter(pl.col("date") == day)
         if sample is not None:
             expected = expected.filter(pl.col("instrument_id").is_in(list(sample)))

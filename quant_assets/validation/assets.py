@@ -32,9 +32,9 @@ from quant_assets.features import total_return_index
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
 from quant_assets.validation import regimes
-from quant_assets.validation.benchmark import Benchmark, benchmark_for_book
+from quant_assets.validation.benchmark import Benchmark, benchmark_for_book, index_benchmark
 from quant_assets.validation.gate import PASS_METRIC, GateThresholds, evaluate_gate
-from quant_assets.validation.report import render_markdown, summarise
+from quant_assets.validation.report import render_data_section, render_markdown, summarise
 from quant_assets.validation.tearsheet import TearSheetInputs, monthly_ic, render_tearsheet
 from quant_assets.validation.trials import build_trial_set
 from quant_assets.warehouse import VersionedFrame, Warehouse
@@ -48,6 +48,10 @@ VARIANT_SCHEMES = ("equal", "score")
 # Sweep tables (trials/assets.py writes them); read when they exist, see validation/trials.py.
 TRIAL_REGISTRY_TABLES = (("sweep_trials",),)
 TRIAL_RETURNS_TABLE = ("trial_returns",)
+# Written by the data stage when the source gives them (data/assets.py): the source's index
+# as the benchmark, and the caveats of the data the report rests on.
+BENCHMARK_TABLE = ("benchmark",)
+DATA_SOURCE_TABLE = ("data_source",)
 
 
 GateConfig = config_class(
@@ -143,7 +147,13 @@ def validation_report(
             "market factor: equal-weight universe",
             regimes.equal_weight_returns(all_prices, "tr_close"), "market",
         )
-        benchmark = benchmark_for_book(bt["net_exposure"], bt["gross_exposure"], market=market)
+        given = _optional_table(warehouse, BENCHMARK_TABLE)
+        index = index_benchmark(given.frame if given else None)  # real data: the index
+        benchmark = benchmark_for_book(bt["net_exposure"], bt["gross_exposure"], market=market, index=index)
+        described = _optional_table(warehouse, DATA_SOURCE_TABLE)
+        about = described.frame if described else pl.DataFrame(schema={"item": pl.String, "value": pl.String})
+        caveats = about.filter(pl.col("item") == "caveat")["value"].to_list()
+        source_kind = next(iter(about.filter(pl.col("item") == "source")["value"].to_list()), None)
         summary = summarise(
             bt["net_return"].to_numpy(),
             bt["turnover"].to_numpy(),
@@ -162,7 +172,7 @@ def validation_report(
         metrics = {**summary.metrics, **gate.metrics()}
         markdown = render_markdown(
             metrics, summary.trial_sharpes, gate.message(), benchmark_name=benchmark.name
-        )
+        ) + render_data_section(caveats, source_kind)
 
         strategy = bt.select("date", pl.col("net_return").alias("return"))
         # the held book of the backtested spec for the long and short legs: one run over the
@@ -208,6 +218,7 @@ def validation_report(
         inputs = {"backtest": backtest, "oos_predictions": oos_predictions, "labels": labels}
         inputs.update({"trial_registry": registry} if registry else {})
         inputs.update({"trial_returns": sweep_returns} if sweep_returns else {})
+        inputs.update({"benchmark": given} if index is not None else {})
         lineage = lineage_of(
             context,
             inputs=inputs,
@@ -232,6 +243,8 @@ def validation_report(
             "summary": MetadataValue.md(markdown),
             **{k: float(metrics[k]) for k in ("sharpe", "max_drawdown", "psr", "dsr", "pbo", "n_trials")},
             "gate_passed": bool(gate.passed),
+            "benchmark": benchmark.name,
+            "data_caveats": MetadataValue.json(caveats),
             **lineage_metadata(lineage, [run.info.run_id]),
         },
     )

@@ -107,3 +107,12 @@ def benchmark_for_book(
     else:
         chosen, why = Benchmark.cash(), f"{book}: cash, no market series given"
     return Benchmark(chosen.name, chosen.returns, chosen.kind, why)
+
+
+def index_benchmark(frame: pl.DataFrame | None) -> Benchmark | None:
+    """The index a data source gave (the ``benchmark`` table: date, name, close, return),
+    or None when it gave none (no table, or an empty one: the simulator)."""
+    if frame is None or frame.height == 0:
+        return None
+    returns = frame.sort("date").select("date", "return").drop_nulls("return")
+    return Benchmark(str(frame["name"][0]), returns, "index")

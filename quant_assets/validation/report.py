@@ -229,3 +229,12 @@ def render_markdown(
     if gate_message:
         lines += ["", "**" + gate_message.splitlines()[0] + "**", ""] + gate_message.splitlines()[1:]
     return "\n".join(lines)
+
+
+def render_data_section(caveats: list[str], source: str | None = None) -> str:
+    """What the report's numbers rest on (the ``data_source`` table's caveats: survivors
+    only, close-only, adjusted, synthetic...), as a Markdown section."""
+    if not caveats and not source:
+        return ""
+    head = f"## Data ({source})" if source else "## Data"
+    return "\n".join(["", "", head, "", *(f"- {c}" for c in caveats)])

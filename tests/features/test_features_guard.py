@@ -136,3 +136,21 @@ def test_a_sample_of_instruments_is_recomputed_exactly_and_still_catches_a_leak(
     leaks = guard.find_leaks(leaky, universe, bars, actions, funds, DAYS[:1], config, instruments=5, seed=3)
     assert [leak.feature for leak in leaks] == ["peek_series"]
     assert len(leaks[0].instruments) <= 5
+
+
+def test_the_guard_recomputes_with_the_universe_as_known_at_the_cutoff():
+    # the universe is bitemporal: a version published after cutoff(D) must not reach the
+    # recomputation, one published at the cutoff must
+    from quant_assets.calendar import cutoff
+    from quant_assets.features.guard import universe_at_cutoff
+
+    day = dt.date(2022, 6, 1)
+    rule = FeatureConfig().cutoff_time
+    limit = cutoff(day, rule)
+    rows = [("A", "S", dt.date(2020, 1, 2), None, limit),
+            ("A", "S", dt.date(2020, 1, 2), day, limit + dt.timedelta(microseconds=1))]
+    universe = pl.DataFrame(rows, schema={"instrument_id": pl.String, "sector": pl.String, "listed_from": pl.Date,
+                                          "listed_until": pl.Date, "knowledge_time": pl.Datetime("us", "UTC")},
+                            orient="row")
+    assert universe_at_cutoff(universe, day, rule)["listed_until"].to_list() == [None]
+    assert universe_at_cutoff(universe, day + dt.timedelta(days=1), rule).height == 2

@@ -235,3 +235,98 @@ def test_fundamentals_computed_on_change_days_equal_every_day_computed():
         carried = pit.fundamentals_as_of(tables["fundamentals"], tables["corporate_actions"], days,
                                          cutoff_time=config.cutoff_time)
         assert carried.select(direct.columns).equals(direct), case
+
+
+# --------------------------------------------------------------------------- bitemporal universe
+
+
+def _version(inst: str, sector: str, listed_from: dt.date, listed_until: dt.date | None, known: dt.datetime) -> dict:
+    return {"instrument_id": inst, "sector": sector, "listed_from": listed_from,
+            "listed_until": listed_until, "knowledge_time": known}
+
+
+@st.composite
+def universe_histories(draw, case: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(versions, late versions) of a case's universe: the rule-based versions of its
+    listings (``universe_versions``: a listing known from listed_from, a delisting at the
+    close of its last session) plus drawn versions known before cutoff(D) (a sector change,
+    a delisting learned late, a corrected listed_from), and drawn versions, changes and
+    deletions published after cutoff(D), as the perturbation to apply."""
+    from quant_assets.data.reference import universe_versions
+
+    tables, day, config, _ = market_case(case)
+    limit = cutoff(day, config.cutoff_time)
+    base = universe_versions(tables["universe"])
+    ids = sorted(base["instrument_id"].unique().to_list())
+    window = [d for d in ALL_DAYS if d <= day]
+
+    def drawn(known: dt.datetime) -> dict:
+        inst = draw(st.sampled_from(ids))
+        current = base.filter(pl.col("instrument_id") == inst).row(0, named=True)
+        kind = draw(st.sampled_from(["sector", "delist", "relist", "listed_from"]))
+        listed_from, listed_until, sector = current["listed_from"], current["listed_until"], current["sector"]
+        if kind == "sector":
+            sector = draw(st.sampled_from(["S0", "S1", "S2"]))
+        elif kind == "delist":
+            listed_until = draw(st.sampled_from(window))
+        elif kind == "relist":
+            listed_until = None
+        else:
+            listed_from = draw(st.sampled_from(window))
+        return _version(inst, sector, listed_from, listed_until, known)
+
+    hours = st.floats(0.001, 24 * 20, allow_nan=False)
+    known_before = [drawn(limit - dt.timedelta(hours=draw(hours))) for _ in range(draw(st.integers(0, 4)))]
+    late = [drawn(limit + dt.timedelta(hours=draw(hours))) for _ in range(draw(st.integers(1, 5)))]
+    schema = base.schema
+    versions = pl.concat([base, pl.DataFrame(known_before, schema=schema)]).unique(
+        ["instrument_id", "knowledge_time"], keep="first", maintain_order=True)
+    return versions, pl.DataFrame(late, schema=schema)
+
+
+def perturb_universe_after(versions: pl.DataFrame, late: pl.DataFrame, limit: dt.datetime, seed: int) -> pl.DataFrame:
+    """Delete or change versions known after `limit` and add `late` ones (all after it)."""
+    rng = np.random.default_rng(seed)
+    after = pl.col("knowledge_time") > limit
+    keep = pl.Series(rng.random(versions.height) < 0.6)
+    flip = pl.Series(rng.random(versions.height) < 0.5)
+    changed = versions.with_columns(
+        pl.when(after & flip).then(pl.lit("S9")).otherwise(pl.col("sector")).alias("sector")
+    ).filter(~after | keep)
+    return pl.concat([changed, late]).unique(["instrument_id", "knowledge_time"], keep="first").sample(
+        fraction=1.0, shuffle=True, seed=int(rng.integers(0, 2**31)))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=CASES, data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_universe_versions_published_after_the_cutoff_never_change_features(case, data, seed):
+    tables, day, config, _ = market_case(case)
+    limit = cutoff(day, config.cutoff_time)
+    versions, late = data.draw(universe_histories(case))
+    before = features_of({**tables, "universe": versions}, day, config)
+    perturbed = perturb_universe_after(versions, late, limit, seed)
+    after = features_of({**tables, "universe": perturbed}, day, config)
+    assert before.equals(after), (versions, perturbed)
+
+
+def test_a_delisting_known_before_the_cutoff_removes_the_instrument_and_a_later_one_does_not():
+    # the property above must be able to fail: the same version changes D's rows when it is
+    # known at the cutoff, and changes nothing when it is known a microsecond later
+    from quant_assets.data.reference import universe_versions
+
+    for case in range(N_CASES):
+        tables, day, config, baseline = market_case(case)
+        if baseline.height:
+            break
+    limit = cutoff(day, config.cutoff_time)
+    versions = universe_versions(tables["universe"])
+    inst = baseline["instrument_id"][0]
+    first = versions.filter(pl.col("instrument_id") == inst).row(0, named=True)
+    delisted = {**first, "listed_until": ALL_DAYS[ALL_DAYS.index(day) - 1]}
+    at_cutoff = pl.DataFrame([{**delisted, "knowledge_time": limit}], schema=versions.schema)
+    later = at_cutoff.with_columns(pl.col("knowledge_time") + dt.timedelta(microseconds=1))
+    known = features_of({**tables, "universe": pl.concat([versions, at_cutoff])}, day, config)
+    unknown = features_of({**tables, "universe": pl.concat([versions, later])}, day, config)
+    assert inst not in known["instrument_id"].to_list()
+    assert unknown.equals(features_of({**tables, "universe": versions}, day, config))
+    assert inst in unknown["instrument_id"].to_list()

@@ -182,6 +182,11 @@ class ResearchReport:
     summary: ValidationSummary = field(repr=False)
     config: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:
+        m = self.metrics
+        return (f"ResearchReport({self.first_day}..{self.last_day}: sharpe={m.get('sharpe', float('nan')):.2f}, "
+                f"dsr={m.get('dsr', float('nan')):.3f}, benchmark={self.benchmark.name!r})")
+
     def table(self) -> pl.DataFrame:
         """The metrics as a (metric, value) frame."""
         return pl.DataFrame({"metric": list(self.metrics), "value": [float(v) for v in self.metrics.values()]})

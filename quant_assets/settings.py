@@ -25,6 +25,7 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | QUANT_LANDING_DIR | $QUANT_HOME/landing | landing folder of the file source |
 | QUANT_SOURCE | simulated | where the raw tables come from: simulated or files |
 | QUANT_DATA_DIR | "" | folder in the documented layout (docs/data_layout.md); needed when QUANT_SOURCE=files |
+| QUANT_FEATURE_MODULES | "" | comma-separated importable modules whose FEATURES join the feature catalogue (features/catalog.py) |
 
 The cutoff rule: with the defaults a regular XNYS session's cutoff is its 16:00 New York close,
 21:00 UTC in winter and 20:00 UTC in summer; a half day's is earlier (2022-11-25: 18:00 UTC).
@@ -64,6 +65,24 @@ def _parse_int(name: str, value: str, minimum: int = 0) -> int:
     if out < minimum:
         raise ValueError(f"{name}={value!r} must be >= {minimum}")
     return out
+
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def parse_feature_modules(value: str, name: str = "QUANT_FEATURE_MODULES") -> tuple[str, ...]:
+    """'pkg.mod, other' -> ('pkg.mod', 'other'): dotted module names, each once, in order."""
+    out: list[str] = []
+    for part in value.split(","):
+        module = part.strip()
+        if not module:
+            continue
+        if not _MODULE_NAME.match(module):
+            raise ValueError(f"{name}={value!r}: {module!r} is not a dotted module name (e.g. my_research.features)")
+        if module in out:
+            raise ValueError(f"{name}={value!r} names {module!r} twice")
+        out.append(module)
+    return tuple(out)
 
 
 _DURATION = re.compile(r"^([+-])?(?:(\d+)h)?(?:(\d+)min)?$")
@@ -120,6 +139,8 @@ class Settings:
     calendar_name: str = calendar.DEFAULT_CALENDAR
     source: str = "simulated"
     data_dir: Path | None = None
+    # plug-in feature modules, in catalogue order (quant_assets/features/catalog.py)
+    feature_modules: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -170,6 +191,7 @@ class Settings:
             calendar_name=calendar_name,
             source=source,
             data_dir=data_dir,
+            feature_modules=parse_feature_modules(_env("QUANT_FEATURE_MODULES", "")),
         )
 
     def as_dict(self) -> dict[str, str]:

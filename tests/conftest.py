@@ -18,7 +18,7 @@ TEST_ENV = {
 for _k, _v in TEST_ENV.items():
     os.environ[_k] = _v
 for _k in ("QUANT_WAREHOUSE_URI", "QUANT_MLFLOW_URI", "QUANT_MLFLOW_ARTIFACTS", "DAGSTER_HOME",
-           "QUANT_LANDING_DIR"):
+           "QUANT_LANDING_DIR", "QUANT_FEATURE_MODULES"):
     os.environ.pop(_k, None)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")

@@ -5,9 +5,6 @@ The blocking gate check on ``validation_report`` lives in ``validation/checks.py
 """
 
 
-import dataclasses
-import itertools
-
 import polars as pl
 from dagster import (
     AllPartitionMapping,
@@ -36,15 +33,13 @@ from quant_assets.validation.benchmark import Benchmark, benchmark_for_book, ind
 from quant_assets.validation.gate import PASS_METRIC, GateThresholds, evaluate_gate
 from quant_assets.validation.report import render_data_section, render_markdown, summarise
 from quant_assets.validation.tearsheet import TearSheetInputs, monthly_ic, render_tearsheet
-from quant_assets.validation.trials import build_trial_set
+from quant_assets.validation.trials import build_trial_set, strategy_variants
 from quant_assets.warehouse import VersionedFrame, Warehouse
 from resources import model_registry
 from resources.model_registry import MODEL_NAME as REGISTERED_MODEL
 from resources.tracking import MlflowTracking
 
 GROUP = "validation"
-VARIANT_QUANTILES = (0.1, 0.2, 0.3)
-VARIANT_SCHEMES = ("equal", "score")
 # Sweep tables (trials/assets.py writes them); read when they exist, see validation/trials.py.
 TRIAL_REGISTRY_TABLES = (("sweep_trials",),)
 TRIAL_RETURNS_TABLE = ("trial_returns",)
@@ -126,10 +121,9 @@ def validation_report(
         prices = all_prices.filter(pl.col("date").is_between(first, last))
         history = all_prices.filter(pl.col("date") < first)
         trials, dates = {}, None
-        for q, scheme in itertools.product(VARIANT_QUANTILES, VARIANT_SCHEMES):
-            spec = dataclasses.replace(base, quantile=q, scheme=scheme)
+        for name, spec in strategy_variants(base).items():
             daily, _ = run_long_short(preds, prices, spec, sectors=sectors, history=history)
-            trials[f"q{q:.1f}-{scheme}"] = daily["net_return"].to_numpy()
+            trials[name] = daily["net_return"].to_numpy()
             dates = daily["date"] if dates is None else dates
         registry = next(
             (t for t in (_optional_table(warehouse, k) for k in TRIAL_REGISTRY_TABLES) if t is not None), None

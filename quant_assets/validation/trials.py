@@ -18,12 +18,28 @@ share the backtest's days; ``pbo_n_trials`` in the report says which set was use
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
+from quant_assets.backtest.strategy import StrategySpec
 from quant_assets.validation.report import PBO_MIN_ROWS_PER_BLOCK, PBO_SPLITS, SWEEP_PREFIX
+
+# The variants evaluated on the same predictions (the report's own trials): the backtested
+# spec with the quantile and the weighting scheme varied.
+VARIANT_QUANTILES = (0.1, 0.2, 0.3)
+VARIANT_SCHEMES = ("equal", "score")
+
+
+def strategy_variants(base: StrategySpec) -> dict[str, StrategySpec]:
+    """Trial name ("q0.2-equal") -> the variant of ``base`` it names."""
+    return {
+        f"q{q:.1f}-{scheme}": dataclasses.replace(base, quantile=q, scheme=scheme)
+        for q, scheme in itertools.product(VARIANT_QUANTILES, VARIANT_SCHEMES)
+    }
 
 REGISTRY_COLUMNS = ("trial_id",)
 PER_PERIOD_SHARPE_COLUMNS = ("sharpe_per_period", "sharpe")  # first present wins

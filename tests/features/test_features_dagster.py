@@ -5,13 +5,18 @@
   downstream asset of the same run does not materialise;
 - features_for_scoring on the live inputs equals the stored partitions exactly;
 - a range run reads only its lookback window of market_bars, not the whole table;
-- a changed feature definition makes the materialised partitions stale (new code version).
+- a changed feature definition makes the materialised partitions stale (new code version);
+- plug-in features (QUANT_FEATURE_MODULES, a module outside the package) are columns of the
+  stored partitions, equal to the engine's values; a leaky plug-in fails the blocking check;
+  editing a plug-in's helper marks the partitions it built stale.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -43,6 +48,8 @@ from quant_assets.data.market import simulated_for
 from quant_assets.features import (
     FeatureConfig,
     catalog,
+    compute_features,
+    feature_versions,
     features_code_version,
     features_for_scoring,
     required_lookback_days,
@@ -66,6 +73,10 @@ BARS_UNTIL = "2022-05-13"
 GOOD_RANGE = ("2022-04-19", "2022-04-21")
 LEAKY_RANGE = ("2022-04-25", "2022-04-27")
 READS: list[tuple[str, int, dt.date | None, dt.date | None]] = []
+# the plug-in run's days (after the ranges above: it adds columns to the stored table)
+PLUGIN_RANGE = ("2022-05-09", "2022-05-11")
+PLUGIN_MODULE = "my_desk_features"  # a copy of plugin_fixtures/desk_features.py the tests edit
+DESK_FEATURES = ("gap_up_share_20d", "value_momentum_rank")
 
 
 class RecordingDeltaIOManager(DeltaIOManager):
@@ -178,18 +189,12 @@ def test_a_range_run_reads_only_its_lookback_window_of_market_bars(env, good_run
     assert len(keys) == len(trading_day_partitions.get_partition_keys_in_range(PartitionKeyRange(keys[0], keys[-1])))
 
 
-def _peek_next_close() -> Feature:
-    # A look-ahead bug: within a multi-day batch the cross-section of D holds later days
-    # too, and shift(-1) over the instrument reads the next day's close.
-    return Feature(
-        "peek_next_close", "leaky", "next day's close / close - 1 (look-ahead)", 1,
-        expr=pl.col("close").shift(-1).over("instrument_id") / pl.col("close") - 1.0, kind="snapshot",
-    )
-
-
-def test_leaky_feature_fails_the_check_and_blocks_downstream(env, monkeypatch):
+def test_leaky_feature_fails_the_check_and_blocks_downstream(env, plugins):
     instance, _, warehouse = env
-    monkeypatch.setattr(catalog, "_ACTIVE", build_catalog([*LIBRARY, _peek_next_close()]))
+    # a plug-in module outside the package (tests/features/plugin_fixtures/leaky_snapshot.py):
+    # within a multi-day batch the cross-section of D holds later days too, and its
+    # shift(-1) over the instrument reads the next day's close
+    plugins("leaky_snapshot")
 
     @asset(partitions_def=trading_day_partitions, metadata={"partition_expr": "date"},
            ins={"pit_features": AssetIn()}, backfill_policy=BackfillPolicy.multi_run(400))
@@ -260,3 +265,79 @@ def test_changed_definition_marks_materialised_partitions_stale(env, good_run, m
     assert rebuilt.code_versions_by_key[key] == new_version
     # partitions never materialised are missing, not stale
     assert after.get_status(key, "2022-05-02") == StaleStatus.MISSING
+
+
+def _resolver(instance, assets):
+    return CachingStaleStatusResolver(instance, AssetGraph.from_assets(assets), LoadingContextForTest(instance))
+
+
+@pytest.fixture(scope="module")
+def plugin_run(env, tmp_path_factory):
+    """pit_features over PLUGIN_RANGE with the plug-in module named by QUANT_FEATURE_MODULES,
+    the asset built (with its code version) from that catalogue as the code location does."""
+    folder = tmp_path_factory.mktemp("plugins")
+    shutil.copy(Path(__file__).parent / "plugin_fixtures" / "desk_features.py", folder / f"{PLUGIN_MODULE}.py")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        patch.setenv("QUANT_FEATURE_MODULES", PLUGIN_MODULE)
+        with catalog.feature_modules():  # reads QUANT_FEATURE_MODULES
+            code_version = features_code_version()
+            versions = feature_versions()
+            result = _run_features(env, build_pit_features(code_version), PLUGIN_RANGE)
+    return result, code_version, versions, folder
+
+
+def test_plugin_features_are_columns_of_the_stored_partitions(env, plugin_run):
+    instance, resources, warehouse = env
+    result, code_version, versions, _ = plugin_run
+    assert result.success
+    assert code_version != features_code_version()  # the library alone hashes differently
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == LEAK_CHECK]
+    assert evaluation.passed  # the blocking check recomputed the plug-in columns too
+    first, last = (dt.date.fromisoformat(d) for d in PLUGIN_RANGE)
+    stored = warehouse.read(["pit_features"]).frame.filter(pl.col("date").is_between(first, last))
+    assert set(DESK_FEATURES) <= set(stored.columns)
+    assert stored.height > 20 and stored.select(DESK_FEATURES).null_count().row(0) < (stored.height,) * 2
+    # the engine on the stored raw tables, with the same catalogue, gives the same values
+    raw = {name: warehouse.read([name]).frame for name in ("universe", "market_bars", "corporate_actions", "fundamentals")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(plugin_run[3]))
+        with catalog.feature_modules(PLUGIN_MODULE):
+            expected = compute_features(
+                raw["universe"], raw["market_bars"], raw["corporate_actions"], raw["fundamentals"], _days(PLUGIN_RANGE),
+                FeatureConfig(cutoff_time=load_settings().cutoff_time),
+            )
+    assert stored.select(expected.columns).sort("date", "instrument_id").equals(expected)
+    (record,) = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("pit_features"), asset_partitions=[PLUGIN_RANGE[0]]), limit=1
+    ).records
+    assert record.asset_materialization.tags["dagster/code_version"] == code_version
+    assert set(DESK_FEATURES) <= set(versions)
+
+
+def test_editing_a_plugin_helper_marks_its_partitions_stale(env, plugin_run, monkeypatch):
+    instance, _, _ = env
+    _, old_version, old_versions, folder = plugin_run
+    key = AssetKey("pit_features")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("QUANT_FEATURE_MODULES", PLUGIN_MODULE)
+    with catalog.feature_modules(reload=True):  # re-imported unchanged: same versions
+        assert features_code_version() == old_version
+    fresh = _resolver(instance, [*RAW, build_pit_features(old_version)])
+    assert all(fresh.get_status(key, p) == StaleStatus.FRESH for p in (d.isoformat() for d in _days(PLUGIN_RANGE)))
+
+    # the researcher edits a helper the builder calls (not the builder): a gap now counts
+    # opens at the previous close too
+    path = folder / f"{PLUGIN_MODULE}.py"
+    text = path.read_text()
+    edited = text.replace('pl.col("open") > pl.col("close").shift(1)', 'pl.col("open") >= pl.col("close").shift(1)')
+    assert edited != text
+    path.write_text(edited)
+    with catalog.feature_modules(reload=True):
+        new_version, new_versions = features_code_version(), feature_versions()
+    assert new_version != old_version
+    assert [n for n in new_versions if new_versions[n] != old_versions[n]] == ["gap_up_share_20d"]
+    after = _resolver(instance, [*RAW, build_pit_features(new_version)])
+    for partition in (d.isoformat() for d in _days(PLUGIN_RANGE)):
+        assert after.get_status(key, partition) == StaleStatus.STALE
+        assert [c.category for c in after.get_stale_causes(key, partition)] == [StaleCauseCategory.CODE]

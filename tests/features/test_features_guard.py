@@ -12,13 +12,10 @@ from quant_assets.calendar import trading_days
 from quant_assets.data.simulator import SimulatorConfig, simulate_market
 from quant_assets.features import (
     FeatureConfig,
-    catalog,
     compute_features,
     features_for_scoring,
     guard,
 )
-from quant_assets.features.definition import Feature, build_catalog
-from quant_assets.features.library import LIBRARY
 
 SOME = ("return_5d", "volatility_20d", "log_market_cap", "return_5d_sector_rank")
 CONFIG = FeatureConfig(features=SOME)
@@ -81,12 +78,8 @@ def test_a_tampered_value_and_a_missing_row_are_named():
     assert DAYS[3].isoformat() in message and victim in message
 
 
-def test_a_feature_reading_the_next_day_is_caught(monkeypatch):
-    leaky = Feature(
-        "peek_next_close", "leaky", "next close / close - 1", 1,
-        expr=pl.col("close").shift(-1).over("instrument_id") / pl.col("close") - 1.0, kind="snapshot",
-    )
-    monkeypatch.setattr(catalog, "_ACTIVE", build_catalog([*LIBRARY, leaky]))
+def test_a_feature_reading_the_next_day_is_caught(plugins):
+    plugins("leaky_snapshot")  # peek_next_close: shift(-1) over the instrument in the cross-section
     universe, bars, actions, funds = _inputs()
     config = FeatureConfig(features=(*SOME, "peek_next_close"))
     stored = compute_features(universe, bars, actions, funds, DAYS, config)
@@ -107,13 +100,11 @@ def test_scoring_from_live_inputs_equals_the_batch_computation(day):
     assert online.schema == batch.schema and online.equals(batch)
 
 
-def test_a_series_expression_that_reads_the_next_row_is_caught(monkeypatch):
+def test_a_series_expression_that_reads_the_next_row_is_caught(plugins):
     # Series features of a year's days are evaluated once on the year's context (pit.py);
     # a non-causal expression (shift(-1)) then reads the next market day inside a batch.
     # Computed alone, the day has no next row: the guard recomputes it so and flags it.
-    peek = Feature("peek_series", "leaky", "next close / close - 1", 2,
-                   expr=pl.col("close").shift(-1) / pl.col("close") - 1.0)
-    monkeypatch.setattr(catalog, "_ACTIVE", build_catalog([*LIBRARY, peek]))
+    plugins("leaky_series")  # peek_series: close.shift(-1) / close - 1
     universe, bars, actions, funds = _inputs()
     config = FeatureConfig(features=("return_5d", "peek_series"))
     stored = compute_features(universe, bars, actions, funds, DAYS, config)
@@ -124,13 +115,11 @@ def test_a_series_expression_that_reads_the_next_row_is_caught(monkeypatch):
     assert guard.find_leaks(stored, universe, bars, actions, funds, [DAYS[-1]], config) == []
 
 
-def test_a_sample_of_instruments_is_recomputed_exactly_and_still_catches_a_leak(monkeypatch):
+def test_a_sample_of_instruments_is_recomputed_exactly_and_still_catches_a_leak(plugins):
     universe, bars, actions, funds = _inputs()
     stored = compute_features(universe, bars, actions, funds, DAYS)
     assert guard.find_leaks(stored, universe, bars, actions, funds, DAYS[:2], instruments=5, seed=3) == []
-    peek = Feature("peek_series", "leaky", "next close / close - 1", 2,
-                   expr=pl.col("close").shift(-1) / pl.col("close") - 1.0)
-    monkeypatch.setattr(catalog, "_ACTIVE", build_catalog([*LIBRARY, peek]))
+    plugins("leaky_series")
     config = FeatureConfig(features=("return_5d", "peek_series"))
     leaky = compute_features(universe, bars, actions, funds, DAYS, config)
     leaks = guard.find_leaks(leaky, universe, bars, actions, funds, DAYS[:1], config, instruments=5, seed=3)

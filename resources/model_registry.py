@@ -173,7 +173,7 @@ def require_reason(reason: str | None, command: str) -> str:
     text = (reason or "").strip()
     if not text and os.environ.get(REQUIRE_REASON_ENV, "").strip() in ("1", "true", "yes"):
         raise RegistryError(
-            f"{command}: --reason is required ({REQUIRE_REASON_ENV}=1): say why the model is read"
+            f"--reason is required ({REQUIRE_REASON_ENV}=1): say why {command} reads the model"
         )
     return text
 

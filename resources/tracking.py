@@ -122,6 +122,7 @@ def ensure_sqlite_store(tracking_uri: str, artifact_root: str = "") -> None:
         return
     path = Path(tracking_uri.removeprefix("sqlite:///"))
     if path.exists():
+        rebase_moved_store(path, artifact_root)
         return
     import uuid
 
@@ -140,6 +141,57 @@ def ensure_sqlite_store(tracking_uri: str, artifact_root: str = "") -> None:
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
             leftover.unlink(missing_ok=True)
+
+
+# Where a local SQLite store holds absolute artifact locations (file:// URIs).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+)
+_REBASED: set[str] = set()
+
+
+def rebase_moved_store(db: Path, artifact_root: str) -> bool:
+    """Point a moved or copied local store's artifact locations at its new home.
+
+    MLflow writes absolute ``file://`` artifact locations into the store (experiments, runs,
+    logged models, model versions). A QUANT_HOME copied elsewhere kept the original's, so
+    its new runs wrote their artifacts into the original home. The store is created with its
+    artifact root next to it (``ensure_sqlite_store``: experiment 0 at ``<root>/0``); when
+    that root is in another folder than the store but has the configured root's name (the
+    default layout, ``<home>/mlflow.db`` + ``<home>/mlartifacts``), the store was moved, and
+    every location under the old root is rewritten under the configured one -- in the store
+    being opened, never in the original. Checked once per store and process.
+    """
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    new_root = _artifact_root(artifact_root)
+    key = f"{db.resolve()}|{new_root}"
+    if key in _REBASED or not new_root or not new_root.startswith("file:"):
+        return False
+    _REBASED.add(key)
+    new_path = Path(unquote(urlparse(new_root).path))
+    if new_path.parent != db.resolve().parent:
+        return False  # not the co-located layout: nothing is inferred
+    with sqlite3.connect(db, timeout=30) as conn:
+        row = conn.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()
+        if not row or not str(row[0]).startswith("file:") or not str(row[0]).endswith("/0"):
+            return False
+        old_root = str(row[0])[: -len("/0")]
+        old_path = Path(unquote(urlparse(old_root).path))
+        if old_root == new_root or old_path.name != new_path.name or old_path.parent == new_path.parent:
+            return False
+        for table, column in _LOCATION_COLUMNS:
+            conn.execute(
+                f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 - fixed names
+                f"WHERE substr({column}, 1, ?) = ?",
+                (new_root + "/", len(old_root) + 2, len(old_root) + 1, old_root + "/"),
+            )
+    return True
 
 
 # MLflow's quiet settings (explicit environment settings still win): no telemetry calls

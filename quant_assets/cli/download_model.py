@@ -36,9 +36,13 @@ def download_model(name: str, version: int | None, alias: str | None, dest: Path
     model_registry.record_read(name, info.version, via="download-model", reason=reason,
                                run_id=info.run_id, root=settings.warehouse_uri,
                                extra={"dest": str(dest.resolve()), **({"alias": alias} if alias else {})})
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
     try:
         model_dir = download_artifacts(artifact_uri=f"models:/{name}/{info.version}",
-                                       dst_path=str(dest / "model"), tracking_uri=settings.mlflow_uri)
+                                       dst_path=str(dest / "model"))
     except MlflowException as exc:
         raise model_registry.RegistryError(f"{name} v{info.version}: {exc.message}") from exc
     out = {"name": name, "version": info.version, "run_id": info.run_id, "model_dir": model_dir,

@@ -1,5 +1,12 @@
 """Local Dagster instance set-up (SQLite under DAGSTER_HOME).
 
+Relocatable: nothing in the instance file names an absolute path. The event log's
+``base_dir`` is written relative (``history/runs``) and resolved against the home the
+instance is opened from (``DAGSTER_HOME`` or ``DagsterInstance.from_config(dir)``), as
+Dagster's own defaults are, so a copied or moved home (a backup restored, a second checkout,
+a test fixture) writes its events into itself, never into the original. Homes written
+before this kept an absolute path: ``prepare_local_instance`` makes it relative again.
+
 Why a pragma and an idle connection: a range run writes a few Dagster events per partition, and Dagster's SQLite
 storage opens a connection and commits for each one. With its default
 ``synchronous=FULL`` every commit waits for an fsync, which made the demo's daily stage
@@ -37,8 +44,10 @@ event_log_storage:
   module: quant_assets.instance
   class: LocalSqliteEventLogStorage
   config:
+    # relative: resolved against the instance's home (see the module docstring)
     base_dir: {events_dir}
 """
+EVENTS_DIR = "history/runs"  # Dagster's default event log location under the home
 
 _ROOTS: set[str] = set()
 # One idle connection per local SQLite file, held for the life of the process: see
@@ -86,19 +95,39 @@ def relax_local_sqlite(root: Path) -> None:
         sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _relax_sqlite_sync)
 
 
-def local_instance_yaml(dagster_home: Path) -> str:
-    """The dagster.yaml of a local instance under `dagster_home`."""
-    # the default event log location, so that a home made before keeps its history
-    return _LOCAL_INSTANCE_YAML.format(events_dir=Path(dagster_home).resolve() / "history" / "runs")
+def local_instance_yaml(dagster_home: Path | None = None) -> str:
+    """The dagster.yaml of a local instance (the same for every home: nothing in it is
+    absolute; ``dagster_home`` is accepted for callers that name it)."""
+    # Dagster's default event log location, so that a home made before keeps its history
+    return _LOCAL_INSTANCE_YAML.format(events_dir=EVENTS_DIR)
+
+
+def make_relocatable(cfg: Path) -> bool:
+    """Rewrite an absolute event-log ``base_dir`` of our storage class that ends in the
+    default location (what homes written before wrote) as the relative one; True if changed.
+    Done with a text edit, so comments and the rest of the file stay as they are."""
+    import re
+
+    text = cfg.read_text()
+    if "class: LocalSqliteEventLogStorage" not in text:
+        return False
+    pattern = re.compile(r"^(\s*base_dir:\s*)(/\S*/" + re.escape(EVENTS_DIR) + r")\s*$", re.M)
+    new = pattern.sub(lambda m: m.group(1) + EVENTS_DIR, text)
+    if new == text:
+        return False
+    cfg.write_text(new)
+    return True
 
 
 def prepare_local_instance(dagster_home: Path) -> None:
-    """Create DAGSTER_HOME with a SQLite dagster.yaml if it has none, and point the
-    process at it."""
+    """Create DAGSTER_HOME with a SQLite dagster.yaml if it has none (or make an older one
+    relocatable), and point the process at it."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     cfg = dagster_home / "dagster.yaml"
     if not cfg.exists():
         cfg.write_text(local_instance_yaml(dagster_home))
+    else:
+        make_relocatable(cfg)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
 
 
@@ -120,11 +149,27 @@ class LocalSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
         self._engines: OrderedDict[str, sqlalchemy.engine.Engine] = OrderedDict()
+        self._relative_to_home: str | None = None
+        if not os.path.isabs(base_dir):
+            # resolved once the instance registers (its home is known then): relocatable
+            self._relative_to_home = base_dir
+            self._inst_data_pending = self._inst_data = inst_data
+            return
+        self._open(base_dir, inst_data)
+
+    def _open(self, base_dir: str, inst_data: Any) -> None:
         # the instance's SQLite files (runs, schedules, event shards) live under its home
         # (<home>/history/runs): relax their fsyncs when the instance is built, in every
         # process that opens it (webserver, daemon, run workers), not as an import side effect
         relax_local_sqlite(Path(base_dir).resolve().parent.parent)
         super().__init__(base_dir, inst_data=inst_data)
+
+    def register_instance(self, instance: Any) -> None:
+        if self._relative_to_home is not None:
+            self._open(os.path.join(instance.root_directory, self._relative_to_home),
+                       self._inst_data_pending)
+            self._relative_to_home = None
+        super().register_instance(instance)
 
     @classmethod
     def from_config_value(cls, inst_data: Any, config_value: Any) -> LocalSqliteEventLogStorage:

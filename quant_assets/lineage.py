@@ -8,6 +8,7 @@ Dagster metadata, and hand it to `resources.tracking.MlflowTracking.run`, which 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +37,8 @@ PACKAGES = (
 GIT_COMMIT_ENV = "QUANT_GIT_COMMIT"
 
 _REPO_DIR = Path(__file__).resolve().parent
+# The packages whose code decides a result: their .py files are the lineage's code hash.
+CODE_PACKAGES = ("quant_assets", "resources", "sensors")
 
 
 def canonical_json(obj: Any) -> str:
@@ -70,13 +73,30 @@ def _git(*args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+@functools.cache
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout this package runs from; (None, None) if unknown."""
+    """(commit, dirty) of the checkout this package runs from; (None, None) if unknown.
+    Read once per process: the code a process runs is the code it imported."""
     head = _git("rev-parse", "--verify", "HEAD")
     if head is None:
         return (os.environ.get(GIT_COMMIT_ENV) or None), None
     status = _git("status", "--porcelain")
     return head.strip(), (None if status is None else bool(status.strip()))
+
+
+@functools.cache
+def code_sha256(root: Path | None = None) -> str:
+    """sha256 over the path and bytes of every .py file of ``CODE_PACKAGES``, as they are on
+    disk. Two runs with the same hash ran the same code, whatever git says (a dirty tree, an
+    image without .git, a commit that changed only docs); cached because a process's code
+    does not change while it runs."""
+    root = root or _REPO_DIR.parent
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -99,15 +119,23 @@ def collect_lineage(
     feature_versions: dict[str, str] | None = None,
     dagster_run_id: str | None = None,
     extra: dict | None = None,
+    input_tables: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The lineage record of one materialisation (JSON-serialisable with default=str)."""
+    """The lineage record of one materialisation (JSON-serialisable with default=str).
+
+    ``input_versions`` are the Delta versions by input name; ``input_tables`` the version of
+    every warehouse table the step read, by table key (what ``reproduce`` pins when it rebuilds;
+    defaults to ``input_versions`` when the input names are the tables)."""
     commit, dirty = git_state()
+    tables = input_versions if input_tables is None else input_tables
     return {
         "asset_key": asset_key,
         "partition_keys": list(partition_keys),
         "input_versions": {k: int(v) for k, v in sorted(input_versions.items())},
+        "input_tables": {k: int(v) for k, v in sorted(tables.items())},
         "git_commit": commit,
         "git_dirty": dirty,
+        "code_sha256": code_sha256(),
         "feature_versions": dict(sorted((feature_versions or {}).items())),
         "config": config,
         "config_hash": config_hash(config),
@@ -138,6 +166,7 @@ def lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
         if lineage.get("git_dirty") is not None
         else "unknown",
         "quant.config_hash": str(lineage.get("config_hash", "")),
+        "quant.code_sha256": str(lineage.get("code_sha256") or "unknown"),
         "quant.dagster_run_id": str(lineage.get("dagster_run_id") or ""),
         "quant.python": str(lineage.get("python", "")),
         "quant.created_at": str(lineage.get("created_at", "")),

@@ -24,6 +24,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "tracking": MlflowTracking(
             tracking_uri=settings.mlflow_uri,
             artifact_location=settings.mlflow_artifacts,
+            warehouse_root=settings.warehouse_uri,
         ),
         "market_source": MarketSource(
             source=_SOURCE_KINDS[settings.source],

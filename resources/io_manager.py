@@ -19,12 +19,14 @@ from typing import Any
 import polars as pl
 from dagster import (
     ConfigurableIOManager,
+    DagsterInvariantViolationError,
     InputContext,
     MetadataValue,
     OutputContext,
     TimeWindowPartitionsDefinition,
 )
 
+from quant_assets.asset_lineage import note_read
 from quant_assets.warehouse import (
     PartitionKeys,
     PartitionWindow,
@@ -47,6 +49,15 @@ def _selection(context: InputContext | OutputContext, column: str) -> Selection 
         window = context.asset_partitions_time_window
         return PartitionWindow(column, window.start.date(), window.end.date())
     return PartitionKeys(column, tuple(sorted(context.asset_partition_keys)))
+
+
+def _note_read(context: InputContext, table: str, loaded: VersionedFrame) -> None:
+    """Tell the step's lineage which table version it read (quant_assets.asset_lineage)."""
+    try:
+        step = context.step_context
+    except DagsterInvariantViolationError:  # loaded outside a step (build_input_context)
+        return
+    note_read(step.run_id, step.op_def.name, table, loaded.uri, loaded.version)
 
 
 class DeltaIOManager(ConfigurableIOManager):
@@ -90,6 +101,8 @@ class DeltaIOManager(ConfigurableIOManager):
             return VersionedFrame(frame, None, self.warehouse.uri(key)) if wants_version else frame
         selection = _selection(context, column)
         loaded = self.warehouse.read(key, selection)
+        # the lineage of the step records every table version it read (asset_lineage)
+        _note_read(context, "/".join(key), loaded)
         if not context.has_asset_partitions or len(context.asset_partition_keys) == 1:
             # Dagster only records input metadata against a single upstream partition
             context.add_input_metadata(

@@ -158,3 +158,37 @@ def rollback(client: MlflowClient, reason: str, name: str = MODEL_NAME,
         tags={"alias": CHAMPION, "previous_version": str(current)},
     ))
     return Rollback(current, previous, reason)
+
+
+# --- audited reads ---------------------------------------------------------------------------
+
+REQUIRE_REASON_ENV = "QUANT_REQUIRE_REASON"
+
+
+def require_reason(reason: str | None, command: str) -> str:
+    """The reason given for reading a model; with QUANT_REQUIRE_REASON=1 an empty one is
+    refused (RegistryError naming the command's --reason)."""
+    import os
+
+    text = (reason or "").strip()
+    if not text and os.environ.get(REQUIRE_REASON_ENV, "").strip() in ("1", "true", "yes"):
+        raise RegistryError(
+            f"--reason is required ({REQUIRE_REASON_ENV}=1): say why {command} reads the model"
+        )
+    return text
+
+
+def record_read(name: str, version: int, *, via: str, reason: str, run_id: str | None = None,
+                root: str | None = None, extra: dict[str, str] | None = None) -> None:
+    """A ``download`` row of the audit trail: who read which model version, when and why.
+    Every read of a registered model outside the scorer's ``serve`` goes through here
+    (``download-model``, ``reproduce``, ``explain``)."""
+    audit.record(audit.AuditEvent(
+        "download", "model", name, model_version=str(int(version)), reason=reason,
+        tags={"via": via, **({"mlflow_run_id": run_id} if run_id else {}), **(extra or {})},
+    ), root)
+
+
+def versions_of_run(client: MlflowClient, run_id: str) -> list[tuple[str, int]]:
+    """(registered model, version) of every version a run registered."""
+    return sorted((v.name, int(v.version)) for v in client.search_model_versions(f"run_id = '{run_id}'"))

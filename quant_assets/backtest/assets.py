@@ -148,7 +148,7 @@ def backtest(
         seeds={},
         extra={"borrow_file_sha256": file_sha256(spec.borrow_file)} if spec.borrow_file else None,
     )
-    with tracking.run(f"backtest {context.partition_key_range.start}..{context.partition_key_range.end}", lineage, params=config.model_dump()) as run:
+    with tracking.run(f"backtest {context.partition_key_range.start}..{context.partition_key_range.end}", lineage, params=config.model_dump(), output=frame) as run:
         tracking.log_metrics(summary)
     return Output(
         frame,
@@ -190,6 +190,7 @@ def listed_in(universe: pl.DataFrame, month, end) -> list[str]:
 def strategy_grid(
     context: AssetExecutionContext,
     config: StrategyGridConfig,
+    tracking: MlflowTracking,
     universe: pl.DataFrame,
     market_bars: VersionedFrame,
     corporate_actions: VersionedFrame,
@@ -206,9 +207,15 @@ def strategy_grid(
         frame = pl.concat(parts)
         meter.rows(rows_in=market_bars.frame.height, rows_out=frame.height)
     sharpe = frame["sharpe"].to_numpy()
+    lineage = lineage_of(context, inputs={"market_bars": market_bars, "corporate_actions": corporate_actions},
+                         config=config.model_dump(), seeds={})
+    with tracking.run(f"strategy_grid {context.partition_key_range.start}..{context.partition_key_range.end}",
+                      lineage, output=frame) as run:
+        tracking.log_metrics({"n_trials": spec.n_trials, "rows": frame.height})
     return Output(
         frame,
         metadata={
+            **lineage_metadata(lineage, [run.info.run_id]),
             # per instrument and month; the validation statistics count trials from here
             "n_trials": spec.n_trials,
             "families": ", ".join(spec.families),

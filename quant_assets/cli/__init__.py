@@ -18,6 +18,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "quant_assets.cli.reproduce", "main",
         "rebuild a logged run from its MLflow run id; exit 0 identical, 1 different, 2 cannot",
     ),
+    "explain": (
+        "quant_assets.cli.explain", "main",
+        "why two runs of the same asset differ: inputs, features, config, seeds, code, effect",
+    ),
+    "download-model": (
+        "quant_assets.cli.download_model", "main",
+        "download a registered model version (audited: --reason)",
+    ),
     "audit": (
         "quant_assets.cli.audit", "cli",
         "print the audit trail: audit [--action A] [--since ISO] [--object O] [--json]",

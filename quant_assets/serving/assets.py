@@ -30,6 +30,7 @@ from dagster import (
     asset,
 )
 
+from quant_assets.asset_lineage import lineage_metadata, lineage_of
 from quant_assets.backtest.strategy import backtested_spec
 from quant_assets.configs import config_class
 from quant_assets.features import total_return_index
@@ -88,9 +89,16 @@ def daily_scores(
             f"v{served.version} (model of {served.record['date']})"
         )
         meter.rows(rows_in=pit_features.height, rows_out=frame.height)
+    # the version the alias resolved to is the lineage: reproduce pins the alias to it
+    lineage = lineage_of(context, inputs={}, config={}, seeds={}, extra={"served_model": {
+        "name": model_registry.MODEL_NAME, "alias": model_registry.CHAMPION,
+        "version": served.version, "mlflow_run_id": served.run_id}})
+    with tracking.run(f"daily_scores {start}..{end}", lineage, output=frame) as run:
+        tracking.log_metrics({"rows": frame.height, "model_version": served.version})
     return Output(
         frame,
         metadata={
+            **lineage_metadata(lineage, [run.info.run_id]),
             "model_version": served.version,
             "model_sha256": served.model.sha256,
             "mlflow_run_id": served.run_id,

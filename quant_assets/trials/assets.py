@@ -153,12 +153,17 @@ def sweep_trial(
             dagster_run_id=context.run_id,
         )
         parent = find_parent_run(tracking, spec.sweep)
+        returns = result.daily.select(
+            "date", pl.lit(trial_id).alias("trial_id"), pl.col("net_return").cast(pl.Float64)
+        )
         with tracking.run(
             f"trial {trial_id}",
             lineage,
             params=spec.params,
-            tags={SWEEP_TAG: spec.sweep, TRIAL_TAG: trial_id, "quant.sweep_role": "trial"},
+            tags={SWEEP_TAG: spec.sweep, TRIAL_TAG: trial_id, "quant.sweep_role": "trial",
+                  "quant.predictions_sha256": predictions_hash(result.predictions)},
             parent_run_id=parent,
+            output=returns,
         ) as run:
             tracking.log_metrics(result.metrics)
             for month, model in result.models.items():
@@ -180,9 +185,6 @@ def sweep_trial(
                     "parent_run_id": parent,
                 }
             ]
-        )
-        returns = result.daily.select(
-            "date", pl.lit(trial_id).alias("trial_id"), pl.col("net_return").cast(pl.Float64)
         )
         context.log.info(
             f"trial {trial_id} {spec.params}: Sharpe {metrics.get('sharpe', float('nan')):.2f} "

@@ -225,11 +225,11 @@ def validation_report(
             seeds={"bootstrap": config.bootstrap_seed},
             partition_keys=[],
         )
-        with tracking.run("validation_report", lineage) as run:
+        frame = pl.DataFrame({"metric": list(metrics), "value": [float(v) for v in metrics.values()]})
+        with tracking.run("validation_report", lineage, output=frame) as run:
             tracking.log_metrics(metrics)
             tracking.log_text(markdown, "report.md")
             tracking.log_text(page, "report.html")
-        frame = pl.DataFrame({"metric": list(metrics), "value": [float(v) for v in metrics.values()]})
         meter.rows(rows_in=backtest.frame.height + oos_predictions.frame.height, rows_out=frame.height)
     return Output(
         frame,

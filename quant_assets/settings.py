@@ -25,6 +25,8 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | QUANT_LANDING_DIR | $QUANT_HOME/landing | landing folder of the file source |
 | QUANT_SOURCE | simulated | where the raw tables come from: simulated or files |
 | QUANT_DATA_DIR | "" | folder in the documented layout (docs/data_layout.md); needed when QUANT_SOURCE=files |
+| QUANT_AUTOMATION | off | on: the automation sensor and the daily feature schedule start running by themselves (a deployment); off: switch them on in the UI |
+| QUANT_AUTO_PROMOTE | wait | what a passing promotion gate does: wait (a person launches promotion_job) or promote (the automation promotes the gate's choice) |
 
 The cutoff rule: with the defaults a regular XNYS session's cutoff is its 16:00 New York close,
 21:00 UTC in winter and 20:00 UTC in summer; a half day's is earlier (2022-11-25: 18:00 UTC).
@@ -68,6 +70,7 @@ def _parse_int(name: str, value: str, minimum: int = 0) -> int:
 
 _DURATION = re.compile(r"^([+-])?(?:(\d+)h)?(?:(\d+)min)?$")
 SOURCES = ("simulated", "files")
+AUTO_PROMOTE = ("wait", "promote")
 
 
 def parse_duration(name: str, value: str) -> dt.timedelta:
@@ -120,6 +123,8 @@ class Settings:
     calendar_name: str = calendar.DEFAULT_CALENDAR
     source: str = "simulated"
     data_dir: Path | None = None
+    automation: bool = False
+    auto_promote: str = "wait"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -149,6 +154,12 @@ class Settings:
         data_dir = Path(data_raw).expanduser().resolve() if data_raw else None
         if source == "files" and data_dir is None:
             raise ValueError("QUANT_SOURCE=files needs QUANT_DATA_DIR=<folder in the documented layout>")
+        automation = _env("QUANT_AUTOMATION", "off").strip().lower()
+        if automation not in ("on", "off"):
+            raise ValueError(f"QUANT_AUTOMATION={automation!r} must be 'on' or 'off'")
+        auto_promote = _env("QUANT_AUTO_PROMOTE", "wait").strip().lower()
+        if auto_promote not in AUTO_PROMOTE:
+            raise ValueError(f"QUANT_AUTO_PROMOTE={auto_promote!r} must be one of {AUTO_PROMOTE}")
         warehouse = _env("QUANT_WAREHOUSE_URI", str(home / "warehouse"))
         return cls(
             quant_home=home,
@@ -170,6 +181,8 @@ class Settings:
             calendar_name=calendar_name,
             source=source,
             data_dir=data_dir,
+            automation=automation == "on",
+            auto_promote=auto_promote,
         )
 
     def as_dict(self) -> dict[str, str]:

@@ -2,7 +2,9 @@
 
 One row per action: ``materialize`` (an asset partition written), ``register`` (a model
 version registered), ``promote`` / ``rollback`` (a registry alias moved), ``download``
-(an artefact fetched), ``serve`` (a scorer loaded a model version to serve it). Columns (``AUDIT_SCHEMA``): event_id, time (UTC), actor, action,
+(an artefact fetched), ``serve`` (a scorer loaded a model version to serve it), ``gate``
+(the promotion gate's decision on a month's comparison: promote now, wait for a person, or
+nothing to promote), ``capital`` (a day's target weights cut by the capital rule). Columns (``AUDIT_SCHEMA``): event_id, time (UTC), actor, action,
 object_type, object (asset key or model name), partitions / model_version, reason,
 dagster_run_id, tags (JSON of the run tags).
 
@@ -38,7 +40,7 @@ import polars as pl
 
 AUDIT_TABLE = "audit_log"
 ACTIONS = ("materialize", "materialize_failed", "register", "promote", "rollback", "download",
-           "serve")
+           "serve", "gate", "capital")
 AUDIT_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),
     "time": pl.Datetime("us", "UTC"),

@@ -1,6 +1,8 @@
 """Every job of the code location, one per partitioning of the golden flow (a run covers one
-partitions definition): reference data, the daily stage, labels, the monthly stage, the
-report and promotion, sweeps, serving. Sensors and schedules (``sensors/``) target them."""
+partitions definition): reference data, the daily stage, labels, the monthly stage (both
+model families), the month's trials, the reports and promotion, sweeps, serving. Sensors
+and schedules (``sensors/``) target them; the automation sensor needs no job (it launches
+the assets its conditions ask for, ``quant_assets.automation``)."""
 
 from __future__ import annotations
 
@@ -26,24 +28,33 @@ labels_job = define_asset_job(
 )
 monthly_models_job = define_asset_job(
     "monthly_models_job",
-    selection=AssetSelection.assets("lgbm_model", "oos_predictions", "backtest"),
-    description="A month (or a range): walk-forward model, out-of-sample predictions, backtest.",
+    selection=AssetSelection.assets(
+        "lgbm_model", "oos_predictions", "backtest",
+        "seq_model", "seq_predictions", "seq_backtest",
+    ),
+    description="A month (or a range), both model families: walk-forward LightGBM and GRU "
+    "models, their out-of-sample predictions and backtests (GRU steps on the gpu pool).",
 )
 validation_job = define_asset_job(
     "validation_job",
     # the promotion gate is a blocking check that fails its run: it belongs to promotion
-    selection=AssetSelection.assets("validation_report").without_checks(),
-    description="Validation report over every backtest month (no gate).",
+    selection=AssetSelection.assets(
+        "validation_report", "seq_validation_report", "model_comparison"
+    ).without_checks(),
+    description="Both families' validation reports over every backtest month, and their "
+    "comparison (no gate).",
 )
 strategy_grid_job = define_asset_job(
     "strategy_grid_job",
-    selection=AssetSelection.assets("strategy_grid"),
-    description="A month (or a range): the strategy parameter grid (trials for DSR/PBO).",
+    selection=AssetSelection.assets("strategy_grid", "strategy_grid_returns", "model_sweep"),
+    description="A month (or a range): the month's trials for DSR/PBO: the strategy parameter "
+    "grid and the small model sweep.",
 )
 promotion_job = define_asset_job(
     "promotion_job",
-    selection=AssetSelection.assets("validation_report", "champion_model"),
-    description="Validation report, its blocking promotion gate, then the champion alias.",
+    selection=AssetSelection.assets("model_comparison", "champion_model"),
+    description="The family comparison, its blocking promotion gate, then the champion alias "
+    "(what a person launches when QUANT_AUTO_PROMOTE=wait).",
 )
 
 seq_models_job = define_asset_job(
@@ -60,13 +71,9 @@ sweep_trials_job = define_asset_job(
 )
 serving_job = define_asset_job(
     "serving_job",
-    selection=AssetSelection.assets("daily_scores", "drift_report", "signal_health"),
-    description="A trading day: champion scores, drift report, realised-vs-backtest health.",
-)
-nightly_revalidation_job = define_asset_job(
-    "nightly_revalidation_job",
-    selection=AssetSelection.assets("backtest", "validation_report"),
-    description="Re-run the latest month's backtest and the validation report.",
+    selection=AssetSelection.assets("daily_scores", "drift_report", "signal_health", "target_weights"),
+    description="A trading day: champion scores, drift report, realised-vs-backtest health, "
+    "target weights (what the automation builds after each day's features).",
 )
 
 ALL_JOBS = [
@@ -80,5 +87,4 @@ ALL_JOBS = [
     seq_models_job,
     sweep_trials_job,
     serving_job,
-    nightly_revalidation_job,
 ]

@@ -1,4 +1,5 @@
-"""The calendar as Dagster partitions: trading days, months, sweep trials.
+"""The calendar as Dagster partitions: trading days (and the days a label can exist for),
+months, sweep trials.
 
 Built once at import from the settings (QUANT_START_DATE / QUANT_END_DATE /
 QUANT_FIRST_MODEL_MONTH), so the UI, schedules and backfills all see the same range.
@@ -11,6 +12,7 @@ import datetime as dt
 from dagster import (
     DynamicPartitionsDefinition,
     MonthlyPartitionsDefinition,
+    TimeWindowPartitionMapping,
     TimeWindowPartitionsDefinition,
 )
 
@@ -34,13 +36,15 @@ def _holiday_exclusions(settings: Settings) -> list[dt.datetime]:
     ]
 
 
-def build_trading_day_partitions(settings: Settings) -> TimeWindowPartitionsDefinition:
+def build_trading_day_partitions(settings: Settings, lag: int = 0) -> TimeWindowPartitionsDefinition:
+    """The trading days; with ``lag`` > 0 the last ``lag`` days of the range (or, live, the
+    ``lag`` days up to today) are not partitions yet (see ``build_label_partitions``)."""
     end = None
     if settings.end_date is not None:
         # a weekday partition's window runs to the next trading day (Friday -> Monday),
         # so the range must end there for the last day to count as a partition
         end = dt.datetime.combine(
-            calendar.shift_trading_days(settings.end_date, 1, settings.calendar_name), dt.time(0), tzinfo=dt.UTC
+            calendar.shift_trading_days(settings.end_date, 1 - lag, settings.calendar_name), dt.time(0), tzinfo=dt.UTC
         )
     return TimeWindowPartitionsDefinition(
         cron_schedule="0 0 * * 1-5",  # weekdays; closed weekdays of the exchange excluded below
@@ -51,8 +55,18 @@ def build_trading_day_partitions(settings: Settings) -> TimeWindowPartitionsDefi
         exclusions=_holiday_exclusions(settings),
         # open-ended (live): today's partition exists from its start so that the daily
         # schedule can build it after today's cutoff
-        end_offset=0 if end is not None else 1,
+        # (a lag shifts the fixed end above; live, it holds back the latest partitions)
+        end_offset=0 if end is not None else 1 - lag,
     )
+
+
+def build_label_partitions(settings: Settings) -> TimeWindowPartitionsDefinition:
+    """The trading days a label can exist for: the label of D needs the bars of the
+    ``label_horizon`` trading days after D, so its partition appears ``label_horizon``
+    partitions after D's (the same days, the last ``label_horizon`` held back). The
+    automation builds a label as soon as its partition exists and its bars are in, and the
+    UI never offers a label whose horizon cannot have bars yet."""
+    return build_trading_day_partitions(settings, lag=settings.label_horizon)
 
 
 def build_monthly_partitions(settings: Settings) -> MonthlyPartitionsDefinition:
@@ -66,6 +80,7 @@ def build_monthly_partitions(settings: Settings) -> MonthlyPartitionsDefinition:
 
 
 trading_day_partitions = build_trading_day_partitions(load_settings())
+label_partitions = build_label_partitions(load_settings())
 monthly_partitions = build_monthly_partitions(load_settings())
 sweep_trial_partitions = DynamicPartitionsDefinition(name="sweep_trials")
 
@@ -78,3 +93,17 @@ def months_of(context) -> list[dt.date]:
         months.append(month)
         month = calendar.next_month(month)
     return months
+
+
+# Months before a month that "up to the month's end" reaches back: more than any history
+# (the mapping clamps to the first trading day).
+ALL_HISTORY_MONTHS = 1200
+
+
+def up_to_month_end() -> TimeWindowPartitionMapping:
+    """Monthly -> daily: every day from the first one to the month's last. What a
+    walk-forward month reads (its training rows end before it, its scores are its own days),
+    and why its partition waits for its last session and ignores later days."""
+    return TimeWindowPartitionMapping(
+        start_offset=-ALL_HISTORY_MONTHS, end_offset=0, allow_nonexistent_upstream_partitions=True
+    )

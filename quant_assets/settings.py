@@ -26,6 +26,8 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | QUANT_SOURCE | simulated | where the raw tables come from: simulated or files |
 | QUANT_DATA_DIR | "" | folder in the documented layout (docs/data_layout.md); needed when QUANT_SOURCE=files |
 | QUANT_FEATURE_MODULES | "" | comma-separated importable modules whose FEATURES join the feature catalogue (features/catalog.py) |
+| QUANT_AUTOMATION | off | on: the automation sensor and the daily feature schedule start running by themselves (a deployment); off: switch them on in the UI |
+| QUANT_AUTO_PROMOTE | wait | what a passing promotion gate does: wait (a person launches promotion_job) or promote (the automation promotes the gate's choice) |
 
 The cutoff rule: with the defaults a regular XNYS session's cutoff is its 16:00 New York close,
 21:00 UTC in winter and 20:00 UTC in summer; a half day's is earlier (2022-11-25: 18:00 UTC).
@@ -87,6 +89,7 @@ def parse_feature_modules(value: str, name: str = "QUANT_FEATURE_MODULES") -> tu
 
 _DURATION = re.compile(r"^([+-])?(?:(\d+)h)?(?:(\d+)min)?$")
 SOURCES = ("simulated", "files")
+AUTO_PROMOTE = ("wait", "promote")
 
 
 def parse_duration(name: str, value: str) -> dt.timedelta:
@@ -141,6 +144,8 @@ class Settings:
     data_dir: Path | None = None
     # plug-in feature modules, in catalogue order (quant_assets/features/catalog.py)
     feature_modules: tuple[str, ...] = ()
+    automation: bool = False
+    auto_promote: str = "wait"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -170,6 +175,12 @@ class Settings:
         data_dir = Path(data_raw).expanduser().resolve() if data_raw else None
         if source == "files" and data_dir is None:
             raise ValueError("QUANT_SOURCE=files needs QUANT_DATA_DIR=<folder in the documented layout>")
+        automation = _env("QUANT_AUTOMATION", "off").strip().lower()
+        if automation not in ("on", "off"):
+            raise ValueError(f"QUANT_AUTOMATION={automation!r} must be 'on' or 'off'")
+        auto_promote = _env("QUANT_AUTO_PROMOTE", "wait").strip().lower()
+        if auto_promote not in AUTO_PROMOTE:
+            raise ValueError(f"QUANT_AUTO_PROMOTE={auto_promote!r} must be one of {AUTO_PROMOTE}")
         warehouse = _env("QUANT_WAREHOUSE_URI", str(home / "warehouse"))
         return cls(
             quant_home=home,
@@ -192,6 +203,8 @@ class Settings:
             source=source,
             data_dir=data_dir,
             feature_modules=parse_feature_modules(_env("QUANT_FEATURE_MODULES", "")),
+            automation=automation == "on",
+            auto_promote=auto_promote,
         )
 
     def as_dict(self) -> dict[str, str]:

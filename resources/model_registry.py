@@ -5,8 +5,16 @@ Every alias move goes through ``promote`` and ``rollback`` here (the promotion g
 ``champion_model`` asset, the serving alarm, the command line, tests), so promotion and
 rollback agree on what ``previous_champion`` means, and each move is written to the audit
 trail. Functions take an ``MlflowClient`` (``MlflowTracking.client()``), so they work against
-any tracking URI. Which model a version is (the exact LightGBM string behind it) is the
-``lgbm_model`` Delta row of the run that registered it: see ``quant_assets.serving.served``.
+any tracking URI. Which model a version is (the exact LightGBM string or GRU weights behind
+it) is the ``lgbm_model`` / ``seq_model`` Delta row of the run that registered it: see
+``quant_assets.serving.served``.
+
+One champion for the desk, whichever family it is: the ``champion`` alias is held by at most
+one of the registered models (``REGISTERED_MODELS``), and so is ``previous_champion``.
+Promoting a version of one family moves the aliases off the other family's registered model
+(its champion becomes the ``previous_champion``); a rollback moves ``champion`` back to the
+``previous_champion``, across families when the previous champion was the other family's.
+With one family in use this is the plain alias move of one registered model.
 """
 
 from __future__ import annotations
@@ -76,6 +84,30 @@ def alias_info(client: MlflowClient, alias: str = CHAMPION, name: str = MODEL_NA
     return version_info(client, version, name)
 
 
+def champion_info(client: MlflowClient, alias: str = CHAMPION) -> VersionInfo | None:
+    """The version behind ``alias`` among the registered models (the desk's one champion,
+    whichever family), or None when no registered model holds it."""
+    holder = alias_holder(client, alias)
+    return version_info(client, holder[1], holder[0]) if holder else None
+
+
+def family_of(name: str) -> str:
+    """The model family ("lgbm" | "seq") of a registered model name."""
+    for family, registered in REGISTERED_MODELS.items():
+        if registered == name:
+            return family
+    raise RegistryError(f"{name!r} is none of the registered models {sorted(REGISTERED_MODELS.values())}")
+
+
+def alias_holder(client: MlflowClient, alias: str = CHAMPION) -> tuple[str, int] | None:
+    """(registered model, version) holding ``alias`` among the registered models; an alias
+    held by two models (set by hand) is refused rather than guessed."""
+    held = [(n, v) for n in REGISTERED_MODELS.values() if (v := alias_version(client, alias, n)) is not None]
+    if len(held) > 1:
+        raise RegistryError(f"'{alias}' is held by several registered models {held}: keep one")
+    return held[0] if held else None
+
+
 def promoted_at(version: int, name: str = MODEL_NAME, alias: str = CHAMPION,
                 root: str | None = None) -> dt.datetime | None:
     """When ``alias`` last moved to ``version`` (a promote or rollback row of the audit
@@ -94,6 +126,7 @@ class Promotion:
     version: int
     previous_version: int | None  # the champion before this promotion (None: first one)
     changed: bool  # False when ``version`` already was the champion
+    previous_model: str | None = None  # the registered model of ``previous_version``
 
 
 def promote(
@@ -104,26 +137,36 @@ def promote(
     reason: str = "",
     dagster_run_id: str | None = None,
 ) -> Promotion:
-    """Make ``version`` the champion. The previous champion (if another version) becomes
-    ``previous_champion``; promoting the current champion again changes nothing (and records
-    nothing). ``reason`` and ``dagster_run_id`` go into the audit row."""
+    """Make ``name`` v``version`` the champion. The previous champion (another version, of
+    this family or the other) becomes ``previous_champion``; promoting the current champion
+    again changes nothing (and records nothing). ``reason`` and ``dagster_run_id`` go into
+    the audit row."""
     version = int(version)
     try:
         client.get_model_version(name, str(version))
     except MlflowException as exc:
         raise RegistryError(f"model version {name!r} v{version} does not exist in the registry") from exc
-    current = alias_version(client, CHAMPION, name)
-    if current == version:
-        return Promotion(name, version, alias_version(client, PREVIOUS_CHAMPION, name), False)
+    current = alias_holder(client, CHAMPION)
+    if current == (name, version):
+        previous = alias_holder(client, PREVIOUS_CHAMPION)
+        return Promotion(name, version, previous[1] if previous else None, False,
+                         previous[0] if previous else None)
+    for other in REGISTERED_MODELS.values():  # one previous champion for the desk
+        if alias_version(client, PREVIOUS_CHAMPION, other) is not None:
+            client.delete_registered_model_alias(other, PREVIOUS_CHAMPION)
     if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(current))
+        client.set_registered_model_alias(current[0], PREVIOUS_CHAMPION, str(current[1]))
+        if current[0] != name:
+            client.delete_registered_model_alias(current[0], CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, str(version))
     audit.record(audit.AuditEvent(
         "promote", "model", name, model_version=str(version), reason=reason,
         dagster_run_id=dagster_run_id,
-        tags={"alias": CHAMPION, "previous_version": str(current or "")},
+        tags={"alias": CHAMPION, "previous_version": str(current[1] if current else ""),
+              "previous_model": current[0] if current else ""},
     ))
-    return Promotion(name, version, current, True)
+    return Promotion(name, version, current[1] if current else None, True,
+                     current[0] if current else None)
 
 
 @dataclass(frozen=True)
@@ -131,33 +174,39 @@ class Rollback:
     from_version: int
     to_version: int
     reason: str
+    from_model: str = MODEL_NAME
+    to_model: str = MODEL_NAME
 
 
-def rollback(client: MlflowClient, reason: str, name: str = MODEL_NAME,
+def rollback(client: MlflowClient, reason: str, name: str | None = None,
              now: dt.datetime | None = None) -> Rollback:
-    """Move ``champion`` back to ``previous_champion`` and tag the demoted version with
-    the reason. ``previous_champion`` is then removed: the registry knows no older good
-    version, so a second alarm cannot bounce between the two."""
-    current = alias_version(client, CHAMPION, name)
-    previous = alias_version(client, PREVIOUS_CHAMPION, name)
-    if current is None:
-        raise RegistryError(f"{name}: no '{CHAMPION}' alias to roll back")
+    """Move ``champion`` back to ``previous_champion`` (of whichever family holds it) and tag
+    the demoted version with the reason. ``previous_champion`` is then removed: the registry
+    knows no older good version, so a second alarm cannot bounce between the two. ``name``
+    (optional) is the registered model the caller believes holds ``champion``."""
+    current = alias_holder(client, CHAMPION)
+    if current is None or (name is not None and current[0] != name):
+        raise RegistryError(f"{name or 'no registered model'}: no '{CHAMPION}' alias to roll back")
+    previous = alias_holder(client, PREVIOUS_CHAMPION)
     if previous is None:
         raise RegistryError(
-            f"{name}: champion is version {current} and there is no '{PREVIOUS_CHAMPION}' "
-            "to roll back to"
+            f"{current[0]}: champion is version {current[1]} and there is no "
+            f"'{PREVIOUS_CHAMPION}' to roll back to"
         )
     stamp = (now or dt.datetime.now(dt.UTC)).isoformat()
-    client.set_model_version_tag(name, str(current), ROLLBACK_REASON_TAG, reason[:5000])
-    client.set_model_version_tag(name, str(current), ROLLBACK_TIME_TAG, stamp)
-    client.set_model_version_tag(name, str(current), ROLLBACK_TO_TAG, str(previous))
-    client.set_registered_model_alias(name, CHAMPION, str(previous))
-    client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+    demoted_name, demoted = current
+    client.set_model_version_tag(demoted_name, str(demoted), ROLLBACK_REASON_TAG, reason[:5000])
+    client.set_model_version_tag(demoted_name, str(demoted), ROLLBACK_TIME_TAG, stamp)
+    client.set_model_version_tag(demoted_name, str(demoted), ROLLBACK_TO_TAG, str(previous[1]))
+    if previous[0] != demoted_name:
+        client.delete_registered_model_alias(demoted_name, CHAMPION)
+    client.set_registered_model_alias(previous[0], CHAMPION, str(previous[1]))
+    client.delete_registered_model_alias(previous[0], PREVIOUS_CHAMPION)
     audit.record(audit.AuditEvent(
-        "rollback", "model", name, model_version=str(previous), reason=reason,
-        tags={"alias": CHAMPION, "previous_version": str(current)},
+        "rollback", "model", previous[0], model_version=str(previous[1]), reason=reason,
+        tags={"alias": CHAMPION, "previous_version": str(demoted), "previous_model": demoted_name},
     ))
-    return Rollback(current, previous, reason)
+    return Rollback(demoted, previous[1], reason, demoted_name, previous[0])
 
 
 # --- audited reads ---------------------------------------------------------------------------

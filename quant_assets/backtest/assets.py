@@ -1,7 +1,9 @@
-"""The ``backtest`` asset: one partition per month, each starting from the previous
+"""The backtests, one per model family (``backtest`` on the LightGBM predictions,
+``seq_backtest`` on the GRU's): one partition per month, each starting from the previous
 month's end state (a self-dependency), so a failed month k leaves months < k intact and
-a rerun resumes at k. The ``strategy_grid`` asset: a parameter grid of single-instrument
-strategies per month (``monthly_grid``), the trials of the sweep statistics."""
+a rerun resumes at k. ``strategy_grid`` / ``strategy_grid_returns``: a parameter grid of
+single-instrument strategies per month (``monthly_grid``) and each parameter set's daily
+returns, trials of the validation report's DSR and PBO."""
 
 
 import polars as pl
@@ -9,16 +11,20 @@ from dagster import (
     AllPartitionMapping,
     AssetExecutionContext,
     AssetIn,
+    AssetOut,
+    AssetsDefinition,
     BackfillPolicy,
     MetadataValue,
     Output,
     TimeWindowPartitionMapping,
     asset,
+    multi_asset,
 )
 
 from quant_assets import calendar
 from quant_assets.asset_lineage import lineage_metadata, lineage_of
-from quant_assets.backtest.monthly_grid import GridSpec, evaluate_month
+from quant_assets.automation import after, new_month
+from quant_assets.backtest.monthly_grid import GridSpec, evaluate_month, trial_names
 from quant_assets.backtest.strategy import (
     SPEC_COLUMN,
     StrategySpec,
@@ -31,6 +37,7 @@ from quant_assets.configs import config_class
 from quant_assets.data.reference import current_universe
 from quant_assets.features import total_return_index
 from quant_assets.lineage import file_sha256
+from quant_assets.models.monthly import FAMILIES, ModelFamily
 from quant_assets.partitions import monthly_partitions, months_of
 from quant_assets.performance import performance_summary
 from quant_assets.retries import IO_RETRY, not_retried, refuse
@@ -66,36 +73,56 @@ def previous_state(previous_months: pl.DataFrame, first_month, is_first_partitio
     return StrategyState.from_json(last.item(0, "state_json"))
 
 
-@asset(
-    group_name=GROUP,
-    partitions_def=monthly_partitions,
-    metadata={"partition_expr": "date"},
-    backfill_policy=BackfillPolicy.single_run(),
-    code_version="long-short-v1",
-    retry_policy=IO_RETRY,  # MLflow run, Delta (quant_assets/retries.py)
-    ins={
-        "market_bars": AssetIn(partition_mapping=AllPartitionMapping()),
-        "previous_months": AssetIn(
-            key="backtest",
-            metadata={"allow_missing": True},
-            partition_mapping=TimeWindowPartitionMapping(
-                start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+def build_backtest(family: ModelFamily) -> AssetsDefinition:
+    """The long-short backtest of one model family's out-of-sample predictions."""
+    name, predictions = family.backtest, family.predictions
+
+    @asset(
+        name=name,
+        group_name=GROUP,
+        partitions_def=monthly_partitions,
+        metadata={"partition_expr": "date"},
+        backfill_policy=BackfillPolicy.single_run(),
+        code_version="long-short-v1",
+        retry_policy=IO_RETRY,  # MLflow run, Delta (quant_assets/retries.py)
+        ins={
+            "predictions": AssetIn(key=predictions),
+            "market_bars": AssetIn(partition_mapping=AllPartitionMapping()),
+            "previous_months": AssetIn(
+                key=name,
+                metadata={"allow_missing": True},
+                partition_mapping=TimeWindowPartitionMapping(
+                    start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+                ),
             ),
-        ),
-    },
-)
-def backtest(
-    context: AssetExecutionContext,
-    config: BacktestConfig,
-    tracking: MlflowTracking,
-    oos_predictions: VersionedFrame,
-    market_bars: VersionedFrame,
-    corporate_actions: VersionedFrame,
-    universe: pl.DataFrame,
-    previous_months: pl.DataFrame,
-):
-    """Daily returns, costs, turnover and exposures of the long-short strategy on the
-    month's out-of-sample predictions; the last row of each month carries its end state."""
+        },
+        # after the month's predictions, and after the month before it (the chain); the
+        # whole-history price input is not a trigger: a restated day reaches it through
+        # the predictions of its month
+        automation_condition=after([predictions, name], recent=None),
+        description=f"Daily returns, costs, turnover and exposures of the long-short strategy "
+        f"on the month's {predictions} ({family.name} family); the last row of each month "
+        "carries its end state.",
+    )
+    def _backtest(
+        context: AssetExecutionContext,
+        config: BacktestConfig,
+        tracking: MlflowTracking,
+        predictions: VersionedFrame,
+        market_bars: VersionedFrame,
+        corporate_actions: VersionedFrame,
+        universe: pl.DataFrame,
+        previous_months: pl.DataFrame,
+    ):
+        return _run_backtest(context, config, tracking, family, predictions, market_bars,
+                             corporate_actions, universe, previous_months)
+
+    return _backtest
+
+
+def _run_backtest(context, config, tracking, family: ModelFamily, predictions: VersionedFrame,
+                  market_bars: VersionedFrame, corporate_actions: VersionedFrame,
+                  universe: pl.DataFrame, previous_months: pl.DataFrame) -> Output:
     with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
         months = months_of(context)
         first_key = monthly_partitions.get_first_partition_key()
@@ -110,13 +137,13 @@ def backtest(
         for month in months:
             end = calendar.next_month(month)
             in_month = (pl.col("date") >= month) & (pl.col("date") < end)
-            scores = oos_predictions.frame.filter(in_month)
+            scores = predictions.frame.filter(in_month) if predictions.frame.height else predictions.frame
             if scores.is_empty():
                 # a month without scores would silently hold the previous book: refuse instead,
                 # before anything is written, so the months before it stay as committed
                 raise refuse(
-                    f"backtest {month:%Y-%m}: no out-of-sample predictions for the month; "
-                    "materialise oos_predictions for it first"
+                    f"{family.backtest} {month:%Y-%m}: no out-of-sample predictions for the "
+                    f"month; materialise {family.predictions} for it first"
                 )
             # history: the betas of a beta-neutral book read the trailing window before the month
             daily, state = run_long_short(
@@ -133,14 +160,14 @@ def backtest(
                 )
             )
         frame = pl.concat(parts)
-        meter.rows(rows_in=oos_predictions.frame.height, rows_out=frame.height)
+        meter.rows(rows_in=predictions.frame.height, rows_out=frame.height)
     summary = performance_summary(
         frame["net_return"].to_numpy(), turnover=frame["turnover"].to_numpy()
     )
     lineage = lineage_of(
         context,
         inputs={
-            "oos_predictions": oos_predictions,
+            family.predictions: predictions,
             "market_bars": market_bars,
             "corporate_actions": corporate_actions,
         },
@@ -148,11 +175,15 @@ def backtest(
         seeds={},
         extra={"borrow_file_sha256": file_sha256(spec.borrow_file)} if spec.borrow_file else None,
     )
-    with tracking.run(f"backtest {context.partition_key_range.start}..{context.partition_key_range.end}", lineage, params=config.model_dump(), output=frame) as run:
+    key_range = context.partition_key_range
+    with tracking.run(f"{family.backtest} {key_range.start}..{key_range.end}", lineage,
+                      params=config.model_dump(), tags={"quant.model_family": family.name},
+                      output=frame) as run:
         tracking.log_metrics(summary)
     return Output(
         frame,
         metadata={
+            "model_family": family.name,
             "days": frame.height,
             "sharpe": float(summary.get("sharpe", float("nan"))),
             "max_drawdown": float(summary.get("max_drawdown", float("nan"))),
@@ -160,6 +191,10 @@ def backtest(
             **lineage_metadata(lineage, [run.info.run_id]),
         },
     )
+
+
+backtest = build_backtest(FAMILIES["lgbm"])
+seq_backtest = build_backtest(FAMILIES["seq"])
 
 
 StrategyGridConfig = config_class(
@@ -178,12 +213,29 @@ def listed_in(universe: pl.DataFrame, month, end) -> list[str]:
     return sorted(listed["instrument_id"].to_list())
 
 
-@asset(
+GRID_OUTPUTS = ("strategy_grid", "strategy_grid_returns")
+
+
+@multi_asset(
     group_name=GROUP,
     partitions_def=monthly_partitions,
-    metadata={"partition_expr": "date"},
     backfill_policy=BackfillPolicy.single_run(),
-    code_version="strategy-grid-v1",
+    outs={
+        "strategy_grid": AssetOut(
+            metadata={"partition_expr": "date"},
+            code_version="strategy-grid-v1",
+            description="Every (instrument, parameter set) of the configured families over each "
+            "month's total-return closes: total return, Sharpe, max drawdown and trade count.",
+            automation_condition=new_month(wait_for=["market_bars"]),
+        ),
+        "strategy_grid_returns": AssetOut(
+            metadata={"partition_expr": "date"},
+            code_version="strategy-grid-v1",
+            description="Daily returns of each parameter set (equal weight over the instruments "
+            "with a bar that day): date, trial_id, net_return; trials of the DSR and PBO.",
+            automation_condition=new_month(wait_for=["market_bars"]),
+        ),
+    },
     # all bars: a month needs the max-lookback bars before it as warm-up (monthly_grid)
     ins={"market_bars": AssetIn(partition_mapping=AllPartitionMapping())},
 )
@@ -196,24 +248,36 @@ def strategy_grid(
     corporate_actions: VersionedFrame,
 ):
     """Every (instrument, parameter set) of the configured families over each month's
-    total-return closes: total return, Sharpe, max drawdown and trade count."""
-    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
+    total-return closes, and each parameter set's daily returns."""
+    with measured(context, output_name=GRID_OUTPUTS) as meter:  # run costs, split over both outputs
         spec = config.to(GridSpec)
         prices = total_return_index(market_bars.frame, corporate_actions.frame)
-        parts = []
+        names = trial_names(spec)
+        parts, returns = [], []
         for month in months_of(context):
             end = calendar.next_month(month)
-            parts.append(evaluate_month(prices, month, end, spec, listed_in(universe, month, end)))
+            frame, matrix, days = evaluate_month(
+                prices, month, end, spec, listed_in(universe, month, end), with_returns=True
+            )
+            parts.append(frame)
+            returns.append(pl.DataFrame({
+                "date": pl.Series([d for d in days for _ in names], dtype=pl.Date),
+                "trial_id": pl.Series(names * len(days), dtype=pl.String),
+                "net_return": pl.Series(matrix.ravel(), dtype=pl.Float64),
+            }))
         frame = pl.concat(parts)
-        meter.rows(rows_in=market_bars.frame.height, rows_out=frame.height)
+        daily = pl.concat(returns)
+        meter.rows(rows_in=market_bars.frame.height, rows_out=frame.height, output="strategy_grid")
+        meter.rows(rows_out=daily.height, output="strategy_grid_returns")
     sharpe = frame["sharpe"].to_numpy()
     lineage = lineage_of(context, inputs={"market_bars": market_bars, "corporate_actions": corporate_actions},
                          config=config.model_dump(), seeds={})
     with tracking.run(f"strategy_grid {context.partition_key_range.start}..{context.partition_key_range.end}",
                       lineage, output=frame) as run:
         tracking.log_metrics({"n_trials": spec.n_trials, "rows": frame.height})
-    return Output(
+    yield Output(
         frame,
+        "strategy_grid",
         metadata={
             **lineage_metadata(lineage, [run.info.run_id]),
             # per instrument and month; the validation statistics count trials from here
@@ -227,3 +291,4 @@ def strategy_grid(
             ),
         },
     )
+    yield Output(daily, "strategy_grid_returns", metadata={"trials": len(names), "days": daily["date"].n_unique()})

@@ -32,6 +32,7 @@ from quant_assets.backtest.grid import breakout_grid, param_product, zmr_grid
 
 FAMILIES = {"zmr": zmr_grid, "breakout": breakout_grid}
 RESULT_COLUMNS = ("total_return", "sharpe", "max_drawdown", "n_trades")
+TRIAL_PREFIX = "grid:"  # names a parameter set's trial in the validation report
 
 
 @dataclass(frozen=True)
@@ -174,3 +175,12 @@ def evaluate_month(
     if not with_returns:
         return frame
     return frame, sums / counts[:, None], days
+
+
+def trial_names(spec: GridSpec) -> list[str]:
+    """One name per parameter set, in the matrix order of ``evaluate_month``: the family and
+    its parameters (stable across months, so a trial's returns line up month after month)."""
+    return [
+        f"{TRIAL_PREFIX}{r['family']}-L{r['lookback']}-e{r['entry']:g}-x{r['exit']:g}-s{r['stop']:g}"
+        for r in spec.trial_table().iter_rows(named=True)
+    ]

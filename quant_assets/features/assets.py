@@ -33,6 +33,7 @@ from dagster import (
     asset,
 )
 
+from quant_assets.automation import after, restated
 from quant_assets.data.sources import bars_adjusted
 from quant_assets.features import (
     FeatureConfig,
@@ -43,7 +44,7 @@ from quant_assets.features import (
     required_lookback_days,
 )
 from quant_assets.features.availability import availability_metadata
-from quant_assets.partitions import trading_day_partitions
+from quant_assets.partitions import label_partitions, trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried
 from quant_assets.run_costs import measured
 from quant_assets.settings import load_settings
@@ -79,6 +80,9 @@ def build_pit_features(code_version: str) -> AssetsDefinition:
         backfill_policy=CHUNK,
         code_version=code_version,
         retry_policy=IO_RETRY,  # reads/writes Delta (quant_assets/retries.py)
+        # a day's features are built with its bars (daily_features_job: the schedule after the
+        # cutoff, a landing file); by themselves only when a restated day they read changed
+        automation_condition=restated(["market_bars"]),
         check_specs=[
             AssetCheckSpec(
                 LEAK_CHECK,
@@ -143,10 +147,13 @@ pit_features = build_pit_features(features_code_version())
 
 @asset(
     group_name=GROUP,
-    partitions_def=trading_day_partitions,
+    # a label's partition exists once the bars of its horizon can (partitions.label_partitions)
+    partitions_def=label_partitions,
     metadata={"partition_expr": "date"},
     backfill_policy=CHUNK,
     code_version="labels-v1",
+    # as soon as the bars of its horizon are in; again when a day of its horizon is restated
+    automation_condition=after(["market_bars"]),
     retry_policy=IO_RETRY,  # reads/writes Delta (quant_assets/retries.py)
     ins={
         "market_bars": AssetIn(

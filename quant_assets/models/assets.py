@@ -4,40 +4,48 @@
 trading day of M minus the embargo (``walkforward.select_training_rows``); each month is
 one MLflow run with its lineage, a registered model version and the hash of the month's
 out-of-sample scores (tag ``quant.predictions_sha256``, what ``python -m quant_assets
-reproduce`` compares). ``oos_predictions`` of M scores M's features with M's model and
-nothing else. ``seq_model`` is the GRU on the same rows (kind pytorch: the gpu pool).
+reproduce`` compares). ``seq_model`` is the GRU on the same rows (kind pytorch: the gpu
+pool). Each family's out-of-sample predictions of M (``oos_predictions`` for LightGBM,
+``seq_predictions`` for the GRU) score M's features with M's model and nothing else.
+
+A month's models read the features and labels up to the month's end (not the whole
+tables), which is all a walk-forward month uses; it is also what makes the month's models
+wait, under the automation, for its last session's features and labels, and what keeps a
+new day from making the finished months look out of date.
 """
 
 
 
 import polars as pl
 from dagster import (
-    AllPartitionMapping,
     AssetExecutionContext,
     AssetIn,
+    AssetsDefinition,
     BackfillPolicy,
     Output,
+    TimeWindowPartitionMapping,
     asset,
 )
 
 from quant_assets.asset_lineage import lineage_metadata, lineage_of
+from quant_assets.automation import after, month_closed
 from quant_assets.configs import config_class
 from quant_assets.features import feature_versions, features_code_version
-from quant_assets.models.lgbm import LGBMConfig, TrainedModel, predictions_hash
+from quant_assets.models.lgbm import LGBMConfig, predictions_hash
 from quant_assets.models.monthly import (
     LGBM,
     SEQ,
     ModelFamily,
     month_predictions_hash,
-    predict_lgbm_month,
 )
-from quant_assets.models.seq import SeqConfig
+from quant_assets.models.seq import SeqConfig, history_start
 from quant_assets.models.walkforward import (
     WalkForwardConfig,
     feature_columns,
+    first_trading_day,
     join_features_labels,
 )
-from quant_assets.partitions import monthly_partitions, months_of
+from quant_assets.partitions import monthly_partitions, months_of, up_to_month_end
 from quant_assets.performance import rank_information_coefficient
 from quant_assets.retries import IO_RETRY, refuse
 from quant_assets.run_costs import Meter, measured
@@ -51,6 +59,13 @@ SETTINGS = load_settings()
 GROUP = "models"
 # MLflow run tag: predictions_hash of the model month's out-of-sample scores
 PREDICTIONS_TAG = "quant.predictions_sha256"
+MODEL_INPUTS = ("pit_features", "labels")
+
+
+def previous_month(month, months: int):
+    """First day of the month ``months`` before ``month``."""
+    index = month.year * 12 + month.month - 1 - months
+    return month.replace(year=index // 12, month=index % 12 + 1, day=1)
 
 
 _TRAINING = dict(
@@ -159,10 +174,8 @@ def _train_months(
     backfill_policy=BackfillPolicy.single_run(),
     code_version="lgbm-v1",
     retry_policy=IO_RETRY,  # MLflow logging/registry, Delta (quant_assets/retries.py)
-    ins={
-        "pit_features": AssetIn(partition_mapping=AllPartitionMapping()),
-        "labels": AssetIn(partition_mapping=AllPartitionMapping()),
-    },
+    ins={key: AssetIn(partition_mapping=up_to_month_end()) for key in MODEL_INPUTS},
+    automation_condition=month_closed(MODEL_INPUTS),
 )
 def lgbm_model(
     context: AssetExecutionContext,
@@ -178,39 +191,66 @@ def lgbm_model(
         return _train_months(context, LGBM, config, tracking, pit_features, labels, meter)
 
 
-@asset(
-    group_name=GROUP,
-    partitions_def=monthly_partitions,
-    metadata={"partition_expr": "date"},
-    backfill_policy=BackfillPolicy.single_run(),
-    code_version=features_code_version(),
-    retry_policy=IO_RETRY,  # reads/writes Delta (quant_assets/retries.py)
-)
-def oos_predictions(
-    context: AssetExecutionContext, lgbm_model: pl.DataFrame, pit_features: pl.DataFrame
-):
-    """Scores of each month's features by that month's model only (out of sample)."""
-    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
-        parts = []
-        for record in lgbm_model.sort("date").iter_rows(named=True):
-            month = record["date"]
-            model = TrainedModel.from_record(record)
-            parts.append(
-                predict_lgbm_month(model, pit_features, month).with_columns(
-                    model_month=pl.lit(month, dtype=pl.Date),
-                    model_sha256=pl.lit(model.sha256),
+def build_predictions(family: ModelFamily, code_version: str) -> AssetsDefinition:
+    """The family's out-of-sample predictions: each month's features scored by that month's
+    model (the GRU also reads the month before, for its sequences)."""
+
+    @asset(
+        name=family.predictions,
+        group_name=GROUP,
+        partitions_def=monthly_partitions,
+        metadata={"partition_expr": "date"},
+        backfill_policy=BackfillPolicy.single_run(),
+        code_version=code_version,
+        retry_policy=IO_RETRY,  # reads/writes Delta (quant_assets/retries.py)
+        kinds={"pytorch"} if family is SEQ else None,
+        ins={
+            "model_rows": AssetIn(key=family.asset),
+            "pit_features": AssetIn(
+                partition_mapping=TimeWindowPartitionMapping(
+                    start_offset=-family.history_months, allow_nonexistent_upstream_partitions=True
                 )
-            )
-        missing = set(months_of(context)) - set(lgbm_model["date"].to_list())
-        if missing:
-            # the same on every attempt: not retried
-            raise refuse(f"oos_predictions: no lgbm_model for months {sorted(missing)}")
-        frame = pl.concat(parts) if parts else pl.DataFrame()
-        meter.rows(rows_in=pit_features.height, rows_out=frame.height)
-    return Output(
-        frame,
-        metadata={"rows": frame.height, "predictions_hash": predictions_hash(frame)},
+            ),
+        },
+        automation_condition=after([family.asset], wait_for=[family.asset, "pit_features"], recent=None),
+        description=f"Scores of each month's features by that month's {family.asset} only "
+        "(out of sample).",
     )
+    def _predictions(context: AssetExecutionContext, model_rows: pl.DataFrame, pit_features: pl.DataFrame):
+        with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
+            parts = []
+            for record in model_rows.sort("date").iter_rows(named=True):
+                month = record["date"]
+                model = family.model_type.from_record(record)  # verifies the sha256
+                needed = history_start(first_trading_day(month), getattr(model.config, "seq_len", 1))
+                if needed < previous_month(month, family.history_months):
+                    raise refuse(  # a config choice, the same on every attempt
+                        f"{family.predictions} {month:%Y-%m}: seq_len {model.config.seq_len} "
+                        f"reaches back to {needed}, before the {family.history_months} month(s) "
+                        "of features this asset reads"
+                    )
+                parts.append(
+                    family.predict(model, pit_features, month).with_columns(
+                        model_month=pl.lit(month, dtype=pl.Date),
+                        model_sha256=pl.lit(model.sha256),
+                    )
+                )
+            missing = set(months_of(context)) - set(model_rows["date"].to_list() if model_rows.height else [])
+            if missing:
+                # the same on every attempt: not retried
+                raise refuse(f"{family.predictions}: no {family.asset} for months {sorted(missing)}")
+            frame = pl.concat(parts) if parts else pl.DataFrame()
+            meter.rows(rows_in=pit_features.height, rows_out=frame.height)
+        return Output(
+            frame,
+            metadata={"rows": frame.height, "predictions_hash": predictions_hash(frame)},
+        )
+
+    return _predictions
+
+
+oos_predictions = build_predictions(LGBM, features_code_version())
+seq_predictions = build_predictions(SEQ, "seq-predictions-v1")
 
 
 @asset(
@@ -222,10 +262,8 @@ def oos_predictions(
     retry_policy=IO_RETRY,  # MLflow logging/registry, Delta (quant_assets/retries.py)
     # kind pytorch: deploy/pools.yaml places it on the gpu pool (its key rule says the same)
     kinds={"pytorch"},
-    ins={
-        "pit_features": AssetIn(partition_mapping=AllPartitionMapping()),
-        "labels": AssetIn(partition_mapping=AllPartitionMapping()),
-    },
+    ins={key: AssetIn(partition_mapping=up_to_month_end()) for key in MODEL_INPUTS},
+    automation_condition=month_closed(MODEL_INPUTS),
 )
 def seq_model(
     context: AssetExecutionContext,

@@ -90,8 +90,18 @@ class ModelFamily:
     fit: Callable[[pl.DataFrame, list[str], dt.date, WalkForwardConfig, Any], Any]
     predict: Callable[[Any, pl.DataFrame, dt.date], pl.DataFrame]
     model_type: type  # has from_record / to_record / sha256
+    # the family's chain downstream of its model: out-of-sample predictions, the backtest
+    # on them and its validation report (side by side in Dagster, one asset each)
+    predictions: str = ""
+    backtest: str = ""
+    report: str = ""
+    # months of features before a month that scoring it reads (the GRU's sequences)
+    history_months: int = 0
 
 
-LGBM = ModelFamily("lgbm", "lgbm_model", LGBMConfig, fit_lgbm_month, predict_lgbm_month, TrainedModel)
-SEQ = ModelFamily("seq", "seq_model", SeqConfig, fit_seq_month, predict_seq_month, TrainedSeqModel)
+LGBM = ModelFamily("lgbm", "lgbm_model", LGBMConfig, fit_lgbm_month, predict_lgbm_month, TrainedModel,
+                   predictions="oos_predictions", backtest="backtest", report="validation_report")
+SEQ = ModelFamily("seq", "seq_model", SeqConfig, fit_seq_month, predict_seq_month, TrainedSeqModel,
+                  predictions="seq_predictions", backtest="seq_backtest",
+                  report="seq_validation_report", history_months=1)
 FAMILIES = {family.name: family for family in (LGBM, SEQ)}

@@ -1,6 +1,7 @@
 """``sweep_trials`` / ``trial_returns``: one sweep trial per dynamic partition (trial id),
 each an MLflow child run of its sweep's parent run, a row of the trial registry and the
-trial's daily out-of-sample returns.
+trial's daily out-of-sample returns. ``model_sweep``: the small monthly sweep of the
+monthly flow (one partition per month, ``trials/monthly.py``).
 
 Sweeps are registered (plan rows, dynamic partitions, the parent run) by
 ``python -m quant_assets sweep`` (``quant_assets/cli/sweep.py``); ``sensors/trials.py``
@@ -15,18 +16,31 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
+    BackfillPolicy,
+    MetadataValue,
     Output,
+    asset,
     multi_asset,
 )
 
 from quant_assets.asset_lineage import input_versions, lineage_metadata
+from quant_assets.automation import month_closed
+from quant_assets.configs import config_class
 from quant_assets.features import feature_versions, total_return_index
 from quant_assets.lineage import collect_lineage
 from quant_assets.models.lgbm import predictions_hash
 from quant_assets.models.walkforward import feature_columns, join_features_labels
-from quant_assets.partitions import sweep_trial_partitions
+from quant_assets.partitions import (
+    monthly_partitions,
+    months_of,
+    sweep_trial_partitions,
+    up_to_month_end,
+)
 from quant_assets.retries import IO_RETRY, refuse
 from quant_assets.run_costs import measured
+from quant_assets.settings import load_settings
+from quant_assets.trials.monthly import MonthlySweepSpace
+from quant_assets.trials.monthly import evaluate_month as evaluate_sweep_month
 from quant_assets.trials.search import SearchSpace
 from quant_assets.trials.trial import run_trial
 from quant_assets.trials.trial_registry import (
@@ -40,6 +54,7 @@ from quant_assets.warehouse import VersionedFrame
 from resources.tracking import MlflowTracking
 
 GROUP = "sweeps"
+SETTINGS = load_settings()
 
 
 def _parent_run(tracking: MlflowTracking, sweep: str) -> str | None:
@@ -196,3 +211,60 @@ def sweep_trial(
     yield Output(registry, "sweep_trials", metadata=meta)
     yield Output(returns, "trial_returns", metadata={"days": returns.height})
 
+
+
+ModelSweepConfig = config_class(
+    "ModelSweepConfig", MonthlySweepSpace,
+    doc="The monthly model sweep's search space (trials/monthly.py: MONTHLY_SPACE), as JSON.",
+)
+
+
+@asset(
+    group_name=GROUP,
+    partitions_def=monthly_partitions,
+    metadata={"partition_expr": "date"},
+    backfill_policy=BackfillPolicy.single_run(),
+    code_version="model-sweep-v1",
+    retry_policy=IO_RETRY,  # Delta (quant_assets/retries.py)
+    ins={
+        "pit_features": AssetIn(partition_mapping=up_to_month_end()),
+        "labels": AssetIn(partition_mapping=up_to_month_end()),
+        "market_bars": AssetIn(partition_mapping=AllPartitionMapping()),
+    },
+    automation_condition=month_closed(("pit_features", "labels")),
+)
+def model_sweep(
+    context: AssetExecutionContext,
+    config: ModelSweepConfig,
+    pit_features: VersionedFrame,
+    labels: VersionedFrame,
+    market_bars: VersionedFrame,
+    corporate_actions: VersionedFrame,
+):
+    """The month's trials of a small grid of LightGBM hyper-parameters and strategy
+    parameters (``trials/monthly.py``), each evaluated like a sweep trial on the month
+    alone: their daily returns (date, trial_id, params, net_return), trials of the
+    validation report's DSR and PBO."""
+    with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
+        space = config.to(MonthlySweepSpace).space(SETTINGS.embargo_days, SETTINGS.model_seed)
+        joined = join_features_labels(pit_features.frame, labels.frame)
+        prices = total_return_index(market_bars.frame, corporate_actions.frame)
+        parts, sharpes = [], {}
+        for month in months_of(context):
+            rows, metrics = evaluate_sweep_month(
+                joined, feature_columns(pit_features.frame), pit_features.frame, prices, space, month
+            )
+            parts.append(rows)
+            sharpes.update({k: float(m.get("sharpe", float("nan"))) for k, m in metrics.items()})
+        frame = pl.concat(parts)
+        meter.rows(rows_in=pit_features.frame.height, rows_out=frame.height)
+    return Output(
+        frame,
+        metadata={
+            "trials": frame["trial_id"].n_unique(),
+            "trial_sharpes": MetadataValue.json(sharpes),
+            "input_versions": MetadataValue.json(input_versions(
+                {"pit_features": pit_features, "labels": labels, "market_bars": market_bars,
+                 "corporate_actions": corporate_actions})),
+        },
+    )

@@ -2,10 +2,11 @@
 tried, PBO (CSCV) over the trials' return matrix, IC, bootstrap drawdowns, and a Markdown
 summary. Pure.
 
-The trial set is the strategy variants evaluated on the same predictions plus, when a sweep
-has run, the sweep's trials (``extra_trial_sharpes`` for the count and Sharpe variance of the
-DSR; their returns as extra columns of ``pbo_returns``). The report says how many came from
-each source.
+The trial set is the strategy variants evaluated on the same predictions plus every other
+trial tried on the same data: a sweep's trials, the monthly model sweep's and the strategy
+grid's parameter sets (``extra_trial_sharpes`` for the count and Sharpe variance of the DSR;
+their returns as extra columns of ``pbo_returns``). The report says how many came from each
+source (``TRIAL_SOURCES``, by the prefix of the trial's name).
 
 With a benchmark (its daily returns aligned with the strategy's by date, see
 ``validation.benchmark``), the report adds the benchmark-relative statistics of
@@ -27,6 +28,12 @@ from quant_assets.validation import stats
 PBO_SPLITS = 16  # CSCV blocks: C(16, 8) = 12870 splits, the paper's choice
 PBO_MIN_ROWS_PER_BLOCK = 4  # fewer rows per block: block Sharpe ratios are noise, PBO n/a
 SWEEP_PREFIX = "sweep:"  # names a sweep's trial in the trial set ("sweep:<trial_id>")
+# source of a trial -> the prefix of its name; a name with none of them is a variant
+TRIAL_SOURCES = {
+    "sweep": SWEEP_PREFIX,
+    "model_sweep": "msweep:",  # trials.monthly.TRIAL_PREFIX
+    "strategy_grid": "grid:",  # backtest.monthly_grid.TRIAL_PREFIX
+}
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,8 @@ def summarise(
     m["psr"] = stats.probabilistic_sharpe_ratio(sr, n, m["skew"], m["kurtosis"]) if enough else math.nan
     m["n_trials"] = float(n_trials)
     m["n_trials_variants"] = float(len(trial_returns))
-    m["n_trials_sweep"] = float(len(extra_trial_sharpes or {}))
+    for source in TRIAL_SOURCES:
+        m[f"n_trials_{source}"] = float(sum(trial_source(k) == source for k in extra_trial_sharpes or {}))
     m["trial_sharpe_variance"] = sr_var
     m["expected_max_sharpe"] = stats.expected_max_sharpe(n_trials, sr_var)
     m["dsr"] = (
@@ -181,11 +189,12 @@ def format_metric(key: str, value: float, metrics: dict[str, float] | None = Non
     text = fmt.format(value)
     if key == "n_trials" and metrics and "n_trials_variants" in metrics:
         variants = int(metrics["n_trials_variants"])
-        sweep = int(metrics.get("n_trials_sweep", 0))
-        text += f" ({variants} variants + {sweep} sweep trials"
-        if sweep == 0:
+        counts = {s: int(metrics.get(f"n_trials_{s}", 0) or 0) for s in TRIAL_SOURCES}
+        text += f" ({variants} variants + {counts['sweep']} sweep trials"
+        text += "".join(f" + {n} {s.replace('_', ' ')}" for s, n in counts.items() if s != "sweep" and n)
+        if counts["sweep"] == 0:
             text += "; no sweep has run"
-        left_out = variants + sweep - int(value)
+        left_out = variants + sum(counts.values()) - int(value)
         if left_out > 0:
             text += f"; {left_out} with an undefined Sharpe left out"
         text += ")"
@@ -198,8 +207,8 @@ def annualised_sharpe(per_period: float, periods_per_year: float = 252) -> float
 
 
 def trial_source(name: str) -> str:
-    """"sweep" for a sweep's trial (named with ``SWEEP_PREFIX``), else "variant"."""
-    return "sweep" if name.startswith(SWEEP_PREFIX) else "variant"
+    """The source of a trial by its name's prefix (``TRIAL_SOURCES``), else "variant"."""
+    return next((s for s, prefix in TRIAL_SOURCES.items() if name.startswith(prefix)), "variant")
 
 
 def render_markdown(

@@ -3,9 +3,10 @@
 - the seeded simulator's raw tables, point-in-time features and labels of the test range
   (tests/conftest.py), written straight to a Delta warehouse under a temporary QUANT_HOME
   with the pure feature/label functions (the golden-flow tests cover those assets);
-- then the real ``lgbm_model``, ``oos_predictions`` and ``backtest`` assets over 2023-01 ..
-  2023-02 through Dagster, with a SQLite MLflow: two registered versions of
-  ``quant-assets-lgbm``.
+- then the real model chains of both families (``lgbm_model``, ``oos_predictions``,
+  ``backtest``; ``seq_model``, ``seq_predictions``, ``seq_backtest``) over 2023-01 .. 2023-02
+  through Dagster, with a SQLite MLflow: two registered versions of ``quant-assets-lgbm``
+  and two of ``quant-assets-seq``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class World:
     resources: dict[str, Any]
     warehouse: Any
     client: Any
-    versions: dict[str, int]  # "2023-01" -> registered version
+    versions: dict[str, int]  # "2023-01" -> registered version (LightGBM)
     assets: list[Any]
+    seq_versions: dict[str, int] | None = None  # "2023-01" -> registered version (GRU)
 
 
 def settings_for(home: Path):
@@ -90,8 +92,13 @@ def world(tmp_path_factory) -> World:
         ASSET_PARTITION_RANGE_START_TAG,
     )
 
-    from quant_assets.backtest.assets import backtest
-    from quant_assets.models.assets import lgbm_model, oos_predictions
+    from quant_assets.backtest.assets import backtest, seq_backtest
+    from quant_assets.models.assets import (
+        lgbm_model,
+        oos_predictions,
+        seq_model,
+        seq_predictions,
+    )
     from quant_assets.warehouse import Warehouse
     from resources import build_resources
 
@@ -103,7 +110,7 @@ def world(tmp_path_factory) -> World:
     with DagsterInstance.ephemeral() as instance:
         result = materialize(
             assets,
-            selection=[lgbm_model, oos_predictions, backtest],
+            selection=[lgbm_model, oos_predictions, backtest, seq_model, seq_predictions, seq_backtest],
             tags={ASSET_PARTITION_RANGE_START_TAG: MONTHS[0], ASSET_PARTITION_RANGE_END_TAG: MONTHS[-1]},
             resources=resources,
             instance=instance,
@@ -115,7 +122,12 @@ def world(tmp_path_factory) -> World:
         r["date"].strftime("%Y-%m"): int(r["registered_version"]) for r in models.iter_rows(named=True)
     }
     assert sorted(versions) == ["2023-01", "2023-02"], versions
-    return World(home, settings, resources, wh, resources["tracking"].client(), versions, assets)
+    seq_versions = {
+        r["date"].strftime("%Y-%m"): int(r["registered_version"])
+        for r in wh.read(["seq_model"]).frame.iter_rows(named=True)
+    }
+    return World(home, settings, resources, wh, resources["tracking"].client(), versions, assets,
+                 seq_versions)
 
 
 def day_rows(frame: pl.DataFrame, day: str) -> pl.DataFrame:

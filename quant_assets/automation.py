@@ -1,0 +1,144 @@
+"""When each asset of the golden flow materialises by itself: Dagster's declarative automation
+(``AutomationCondition``), evaluated by the automation sensor (``sensors/automation.py``).
+
+Every condition is built from Dagster's operands, so the daemon evaluates it without user
+code, and each says the researcher's rule in its label (the UI's *Automation* tab shows
+the tree and why a partition was or was not requested):
+
+* ``labels`` of D as soon as the bars of its horizon exist: the label partitions lag the
+  trading days by the horizon (``partitions.label_partitions``), so a label's partition
+  appears when its last bar can, and waits until those bars are in.
+* a month's models, predictions, backtests, strategy grid and model sweep when the month's
+  last session's features and labels exist (their inputs end with the month);
+* each family's validation report after its backtest (and the month's trials), the model
+  comparison after the reports, the promotion behind the blocking gate when
+  ``QUANT_AUTO_PROMOTE=promote``;
+* the daily scores, drift report, signal health and target weights after each day's
+  features.
+
+Late or restated data: a restated day's ``market_bars`` (rebuilt with its features by the
+landing sensor) makes every *already materialised* partition that reads it out of date
+(``restated``), and each dependent follows through its own condition, so exactly the
+partitions that read the restated day are rebuilt once, nothing else.
+
+What the conditions deliberately do not do:
+
+* build history: a partition that is missing is only built automatically when it is new
+  (it appeared since the sensor last looked) or recent (``RECENT``); history is the job of
+  ``python -m quant_assets backfill``;
+* react to inputs that cannot change their rows: the bitemporal reference tables
+  (universe, corporate actions, fundamentals) only gain rows with later knowledge times,
+  which no point-in-time row of an earlier day can see; the model tables read by serving
+  (scores are by the champion of their day, not rescored when a new month is trained); the
+  whole-history inputs of monthly assets (``AllPartitionMapping``), whose new days reach
+  them through the month's own inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from dagster import AssetSelection
+from dagster import AutomationCondition as AC
+
+# Missing daily partitions younger than this are built by themselves (a day whose build
+# was skipped or failed, a label whose bars came late); older ones are history.
+RECENT = dt.timedelta(days=14)
+
+
+def _assets(keys: Iterable[str]) -> AssetSelection:
+    return AssetSelection.assets(*keys)
+
+
+def _updated(keys: Iterable[str]) -> AC:
+    """Any of these inputs was updated (by a run that did not also build this partition) or
+    is requested on this tick."""
+    keys = tuple(keys)
+    return AC.any_deps_updated().allow(_assets(keys)).with_label(f"{' or '.join(keys)} updated")
+
+
+def _ready(keys: Iterable[str]) -> AC:
+    """None of these inputs is missing or in progress, and nor is this partition."""
+    keys = tuple(keys)
+    return (
+        ~AC.any_deps_missing().allow(_assets(keys))
+        & ~AC.any_deps_in_progress().allow(_assets(keys))
+        & ~AC.in_progress()
+    ).with_label(f"{', '.join(keys)} present, nothing in progress")
+
+
+def _buildable(recent: dt.timedelta | None) -> AC:
+    """Materialised already (a rebuild), or missing but new or recent (never history)."""
+    if recent is None:
+        return ~AC.missing() | AC.in_latest_time_window()
+    return (~AC.missing() | AC.in_latest_time_window(recent)).with_label("not history")
+
+
+def restated(keys: Iterable[str] = ("market_bars",)) -> AC:
+    """An already materialised partition whose inputs were restated: rebuild it (its new
+    partitions are built by the job that builds the inputs, e.g. the daily feature run)."""
+    return (
+        _updated(keys).since_last_handled() & ~AC.missing() & _ready(keys)
+    ).with_label("restated input")
+
+
+def after(
+    keys: Iterable[str],
+    *,
+    wait_for: Iterable[str] | None = None,
+    recent: dt.timedelta | None = RECENT,
+) -> AC:
+    """Once ``keys`` updated (or this partition newly appeared), when ``wait_for`` (default:
+    ``keys``) are present and settled: new partitions, and every rebuild their update
+    causes, never history."""
+    keys = tuple(keys)
+    wait_for = tuple(wait_for) if wait_for is not None else keys
+    trigger = (AC.newly_missing() | _updated(keys)).since_last_handled()
+    return (trigger & _buildable(recent) & _ready(wait_for)).with_label(
+        f"after {', '.join(keys)}"
+    )
+
+
+def month_closed(inputs: Iterable[str], *, wait_for: Iterable[str] | None = None) -> AC:
+    """A month's partition (it exists once the month is over) when every input of its
+    window is in: for the models, the last session's features and labels."""
+    return after(inputs, wait_for=wait_for, recent=None).with_label(
+        f"month closed: {', '.join(inputs)} complete"
+    )
+
+
+def new_month(*, wait_for: Iterable[str] = ()) -> AC:
+    """A month's partition once, when it appears (the month is over), when ``wait_for`` are
+    present: for assets whose only inputs are whole-history tables that every new day
+    updates (those updates are not triggers)."""
+    return (
+        AC.newly_missing().since_last_handled() & AC.in_latest_time_window() & _ready(wait_for)
+    ).with_label("new month")
+
+
+def when_updated(keys: Iterable[str], *, wait_for: Iterable[str] | None = None) -> AC:
+    """Unpartitioned: after any of ``keys`` updated, once ``wait_for`` are settled."""
+    keys = tuple(keys)
+    wait_for = tuple(wait_for) if wait_for is not None else keys
+    return (
+        (AC.newly_missing() | _updated(keys)).since_last_handled() & _ready(wait_for)
+    ).with_label(f"after {', '.join(keys)}")
+
+
+def promotion(comparison: str = "model_comparison") -> AC:
+    """The champion after the comparison, only when its blocking gate passed (or is run in
+    the same run, which then stops before the promotion if the gate fails)."""
+    return (
+        _updated([comparison]).since_last_handled()
+        & ~AC.any_deps_missing().allow(_assets([comparison]))
+        & AC.all_deps_blocking_checks_passed()
+        & ~AC.in_progress()
+    ).with_label("promotion: gate passed")
+
+
+def gate_check(comparison: str = "model_comparison") -> AC:
+    """The blocking gate, with the comparison it judges (``QUANT_AUTO_PROMOTE=promote``)."""
+    return (
+        (AC.any_deps_updated().since_last_handled()) & ~AC.in_progress()
+    ).with_label(f"gate after {comparison}")

@@ -71,11 +71,14 @@ def lineage_of(
     partition_keys: list[str] | None = None,
     feature_versions: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    asset_key: str | None = None,
 ) -> dict[str, Any]:
+    """``asset_key``: which output's key names the lineage, for a multi-asset (Dagster
+    refuses ``context.asset_key`` there)."""
     if partition_keys is None:
         partition_keys = list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else []
     return collect_lineage(
-        asset_key=context.asset_key.to_user_string(),
+        asset_key=asset_key or context.asset_key.to_user_string(),
         partition_keys=partition_keys,
         input_versions=input_versions(inputs),
         input_tables=input_tables(inputs, step_reads(context.run_id, context.op_def.name)),

@@ -51,7 +51,8 @@ def test_promotion_and_rollback_are_recorded(registry, tmp_path, monkeypatch):
     assert set(log["actor"]) == {"alice@research"}
     rollback = log.row(2, named=True)
     assert rollback["reason"] == "drift alert" and rollback["object"] == name
-    assert json.loads(rollback["tags"]) == {"alias": "champion", "previous_version": "3"}
+    assert json.loads(rollback["tags"]) == {"alias": "champion", "previous_version": "3",
+                                         "previous_model": name}
     assert log.row(1, named=True)["dagster_run_id"] == "run-3"
     assert log["time"].dtype == pl.Datetime("us", "UTC") and log["time"].is_sorted()
     assert audit.read(root, action="rollback").height == 1

@@ -116,13 +116,16 @@ def test_landing_sensor_through_dagster_api(tmp_path, monkeypatch):
 
 LIVE_SCHEDULE_CHECK = """
 import datetime as dt
-from dagster import build_schedule_context
+from dagster import DagsterInstance, build_schedule_context
 from quant_assets import calendar
 from quant_assets.definitions import defs
 from sensors.schedules import daily_features_schedule
 
+instance = DagsterInstance.ephemeral()  # the schedule skips a day already built or building
+
 def keys(when):
-    ctx = build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
+    ctx = build_schedule_context(scheduled_execution_time=when, instance=instance,
+                                 repository_def=defs.get_repository_def())
     result = daily_features_schedule.evaluate_tick(ctx)
     return [r.partition_key for r in (result.run_requests or [])], result.skip_message
 

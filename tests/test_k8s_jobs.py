@@ -267,7 +267,7 @@ def test_strict_validation_catches_a_broken_job(placed):
 
 def test_gpu_cpu_split_follows_the_policy(placed, policy):
     pools = {k.to_user_string(): a.op.pool for a in placed for k in a.keys}
-    assert {k for k, p in pools.items() if p == "gpu"} == {"seq_model", "seq_scores"}
+    assert {k for k, p in pools.items() if p == "gpu"} == {"seq_model", "seq_predictions", "seq_scores"}
     assert pools["lgbm_model"] == "cpu"
     assert pools["pit_features"] == "cpu-highmem"
     assert pools["backtest"] == "cpu"

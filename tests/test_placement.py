@@ -495,7 +495,7 @@ def _gpu_assets():
 def test_gpu_assets_get_gpus_gpu_nodes_and_tolerations_cpu_assets_do_not(real_assets, policy):
     placed = _placement(apply_placement([*real_assets, *_gpu_assets()], policy))
     gpu_assets = {k for k, (pool, _) in placed.items() if pool == "gpu"}
-    assert gpu_assets == {"seq_model", "daily_scores"}
+    assert gpu_assets == {"seq_model", "seq_predictions", "daily_scores"}
     for key, (pool, config) in placed.items():
         limits = config["container_config"]["resources"]["limits"]
         pod = config.get("pod_spec_config", {})

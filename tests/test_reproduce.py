@@ -97,7 +97,7 @@ def flow(tmp_path_factory):
     whole = {ASSET_PARTITION_RANGE_START_TAG: MONTHS[0], ASSET_PARTITION_RANGE_END_TAG: MONTHS[1]}
     run_assets(settings, ["lgbm_model", "oos_predictions", "seq_model", "backtest"], tags=whole)
     run_assets(settings, ["backtest"], partition_key="2023-03-01")
-    run_assets(settings, ["strategy_grid"], partition_key="2023-02-01")
+    run_assets(settings, ["strategy_grid", "strategy_grid_returns"], partition_key="2023-02-01")
     space = SearchSpace.from_dict({
         "name": "reproduce-test", "method": "grid", "months": ["2023-02", "2023-03"],
         "base": {"lgbm": {"num_boost_round": 20, "early_stopping_rounds": 5}},

@@ -23,7 +23,7 @@ from quant_assets.retries import IO_RETRY, not_retried, refuse
 # Assets whose steps are not dominated by warehouse/MLflow/source I/O: no retry policy.
 # strategy_grid is a CPU-bound parameter grid (no MLflow); a failure there is more likely
 # a bug or memory than a transient store error, and a retry repeats all of its compute.
-NOT_RETRIED = {"strategy_grid"}
+NOT_RETRIED = {"strategy_grid", "strategy_grid_returns"}  # one op, two outputs
 
 
 def _retry_policies() -> dict[str, RetryPolicy | None]:

@@ -271,7 +271,7 @@ def strategy_grid(
         meter.rows(rows_out=daily.height, output="strategy_grid_returns")
     sharpe = frame["sharpe"].to_numpy()
     lineage = lineage_of(context, inputs={"market_bars": market_bars, "corporate_actions": corporate_actions},
-                         config=config.model_dump(), seeds={})
+                         config=config.model_dump(), seeds={}, asset_key="strategy_grid")
     with tracking.run(f"strategy_grid {context.partition_key_range.start}..{context.partition_key_range.end}",
                       lineage, output=frame) as run:
         tracking.log_metrics({"n_trials": spec.n_trials, "rows": frame.height})

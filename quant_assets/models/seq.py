@@ -356,8 +356,15 @@ class TrainedSeqModel:
                 hist.height,
             )
         )
+        # one batch per day: a CPU GEMM's rounding depends on the batch's shape, so a day
+        # scored alone (serving) must meet the same batch as in the month's predictions
+        days = targets["date"].to_numpy()
+        bounds = np.flatnonzero(np.r_[True, days[1:] != days[:-1], True])
         with _deterministic(self.config, torch.device("cpu")):
-            scores = _predict_batches(self._module, inputs, index, _PREDICT_BATCH)
+            scores = torch.cat([
+                _predict_batches(self._module, inputs, index[a:b], _PREDICT_BATCH)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ])
         return pl.DataFrame(
             {
                 "date": targets["date"],

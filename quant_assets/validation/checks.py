@@ -34,13 +34,20 @@ from quant_assets.validation.gate import GateThresholds, evaluate_gate
 )
 def validation_gate(config: GateConfig, model_comparison: pl.DataFrame) -> AssetCheckResult:
     family = recommended_family(model_comparison)
+    thresholds = config.to(GateThresholds)
     if family is None:
+        # say why each family failed: a researcher reads the criteria, not just "no"
+        families = sorted(model_comparison["model_family"].unique().to_list())
+        why = "\n\n".join(
+            f"{f}: {evaluate_gate(family_metrics(model_comparison, f), thresholds).message()}"
+            for f in families
+        )
         return AssetCheckResult(
             passed=False, severity=AssetCheckSeverity.ERROR,
-            description="no model family's validation report passed the gate",
+            description=f"no model family's validation report passed the gate\n\n{why}",
             metadata={"recommended": "none"},
         )
-    result = evaluate_gate(family_metrics(model_comparison, family), config.to(GateThresholds))
+    result = evaluate_gate(family_metrics(model_comparison, family), thresholds)
     return AssetCheckResult(
         passed=result.passed,
         severity=AssetCheckSeverity.ERROR,

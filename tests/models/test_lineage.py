@@ -69,13 +69,15 @@ def test_config_hash_ignores_key_order():
 
 
 def test_git_state_never_crashes(monkeypatch, tmp_path):
+    # git_state is read once per process: clear the cache around each case
+    state = lin.git_state.__wrapped__
     monkeypatch.setattr(lin, "_REPO_DIR", tmp_path)  # not a git checkout
     monkeypatch.setenv(lin.GIT_COMMIT_ENV, "deadbeef")
-    assert lin.git_state() == ("deadbeef", None)
+    assert state() == ("deadbeef", None)
     monkeypatch.delenv(lin.GIT_COMMIT_ENV)
-    assert lin.git_state() == (None, None)
+    assert state() == (None, None)
     monkeypatch.setenv("PATH", str(tmp_path))  # no git binary at all
-    assert lin.git_state() == (None, None)
+    assert state() == (None, None)
 
 
 def test_lineage_tags_are_flat_strings():

@@ -40,14 +40,16 @@ def trained(frames):
     return train_lgbm(train, FEATURES, LGBMConfig(num_boost_round=40))
 
 
-def _lineage(config):
+def _lineage(config, dagster_run_id="run-1"):
+    # (asset, partitions, Dagster run) is the MLflow run key: a second MLflow run needs a
+    # second Dagster run, the same key resumes the first (exactly once)
     return collect_lineage(
         asset_key="lgbm_model",
         partition_keys=["2022-07"],
         input_versions={"pit_features": 4, "labels": 2},
         config=config,
         seeds={"model": 11},
-        dagster_run_id="run-1",
+        dagster_run_id=dagster_run_id,
     )
 
 
@@ -59,9 +61,10 @@ def test_round_trip_registers_versions_and_reloads(tracking, trained, frames):
     lineage = _lineage(config)
 
     uris, versions, run_ids = [], [], []
-    for _ in range(2):
+    for attempt in range(2):
         with tracking.run(
-            "lgbm_model 2022-07", lineage, params=config, tags={"stage": "test"}
+            "lgbm_model 2022-07", lineage if attempt == 0 else _lineage(config, "run-2"),
+            params=config, tags={"stage": "test"},
         ) as run:
             logged = tracking.log_metrics({**trained.metrics, "bad": float("nan"), "s": "x"})
             uri, version = tracking.log_lgbm_model(trained, registered_model_name="qa-lgbm")
@@ -111,16 +114,16 @@ def test_round_trip_registers_versions_and_reloads(tracking, trained, frames):
 
 
 def test_child_run_and_failed_run(tracking):
-    lineage = _lineage({"sweep": "s1"})
-    with tracking.run("sweep", lineage) as parent:
+    with tracking.run("sweep", _lineage({"sweep": "s1"}, "sweep-run")) as parent:
         pass
-    with tracking.run("trial 0", lineage, parent_run_id=parent.info.run_id) as child:
+    with tracking.run("trial 0", _lineage({"sweep": "s1"}, "trial-run"),
+                      parent_run_id=parent.info.run_id) as child:
         pass
     client = tracking.client()
     assert client.get_run(child.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
 
     with pytest.raises(RuntimeError):
-        with tracking.run("boom", lineage) as failed:
+        with tracking.run("boom", _lineage({"sweep": "s1"}, "boom-run")) as failed:
             raise RuntimeError("boom")
     assert client.get_run(failed.info.run_id).info.status == "FAILED"
     assert mlflow.active_run() is None

@@ -20,6 +20,7 @@ from quant_assets.features import assets as feature_assets
 from quant_assets.features import total_return_index
 from quant_assets.models import assets as model_assets
 from quant_assets.settings import load_settings
+from quant_assets.trials import assets as trials_assets
 from quant_assets.validation import assets as validation_assets
 from quant_assets.validation.checks import CHECKS
 from quant_assets.validation.gate import PASS_METRIC
@@ -35,9 +36,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("promotion")]
 
 MONTHS = [dt.date(2023, m, 1) for m in (1, 2, 3, 4)]
 ALL_ASSETS = load_assets_from_modules(
-    [data_assets, feature_assets, model_assets, backtest_assets, validation_assets]
+    [data_assets, feature_assets, model_assets, backtest_assets, trials_assets, validation_assets]
 )
-SELECTION = [AssetKey("validation_report"), AssetKey("champion_model")]
+# both families' reports, their comparison (which carries the blocking gate), the champion
+SELECTION = [AssetKey(k) for k in ("validation_report", "seq_validation_report",
+                                   "model_comparison", "champion_model")]
 
 
 def _upstream_tables(edge: bool) -> dict[str, pl.DataFrame]:
@@ -57,10 +60,19 @@ def _upstream_tables(edge: bool) -> dict[str, pl.DataFrame]:
     noise = rng.standard_normal(nxt.height)
     # execution lag 1: a score at close t trades at close t+1 and earns t+1 -> t+2
     score = nxt["next_ret"].fill_null(0.0).to_numpy() * 100 + 0.2 * noise if edge else noise
-    preds = nxt.select("date", "instrument_id").with_columns(
-        score=pl.Series(score), model_month=pl.col("date").dt.truncate("1mo"), model_sha256=pl.lit("x")
-    )
-    daily, _ = run_long_short(preds, prices.filter(pl.col("date") >= MONTHS[0]), StrategySpec())
+    def predictions(values):
+        return nxt.select("date", "instrument_id").with_columns(
+            score=pl.Series(values), model_month=pl.col("date").dt.truncate("1mo"),
+            model_sha256=pl.lit("x"),
+        )
+
+    def backtest(preds):
+        daily, _ = run_long_short(preds, prices.filter(pl.col("date") >= MONTHS[0]), StrategySpec())
+        # the backtest asset records the spec it ran with on every row
+        return daily.with_columns(pl.lit(spec_to_json(StrategySpec())).alias(SPEC_COLUMN))
+
+    preds = predictions(score)
+    seq_preds = predictions(noise)  # the GRU family: seeded noise, its gate always fails
     labels = nxt.select("date", "instrument_id", "fwd_return").drop_nulls()
     models = pl.DataFrame(
         {"date": MONTHS, "sha256": [f"sha{i}" for i in range(4)], "registered_version": [1, 2, 3, 4]},
@@ -72,9 +84,11 @@ def _upstream_tables(edge: bool) -> dict[str, pl.DataFrame]:
         "corporate_actions": market.corporate_actions,
         "oos_predictions": preds,
         "labels": labels,
-        # the backtest asset records the spec it ran with on every row
-        "backtest": daily.with_columns(pl.lit(spec_to_json(StrategySpec())).alias(SPEC_COLUMN)),
+        "backtest": backtest(preds),
         "lgbm_model": models,
+        "seq_predictions": seq_preds,
+        "seq_backtest": backtest(seq_preds),
+        "seq_model": models,
     }
 
 
@@ -142,7 +156,9 @@ def test_failing_gate_blocks_champion_model(tmp_path):
             assert f"- {criterion}: " in message
         assert "FAIL" in message
         materialized = {e.asset_key for e in result.get_asset_materialization_events()}
-        assert materialized == {AssetKey("validation_report")}  # the report is kept
+        # the reports and the comparison are kept; the champion is not moved
+        assert materialized == {AssetKey("validation_report"), AssetKey("seq_validation_report"),
+                                AssetKey("model_comparison")}
         assert instance.get_latest_materialization_event(AssetKey("champion_model")) is None
     report = dict(wh.read(["validation_report"]).frame.iter_rows())
     assert report[PASS_METRIC] == 0.0
@@ -159,7 +175,7 @@ def test_failing_gate_blocks_champion_model(tmp_path):
         )
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
-        assert "gate did not pass" in failure.event_specific_data.error.message
+        assert "nothing promoted" in failure.event_specific_data.error.message
     assert _aliases(client) == {CHAMPION: 2}
 
 

@@ -116,12 +116,13 @@ def test_landing_sensor_through_dagster_api(tmp_path, monkeypatch):
 
 LIVE_SCHEDULE_CHECK = """
 import datetime as dt
-from dagster import DagsterInstance, build_schedule_context
+from dagster import build_schedule_context, instance_for_test
 from quant_assets import calendar
 from quant_assets.definitions import defs
 from sensors.schedules import daily_features_schedule
 
-instance = DagsterInstance.ephemeral()  # the schedule skips a day already built or building
+# the schedule skips a day already built or building: it reads a real (temporary) instance
+instance = instance_for_test().__enter__()
 
 def keys(when):
     ctx = build_schedule_context(scheduled_execution_time=when, instance=instance,

@@ -95,7 +95,8 @@ def flow(tmp_path_factory):
     warehouse = Warehouse(settings.warehouse_uri)
     write_panel(warehouse, simulated_panel(n_instruments=settings.n_instruments))
     whole = {ASSET_PARTITION_RANGE_START_TAG: MONTHS[0], ASSET_PARTITION_RANGE_END_TAG: MONTHS[1]}
-    run_assets(settings, ["lgbm_model", "oos_predictions", "seq_model", "backtest"], tags=whole)
+    run_assets(settings, ["lgbm_model", "oos_predictions", "seq_model", "backtest",
+                          "seq_predictions", "seq_backtest"], tags=whole)
     run_assets(settings, ["backtest"], partition_key="2023-03-01")
     run_assets(settings, ["strategy_grid", "strategy_grid_returns"], partition_key="2023-02-01")
     space = SearchSpace.from_dict({
@@ -115,7 +116,7 @@ def flow(tmp_path_factory):
 
 def one_run(settings: Settings, asset: str, partitions: str | None = None) -> str:
     found = [r for r in runs_of(settings, asset)
-             if partitions is None or r.data.tags["quant.partitions"] == partitions]
+             if partitions is None or r.data.tags.get("quant.partitions") == partitions]
     assert found, (asset, partitions)
     return found[-1].info.run_id
 
@@ -125,6 +126,7 @@ KINDS = [
     ("seq_model", "2023-01-01", {"quant.model_sha256", "quant.predictions_sha256"}),
     ("backtest", "2023-01-01,2023-02-01,2023-03-01,2023-04-01", {"quant.output_sha256"}),
     ("backtest", "2023-03-01", {"quant.output_sha256"}),
+    ("seq_backtest", "2023-01-01,2023-02-01,2023-03-01,2023-04-01", {"quant.output_sha256"}),
     ("strategy_grid", "2023-02-01", {"quant.output_sha256"}),
     ("validation_report", "", {"quant.output_sha256"}),
     ("sweep_trials", None, {"quant.output_sha256", "quant.predictions_sha256"}),
@@ -348,7 +350,7 @@ def test_explain_names_the_restated_bar_its_dependents_and_the_effect(restated, 
     assert f"{day}: 1 changed" in out and "<- changed" in out
     # the same month backtested twice on the same inputs: identical
     same = [r.info.run_id for r in runs_of(settings, "backtest")
-            if r.data.tags["quant.partitions"] == "2023-03-01"]
+            if r.data.tags.get("quant.partitions") == "2023-03-01"]
     assert main(["explain", same[0], run_a]) == 0
     assert main(["explain", run_a, one_run(settings, "lgbm_model", "2023-03-01")]) == 2
     # the rerun's materialisation links to this comparison (Dagster metadata)

@@ -84,7 +84,8 @@ def flow(tmp_path_factory):
         return result
 
     days = trading_day_partitions.get_partition_keys()
-    small = {"ops": {"validation_report": {"config": {"n_bootstrap": 50}}}}
+    small = {"ops": {report: {"config": {"n_bootstrap": 50}}
+                     for report in ("validation_report", "seq_validation_report")}}
     # in memory: a SQLite instance doubles the flow's time; the CLI over a SQLite instance
     # is tests/test_economics.py::test_report_cli
     with DagsterInstance.ephemeral() as instance:
@@ -92,19 +93,22 @@ def flow(tmp_path_factory):
         run(["market_bars", "pit_features"], start=days[0], end=days[-1])
         # labels of D need bars up to D + horizon
         run(["labels"], start=days[0], end=days[-load_settings().label_horizon - 1])
-        run(["lgbm_model", "seq_model", "oos_predictions", "backtest", "strategy_grid", "strategy_grid_returns"],
+        run(["lgbm_model", "seq_model", "oos_predictions", "seq_predictions", "backtest",
+             "seq_backtest", "strategy_grid", "strategy_grid_returns", "model_sweep"],
             start=FIRST_MONTH, end=LAST_MONTH)
-        run(["validation_report"], run_config=small)
-        # the test range is too short for the real gate: mark the stored report passed so
-        # that champion_model promotes (it re-checks the report's gate rows itself)
+        run(["validation_report", "seq_validation_report"], run_config=small)
+        # the test range is too short for the real gate: mark the stored LightGBM report
+        # passed so that the comparison recommends it and champion_model promotes (it
+        # re-checks the comparison's gate rows itself)
         report = warehouse.read(["validation_report"]).frame
         warehouse.write(["validation_report"], report.with_columns(
             pl.when(pl.col("metric") == PASS_METRIC).then(1.0).otherwise(pl.col("value"))
             .alias("value")
         ))
+        run(["model_comparison"])
         run(["champion_model"])
         run(["daily_scores"], start=SERVE[0], end=SERVE[1])
-        run(["drift_report", "signal_health"], key=SERVE[1])
+        run(["drift_report", "signal_health", "target_weights"], key=SERVE[1])
         space = SearchSpace.from_dict({
             "name": "econ-all", "method": "grid", "months": ["2023-01"],
             "base": {"lgbm": {"num_boost_round": 10, "early_stopping_rounds": 5}},

@@ -60,8 +60,11 @@ KINDS: dict[str, Kind] = {
     "lgbm_model": Kind(("lgbm_model",), (MODEL_TAG, PREDICTIONS_TAG)),
     "seq_model": Kind(("seq_model",), (MODEL_TAG, PREDICTIONS_TAG)),
     "backtest": Kind(("backtest",), (OUTPUT_TAG,)),
-    "strategy_grid": Kind(("strategy_grid",), (OUTPUT_TAG,)),
+    "seq_backtest": Kind(("seq_backtest",), (OUTPUT_TAG,)),
+    # one step, two tables: Dagster refuses to run one output of it alone
+    "strategy_grid": Kind(("strategy_grid", "strategy_grid_returns"), (OUTPUT_TAG,)),
     "validation_report": Kind(("validation_report",), (OUTPUT_TAG,)),
+    "seq_validation_report": Kind(("seq_validation_report",), (OUTPUT_TAG,)),
     "sweep_trials": Kind(("sweep_trials", "trial_returns"), (PREDICTIONS_TAG, OUTPUT_TAG)),
     "daily_scores": Kind(("daily_scores",), (OUTPUT_TAG,)),
 }

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-real test venv lint lock clean ui mlflow-ui reliability-nightly
+.PHONY: demo demo-real test venv lint lock clean ui mlflow-ui reliability-nightly soak
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: $(STAMP)
 reliability-nightly: $(STAMP)
 	QUANT_NIGHTLY=1 QUANT_CRASH_KILLS=$${QUANT_CRASH_KILLS:-50} $(PY) -m pytest -p no:cacheprovider \
 	  -n 2 --dist loadfile tests/reliability tests/test_security.py tests/test_audit.py
+
+# weeks of unattended operation (tests/test_automation.py over four month ends, two late
+# restatements); prints days, evaluations, runs, materialisations and wall time (~5-10 min)
+soak: $(STAMP)
+	QUANT_SOAK=1 $(PY) -m pytest -p no:cacheprovider -q -s tests/test_automation.py
 
 # ruff, and the layout's import contracts ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)

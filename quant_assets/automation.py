@@ -1,15 +1,17 @@
 """When each asset of the golden flow materialises by itself: Dagster's declarative automation
 (``AutomationCondition``), evaluated by the automation sensor (``sensors/automation.py``).
 
-Every condition is built from Dagster's operands, so the daemon evaluates it without user
-code, and each says the researcher's rule in its label (the UI's *Automation* tab shows
-the tree and why a partition was or was not requested):
+Every condition is built from Dagster's operands except ``MonthLabelled`` (a month waits
+for its last session's label partition, which the operands cannot see before it exists),
+and each says the researcher's rule in its label (the UI's *Automation* tab shows the tree
+and why a partition was or was not requested):
 
 * ``labels`` of D as soon as the bars of its horizon exist: the label partitions lag the
   trading days by the horizon (``partitions.label_partitions``), so a label's partition
   appears when its last bar can, and waits until those bars are in.
-* a month's models, predictions, backtests, strategy grid and model sweep when the month's
-  last session's features and labels exist (their inputs end with the month);
+* a month's models, predictions, backtests and model sweep once, when the month's last
+  session's features and labels exist (their inputs end with the month); its strategy
+  grid (bars only) when the month appears;
 * each family's validation report after its backtest (and the month's trials), the model
   comparison after the reports, the promotion behind the blocking gate when
   ``QUANT_AUTO_PROMOTE=promote``;
@@ -39,8 +41,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from dagster import AssetSelection
+from dagster import AssetKey, AssetSelection, AutomationContext, AutomationResult
 from dagster import AutomationCondition as AC
+
+from quant_assets import calendar
 
 # Missing daily partitions younger than this are built by themselves (a day whose build
 # was skipped or failed, a label whose bars came late); older ones are history.
@@ -100,12 +104,55 @@ def after(
     )
 
 
-def month_closed(inputs: Iterable[str], *, wait_for: Iterable[str] | None = None) -> AC:
+class MonthLabelled(AC):
+    """A month whose last session's label partition exists (its horizon's bars can be in).
+
+    Why not Dagster's operands alone: the label partitions lag the trading days by the
+    horizon, so at the month's end the labels of its last sessions do not exist yet, and
+    dependency conditions (``any_deps_missing``) only look at upstream partitions that
+    exist. Without this the month's models were built at the month's end, before those
+    labels, then rebuilt as each of them arrived (tests/test_automation.py). Evaluated in
+    the code location (the automation sensor runs with ``use_user_code_server``)."""
+
+    def __init__(self, labels: str = "labels"):
+        self._labels = labels
+
+    @property
+    def name(self) -> str:
+        return "month_labelled"
+
+    @property
+    def description(self) -> str:
+        return f"the month's last session has a {self._labels} partition"
+
+    def evaluate(self, context: AutomationContext) -> AutomationResult:
+        view = context.asset_graph_view
+        # which label partitions exist at the evaluation time (the view's clock)
+        labelled = view.get_full_subset(key=AssetKey(self._labels)).expensively_compute_partition_keys()
+        keys = [
+            key for key in context.candidate_subset.expensively_compute_partition_keys()
+            if _last_session(dt.date.fromisoformat(key)).isoformat() in labelled
+        ]
+        partitions_def = context.asset_graph_view.asset_graph.get(context.key).partitions_def
+        true_subset = view.get_subset_from_partition_keys(context.key, partitions_def, set(keys))
+        return AutomationResult(context=context, true_subset=true_subset)
+
+
+def _last_session(month: dt.date) -> dt.date:
+    return calendar.shift_trading_days(calendar.next_month(month), -1)
+
+
+def month_closed(
+    inputs: Iterable[str], *, wait_for: Iterable[str] | None = None, labels: str | None = "labels",
+) -> AC:
     """A month's partition (it exists once the month is over) when every input of its
-    window is in: for the models, the last session's features and labels."""
-    return after(inputs, wait_for=wait_for, recent=None).with_label(
-        f"month closed: {', '.join(inputs)} complete"
-    )
+    window is in: for the models, the last session's features and labels (``labels``: the
+    label asset whose last-session partition must exist first; None when none is read)."""
+    inputs = tuple(inputs)
+    condition = after(inputs, wait_for=wait_for, recent=None)
+    if labels is not None:
+        condition = condition & MonthLabelled(labels)
+    return condition.with_label(f"month closed: {', '.join(inputs)} complete")
 
 
 def new_month(*, wait_for: Iterable[str] = ()) -> AC:

@@ -2,8 +2,8 @@
 (``quant_assets.automation``) and launches what they ask for.
 
 One explicit sensor over the whole code location (so Dagster adds no implicit
-``default_automation_condition_sensor``), evaluated by the daemon (the conditions are
-Dagster's own operands: no user code runs in the tick). It starts running by itself when
+``default_automation_condition_sensor``), evaluated in the code location's server (one
+condition, ``automation.MonthLabelled``, is Python; the rest are Dagster's operands). It starts running by itself when
 ``QUANT_AUTOMATION=on`` (a deployment); otherwise switch it on in the UI (*Automation*).
 Runs are plain runs (one per partition key and partitioning), not backfills, so the run
 list reads as the flow: a day's features, its labels, its serving chain; a month's models.
@@ -23,6 +23,8 @@ automation_sensor = AutomationConditionSensorDefinition(
     default_status=DefaultSensorStatus.RUNNING if load_settings().automation else DefaultSensorStatus.STOPPED,
     minimum_interval_seconds=30,
     emit_backfills=False,
+    # one condition (automation.MonthLabelled) is Python: evaluate in the code location
+    use_user_code_server=True,
     description="Declarative automation of the golden flow: labels when their bars exist, a "
     "month's models, predictions, backtests and trials when it closes, reports, comparison "
     "and (QUANT_AUTO_PROMOTE=promote) promotion after them, scores, monitors and target "

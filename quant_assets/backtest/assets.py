@@ -23,7 +23,7 @@ from dagster import (
 
 from quant_assets import calendar
 from quant_assets.asset_lineage import lineage_metadata, lineage_of
-from quant_assets.automation import after, new_month
+from quant_assets.automation import after, new_month, restated
 from quant_assets.backtest.monthly_grid import GridSpec, evaluate_month, trial_names
 from quant_assets.backtest.strategy import (
     SPEC_COLUMN,
@@ -38,7 +38,7 @@ from quant_assets.data.reference import current_universe
 from quant_assets.features import total_return_index
 from quant_assets.lineage import file_sha256
 from quant_assets.models.monthly import FAMILIES, ModelFamily
-from quant_assets.partitions import monthly_partitions, months_of
+from quant_assets.partitions import monthly_partitions, months_of, up_to_month_end
 from quant_assets.performance import performance_summary
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
@@ -226,18 +226,20 @@ GRID_OUTPUTS = ("strategy_grid", "strategy_grid_returns")
             code_version="strategy-grid-v1",
             description="Every (instrument, parameter set) of the configured families over each "
             "month's total-return closes: total return, Sharpe, max drawdown and trade count.",
-            automation_condition=new_month(wait_for=["market_bars"]),
+            automation_condition=new_month(wait_for=["market_bars"]) | restated(["market_bars"]),
         ),
         "strategy_grid_returns": AssetOut(
             metadata={"partition_expr": "date"},
             code_version="strategy-grid-v1",
             description="Daily returns of each parameter set (equal weight over the instruments "
             "with a bar that day): date, trial_id, net_return; trials of the DSR and PBO.",
-            automation_condition=new_month(wait_for=["market_bars"]),
+            automation_condition=new_month(wait_for=["market_bars"]) | restated(["market_bars"]),
         ),
     },
-    # all bars: a month needs the max-lookback bars before it as warm-up (monthly_grid)
-    ins={"market_bars": AssetIn(partition_mapping=AllPartitionMapping())},
+    # the bars up to the month's end: a month needs the max-lookback bars before it as
+    # warm-up (monthly_grid), and a restated day rebuilds the months that read it, while a
+    # new day of a later month does not
+    ins={"market_bars": AssetIn(partition_mapping=up_to_month_end())},
 )
 def strategy_grid(
     context: AssetExecutionContext,

@@ -214,6 +214,28 @@ def _prepare_process(tracking_uri: str) -> None:
         relax_local_sqlite(Path(tracking_uri.removeprefix("sqlite:///")).parent)
 
 
+@contextmanager
+def registry_of(uri: str) -> Iterator[None]:
+    """The model registry of ``log_model(registered_model_name=...)`` set to ``uri`` for the
+    call only. MLflow registers through its process-global registry URI, which
+    ``set_registry_uri`` also exports to the environment (MLFLOW_REGISTRY_URI): left set, it
+    sent every later client without an explicit registry, and every subprocess, to that store
+    (a rebuild's throwaway store, a download's). There is no public getter of the unset
+    global, hence the internal module attribute."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    before, before_env = registry_utils._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI")
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        registry_utils._registry_uri = before
+        if before_env is None:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        else:
+            os.environ["MLFLOW_REGISTRY_URI"] = before_env
+
+
 def run_key(lineage: Mapping[str, Any]) -> str | None:
     """The key of (asset, partitions, Dagster run); None outside a Dagster run."""
     dagster_run_id = lineage.get("dagster_run_id")
@@ -296,10 +318,11 @@ class MlflowTracking(dg.ConfigurableResource):
     )
 
     def _store(self) -> MlflowClient:
-        """A client of the store this resource writes to."""
+        """A client of the store this resource writes to (its registry too: a client without
+        one takes the process's global registry URI, whatever set it last)."""
         _prepare_process(self.tracking_uri)
         ensure_sqlite_store(self.tracking_uri, self.artifact_location)
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def client(self) -> MlflowClient:
         """A fresh client bound to this resource's tracking URI (a local SQLite store is
@@ -605,7 +628,8 @@ class MlflowTracking(dg.ConfigurableResource):
             if existing is not None:
                 self._audit_registration(registered_model_name, existing, run_id, once=True)
                 return existing.source, int(existing.version)
-        info = log(registered_model_name)
+        with registry_of(self.tracking_uri):
+            info = log(registered_model_name)
         version = info.registered_model_version
         if version is None:
             return info.model_uri, None
@@ -646,7 +670,7 @@ class _ReplayClient(MlflowClient):
     versions a logged run used, whatever the alias points to now)."""
 
     def __init__(self, tracking_uri: str, pinned_aliases: Mapping[str, int]):
-        super().__init__(tracking_uri=tracking_uri)
+        super().__init__(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._pins = dict(pinned_aliases)
 
     def get_model_version_by_alias(self, name: str, alias: str):

@@ -224,10 +224,14 @@ def test_reads_of_registered_models_and_registrations_are_audited(flow, monkeypa
     scores_run = one_run(settings, "daily_scores", SCORE_DAY)
     assert main(["reproduce", scores_run, "--reason", "client query"]) == 0
     dest = tmp_path / "champion"
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     assert main(["download-model", "--alias", "champion", "--dest", str(dest)]) == 2
     assert main(["download-model", "--alias", "champion", "--dest", str(dest),
                  "--reason", "risk review"]) == 0
     assert (dest / "model_str.txt").exists() and (dest / "model" / "MLmodel").exists()
+    # a download leaves no registry behind: it once sent every later registration of the
+    # process, and of its subprocesses, to the downloaded-from store
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
 
     reads = audit.read(root, action="download")
     rows = [(r["actor"], r["object"], r["reason"], json.loads(r["tags"])["via"]) for r in reads.iter_rows(named=True)]

@@ -8,8 +8,10 @@ Runs the flow through a real Dagster instance under DAGSTER_HOME (so the runs sh
 1. reference data (universe, corporate actions, fundamentals)
 2. market bars + point-in-time features over the whole trading-day range
 3. labels over the days whose horizon is complete
-4. walk-forward LightGBM, out-of-sample predictions and the backtest, every month
-5. the validation report
+4. both model families (walk-forward LightGBM and the GRU), their out-of-sample
+   predictions and backtests, every month
+5. the months' trials (strategy grid, model sweep) that the reports' DSR and PBO count
+6. both validation reports and the family comparison
 
 With the file source the date range comes from the data unless QUANT_START_DATE,
 QUANT_END_DATE and QUANT_FIRST_MODEL_MONTH are set: the first and last day of the bars, and
@@ -96,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         ("reference data", "reference_data_job", None),
         ("market bars + point-in-time features", "daily_features_job", (days[0], days[-1])),
         ("labels", "labels_job", (label_days[0], label_days[-1])),
-        ("walk-forward LightGBM, predictions, backtest", "monthly_models_job", (months[0], months[-1])),
-        ("validation report", "validation_job", None),
+        ("walk-forward LightGBM and GRU, predictions, backtests", "monthly_models_job", (months[0], months[-1])),
+        ("the months' trials: strategy grid, model sweep", "strategy_grid_job", (months[0], months[-1])),
+        ("validation reports, family comparison", "validation_job", None),
     ]
     for i, (title, job_name, key_range) in enumerate(stages, 1):
         span = f" [{key_range[0]} .. {key_range[1]}]" if key_range else ""
@@ -132,16 +135,23 @@ def print_summary(settings, elapsed: float) -> None:
     wh = Warehouse(settings.warehouse_uri)
     report = dict(wh.read(["validation_report"]).frame.iter_rows())
     models = wh.read(["lgbm_model"]).frame
+    comparison = wh.read(["model_comparison"]).frame
+    families = sorted(comparison["model_family"].unique().to_list())
+    by_family = {f: dict(comparison.filter(pl.col("model_family") == f).select("metric", "value").iter_rows())
+                 for f in families}
     print("\nBuilt: universe, market_bars, corporate_actions, fundamentals, benchmark, data_source,")
-    print("       pit_features, labels,")
-    print(f"       lgbm_model ({models.height} monthly models), oos_predictions, backtest, validation_report")
+    print("       pit_features, labels, strategy_grid (+ returns),")
+    print(f"       LightGBM: lgbm_model ({models.height} monthly models), oos_predictions, backtest, validation_report")
+    print("       GRU: seq_model, seq_predictions, seq_backtest, seq_validation_report; model_comparison")
     print("Headline statistics (out of sample, net of costs):")
+    print(f"  {'':<22} " + " ".join(f"{f:>10}" for f in families))
     for label, key in (
         ("Sharpe", "sharpe"), ("CAGR", "cagr"), ("Max drawdown", "max_drawdown"),
         ("PSR", "psr"), ("DSR", "dsr"), ("PBO", "pbo"), ("Trials", "n_trials"),
         ("Mean daily turnover", "mean_turnover"), ("Mean rank IC", "rank_ic_mean"),
     ):
-        print(f"  {label:<22} {format_metric(key, report.get(key, float('nan')))}")
+        cells = [format_metric(key, by_family[f].get(key, float("nan"))) for f in families]
+        print(f"  {label:<22} " + " ".join(f"{c:>10}" for c in cells))
     if wh.exists(["data_source"]):  # what the numbers rest on (survivors only, close-only, ...)
         about = wh.read(["data_source"]).frame
         named = dict(about.filter(pl.col("item") != "caveat").iter_rows())
@@ -154,7 +164,11 @@ def print_summary(settings, elapsed: float) -> None:
             if k.startswith("gate_") and k.endswith("_passed") and k != "gate_passed"}
     verdict = "PASSED" if report.get("gate_passed") == 1.0 else "FAILED (no promotion)"
     shown = ", ".join(f"{k} {'ok' if v == 1.0 else ('n/a' if v != v else 'fail')}" for k, v in gate.items())
-    print(f"Promotion gate:          {verdict}" + (f"  [{shown}]" if shown else ""))
+    print(f"Promotion gate (lgbm):   {verdict}" + (f"  [{shown}]" if shown else ""))
+    passed = [f for f in families if by_family[f].get("gate_passed") == 1.0]
+    recommended = [f for f in families if by_family[f].get("recommended") == 1.0]
+    print(f"Families passing:        {', '.join(passed) or 'none'}; recommended: "
+          f"{recommended[0] if recommended else 'none (nothing to promote)'}")
     print(f"\nDelta warehouse: {settings.warehouse_uri}")
     print(f"MLflow:          {settings.mlflow_uri}  (experiment 'quant-assets')")
     print(f"Dagster:         DAGSTER_HOME={settings.dagster_home}")

@@ -23,6 +23,7 @@ def download_model(name: str, version: int | None, alias: str | None, dest: Path
 
     from quant_assets.settings import Settings
     from resources import build_resources, model_registry
+    from resources.tracking import registry_of
 
     settings = Settings.from_env()
     client = build_resources(settings)["tracking"].client()
@@ -36,13 +37,13 @@ def download_model(name: str, version: int | None, alias: str | None, dest: Path
     model_registry.record_read(name, info.version, via="download-model", reason=reason,
                                run_id=info.run_id, root=settings.warehouse_uri,
                                extra={"dest": str(dest.resolve()), **({"alias": alias} if alias else {})})
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_registry_uri(settings.mlflow_uri)
+    # the registry for this call only (resources.tracking.registry_of): download_artifacts'
+    # own registry_uri does not reach the resolution of models:/ URIs (MLflow 3.17), and
+    # a global left set sent every later registration of the process to this store
     try:
-        model_dir = download_artifacts(artifact_uri=f"models:/{name}/{info.version}",
-                                       dst_path=str(dest / "model"))
+        with registry_of(settings.mlflow_uri):
+            model_dir = download_artifacts(artifact_uri=f"models:/{name}/{info.version}",
+                                           dst_path=str(dest / "model"), tracking_uri=settings.mlflow_uri)
     except MlflowException as exc:
         raise model_registry.RegistryError(f"{name} v{info.version}: {exc.message}") from exc
     out = {"name": name, "version": info.version, "run_id": info.run_id, "model_dir": model_dir,

@@ -405,7 +405,7 @@ def rebuild(run: LoggedRun, settings: Settings, *, latest: bool = False) -> Rebu
                             for e in result.all_events
                             if e.is_step_failure and e.event_specific_data and e.event_specific_data.error]
                 raise ReproduceError(f"the rebuild of {run.describe()} failed: {'; '.join(failures)[:2000]}")
-            replay = MlflowClient(tracking_uri=tracking.tracking_uri)
+            replay = MlflowClient(tracking_uri=tracking.tracking_uri, registry_uri=tracking.tracking_uri)
             rebuilt = [r for exp in replay.search_experiments() for r in replay.search_runs([exp.experiment_id])
                        if r.data.tags.get("quant.asset_key") == run.asset_key
                        and r.data.tags.get("quant.partitions", "") == ",".join(keys)]

@@ -152,7 +152,7 @@ def registry_loaders(tracking_uri: str, warehouse_uri: str, alias: str, name: st
     from quant_assets.warehouse import Warehouse
     from resources import model_registry as registry
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     warehouse = Warehouse(warehouse_uri)
 
     def resolve_version() -> int | None:

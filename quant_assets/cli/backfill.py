@@ -28,7 +28,7 @@ import difflib
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -260,16 +260,6 @@ def daemon_is_running(instance) -> bool:
     return beat is not None and time.time() - beat.timestamp < HEARTBEAT_STALE_SECONDS
 
 
-@dataclass
-class RunView:
-    """What the command shows of a run: its chunk, status, times."""
-
-    run_id: str
-    chunk: Chunk
-    status: str
-    seconds: float | None = None
-
-
 def _run_partitions(run, targets: dict[str, Target]) -> list[tuple[str, tuple[str, ...]]]:
     """(asset, keys) of each selected asset a run of the backfill materialises."""
     from dagster._core.storage.tags import (  # tag names only: no public constant
@@ -299,7 +289,7 @@ def _run_partitions(run, targets: dict[str, Target]) -> list[tuple[str, tuple[st
 
 
 def follow(instance, backfill_id: str, targets: Sequence[Target], progress: Progress,
-           poll: float = POLL_SECONDS, clock: Callable[[], float] = time.monotonic) -> int:
+           poll: float = POLL_SECONDS) -> int:
     """Wait for a daemon backfill: print each run as it is launched and as it ends, advance
     the bar by the partitions of each successful run. 0 when every partition is
     materialised, 1 when the backfill ends with a failed run (or fails itself)."""
@@ -317,8 +307,8 @@ def follow(instance, backfill_id: str, targets: Sequence[Target], progress: Prog
     done_status = {BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED}
     while True:
         backfill = instance.get_backfill(backfill_id)
-        runs = sorted(instance.get_runs(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id})),
-                      key=lambda r: r.run_id)
+        records = instance.get_run_records(RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}))
+        runs = [r.dagster_run for r in sorted(records, key=lambda r: (r.create_timestamp, r.dagster_run.run_id))]
         for run in runs:
             parts = _run_partitions(run, by_name)
             what = "; ".join(Chunk(asset, keys).describe() for asset, keys in parts) or run.job_name

@@ -217,6 +217,14 @@ class _FakeInstance:
             tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}))
             for i, (run_id, status, start, end) in enumerate(self.now[1])]
 
+    def all_logs(self, run_id, of_type=None):
+        from types import SimpleNamespace
+
+        error = SimpleNamespace(message="Exceeded max_retries of 3\n", cause=SimpleNamespace(
+            message="WarehouseError: table market_bars does not exist\nmore", cause=None))
+        return [SimpleNamespace(dagster_event=SimpleNamespace(
+            step_key="pit_features", event_specific_data=SimpleNamespace(error=error)))]
+
     def get_run_stats(self, run_id):
         from types import SimpleNamespace
 
@@ -243,6 +251,8 @@ def test_follow_exits_1_when_the_backfill_ends_with_a_failed_run(capsys) -> None
     out = capsys.readouterr().out
     assert "launched run r1: pit_features 2022-01-03 .. 2022-01-04 (2 partitions)" in out
     assert "FAILURE run r2: pit_features 2022-01-05 .. 2022-01-06 (2 partitions) in 2.5s" in out
+    assert ("  pit_features: Exceeded max_retries of 3\n"
+            "    caused by: WarehouseError: table market_bars does not exist\n") in out
     assert "COMPLETED_FAILED; 2 partitions not materialised; failed runs: r2" in out
     # every partition in (the failed run retried): done before the daemon's next tick
     retried = _FakeInstance([(B.REQUESTED, [run(first, S.SUCCESS), run(second, S.FAILURE),

@@ -288,6 +288,19 @@ def _run_partitions(run, targets: dict[str, Target]) -> list[tuple[str, tuple[st
     return out
 
 
+def _failures(instance, run_id: str) -> list[str]:
+    """The step failures of a finished run, one short entry each."""
+    from dagster import DagsterEventType
+
+    out = []
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
+        event = entry.dagster_event
+        error = getattr(event.event_specific_data, "error", None) if event else None
+        if error is not None:
+            out.append(f"{event.step_key}: {_error_text(error)}")
+    return out
+
+
 def follow(instance, backfill_id: str, targets: Sequence[Target], progress: Progress,
            poll: float = POLL_SECONDS) -> int:
     """Wait for a daemon backfill: print each run as it is launched and as it ends, advance
@@ -325,6 +338,8 @@ def follow(instance, backfill_id: str, targets: Sequence[Target], progress: Prog
                     progress.advance(len(covered))
                 else:
                     failed[run.run_id] = what
+                    for reason in _failures(instance, run.run_id):
+                        progress.line(f"  {reason}")
             seen[run.run_id] = run.status.value
         running = [r for r in runs if r.status not in terminal]
         if not pending and not running:
@@ -342,6 +357,17 @@ def follow(instance, backfill_id: str, targets: Sequence[Target], progress: Prog
         time.sleep(poll)
 
 
+def _error_text(error) -> str:
+    """A step's error and its causes, one line each ("Exceeded max_retries" says little by
+    itself: the cause is what failed)."""
+    lines = []
+    while error is not None and len(lines) < 4:
+        first = (error.message.strip().splitlines() or [""])[0]
+        lines.append(first[:300])
+        error = error.cause
+    return "\n    caused by: ".join(lines)
+
+
 def run_in_process(instance, defs, targets: Sequence[Target], progress: Progress,
                    tags: dict[str, str]) -> int:
     """Run every chunk here, upstream assets first, one run each; stop at the first failure."""
@@ -354,7 +380,8 @@ def run_in_process(instance, defs, targets: Sequence[Target], progress: Progress
     )
 
     job = defs.resolve_implicit_global_asset_job_def()
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    # the failure is printed below, once and short; the run's own logs keep every detail
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     for chunk in plan(targets):
         run_tags = dict(tags)
         partition_key = None
@@ -370,7 +397,7 @@ def run_in_process(instance, defs, targets: Sequence[Target], progress: Progress
         )
         took = time.monotonic() - t0
         if not result.success:
-            reasons = [f"{e.step_key}: {e.event_specific_data.error.message.strip()}"
+            reasons = [f"{e.step_key}: {_error_text(e.event_specific_data.error)}"
                        for e in result.all_events
                        if e.is_step_failure and e.event_specific_data and e.event_specific_data.error]
             progress.line(f"FAILURE run {result.run_id[:8]}: {chunk.describe()} in {took:.1f}s\n  "
@@ -455,7 +482,8 @@ def main(argv: Iterable[str] | None = None, *, tty: bool | None = None) -> int:
     tty = sys.stdout.isatty() if tty is None else tty
     where = "in this process" if options.in_process else "by the daemon"
     print(f"backfill {', '.join(t.asset for t in targets)} {options.first} .. {options.last}: "
-          f"{total} partitions in {len(chunks)} runs, {where} (DAGSTER_HOME={settings.dagster_home})")
+          f"{total} partitions in {len(chunks)} run{'s' if len(chunks) > 1 else ''}, {where} "
+          f"(DAGSTER_HOME={settings.dagster_home})")
     for text in describe_plan(targets):
         print(text)
     sys.stdout.flush()

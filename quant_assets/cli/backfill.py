@@ -112,9 +112,15 @@ class Progress:
         self.stream = stream or sys.stdout
         self.bar = None
         if tty:
+            import shutil
+
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="partition", file=self.stream, dynamic_ncols=True)
+            # the size from shutil: a pty that reports 0x0 (script, some CI runners) gets
+            # 100x24, where tqdm would hide its bar as "below the screen"
+            size = shutil.get_terminal_size((100, 24))
+            self.bar = tqdm(total=total, unit="partition", file=self.stream,
+                            ncols=min(size.columns, 120), nrows=size.lines)
 
     def line(self, text: str) -> None:
         if self.bar is not None:

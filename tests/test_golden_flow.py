@@ -86,11 +86,11 @@ def test_runs_are_in_the_dagster_instance(demo_runs):
     (home, _), _ = demo_runs
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 5
+        assert len(runs) == 6
         assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
         assert {r.job_name for r in runs} == {
             "reference_data_job", "daily_features_job", "labels_job",
-            "monthly_models_job", "validation_job",
+            "monthly_models_job", "strategy_grid_job", "validation_job",
         }
 
 

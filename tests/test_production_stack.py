@@ -53,7 +53,7 @@ RANGE = {
     "QUANT_N_INSTRUMENTS": "20",
 }
 JOBS = {"reference_data_job", "daily_features_job", "labels_job", "monthly_models_job",
-        "validation_job"}
+        "strategy_grid_job", "validation_job"}
 
 
 def _free_ports(n: int) -> list[int]:
@@ -384,7 +384,7 @@ def test_run_history_is_in_postgres(stack):
     finally:
         conn.close()
     assert {name for name, _ in runs} == JOBS, runs
-    assert len(runs) == 5 and {status for _, status in runs} == {"SUCCESS"}, runs
+    assert len(runs) == len(JOBS) and {status for _, status in runs} == {"SUCCESS"}, runs
     # market_bars + pit_features + labels per trading day (~100 days), plus the rest
     assert materialisations > 3 * 95
     # pools.yaml's local limits were applied to the Postgres instance

@@ -423,11 +423,15 @@ def monthly_state(home: Path, tables: tuple[str, ...] = BASE_TABLES + MONTHLY) -
     return out
 
 
-def model_file_problems(home: Path, state: dict[str, dict]) -> tuple[list[str], int]:
-    """Each visible lgbm_model month's MLflow run holds the exact model string whose sha256
-    the row records (the model file is logged before the row is committed). The run's
-    artifact location is read from MLflow's SQLite store directly (read-only; an
-    MlflowClient would open and verify the whole store, seconds per trial)."""
+def model_file_problems(home: Path, state: dict[str, dict], settled: bool = False) -> tuple[list[str], int]:
+    """Each visible lgbm_model month's MLflow run is FINISHED and holds the exact model
+    string whose sha256 the row records (the model file is logged before the row is
+    committed). Exactly once (issue 16): at most one FINISHED MLflow run per run key (asset,
+    partitions, Dagster run) and at most one registered model version per MLflow run,
+    however the steps were killed; ``settled`` (after the rerun): no run is left RUNNING,
+    a killed step's orphan was marked failed or reused. Read from MLflow's SQLite store
+    directly (read-only; an MlflowClient would open and verify the whole store, seconds per
+    trial)."""
     import contextlib
     import hashlib
     import sqlite3
@@ -438,13 +442,31 @@ def model_file_problems(home: Path, state: dict[str, dict]) -> tuple[list[str], 
         return [], 0
     db = settings_for(home).mlflow_uri.removeprefix("sqlite:///")
     problems = []
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+    # only SELECTs, on a plain connection: mode=ro fails ("attempt to write a readonly
+    # database") when the killed writer left a WAL without its index, which only a writable
+    # connection can rebuild; no process writes the store now
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        for key, n in conn.execute(
+            "SELECT t.value, COUNT(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE t.key = 'quant.run_key' AND r.status = 'FINISHED' "
+            "GROUP BY t.value HAVING COUNT(*) > 1"
+        ):
+            problems.append(f"run key {key}: {n} FINISHED MLflow runs (exactly once: at most 1)")
+        for name, run_id, n in conn.execute(
+            "SELECT name, run_id, COUNT(*) FROM model_versions GROUP BY name, run_id HAVING COUNT(*) > 1"
+        ):
+            problems.append(f"{name}: {n} model versions registered by MLflow run {run_id}")
+        if settled:
+            for run_id, name in conn.execute("SELECT run_uuid, name FROM runs WHERE status = 'RUNNING'"):
+                problems.append(f"MLflow run {run_id} ({name}) still RUNNING after the rerun")
         for month, (run_id, sha) in sorted(models.items()):
-            row = conn.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?",
+            row = conn.execute("SELECT artifact_uri, status FROM runs WHERE run_uuid = ?",
                                (run_id,)).fetchone()
             if row is None:
                 problems.append(f"lgbm_model {month}: MLflow run {run_id} not found")
                 continue
+            if row[1] != "FINISHED":
+                problems.append(f"lgbm_model {month}: the row's MLflow run {run_id} is {row[1]}")
             path = Path(unquote(urlparse(row[0]).path)) / MODEL_TEXT
             try:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -555,7 +577,7 @@ def monthly_kill_and_check(
     for t in BASE_TABLES + MONTHLY:
         if final.get(t, {}).get("hash") != reference[t]["hash"]:
             trial.problems.append(f"{t}: the rerun did not converge to the reference content hash")
-    problems, _ = model_file_problems(work, final)
+    problems, _ = model_file_problems(work, final, settled=True)
     trial.problems += [f"after the rerun: {p}" for p in problems]
     trial.checked = len(checked)
     return trial

@@ -182,3 +182,41 @@ def test_kill_inside_mlflow_store_creation_leaves_a_usable_store(tmp_path):
     killed, after, tail = mlflow_init_killed_then_used(tmp_path / "home")
     assert killed == -9  # it did die inside the store creation
     assert after == 0, tail
+
+
+def test_the_exactly_once_check_finds_duplicates_and_orphans(tmp_path):
+    """The crash trials' MLflow check can fail: two FINISHED runs under one run key, two
+    model versions of one run, a row pointing at a FAILED run and a run left RUNNING."""
+    import hashlib
+    import sqlite3
+
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "model_str.txt").write_text("tree")
+    sha = hashlib.sha256(b"tree").hexdigest()
+    with sqlite3.connect(tmp_path / "mlflow.db") as conn:
+        conn.executescript(
+            "CREATE TABLE runs (run_uuid TEXT, name TEXT, status TEXT, artifact_uri TEXT);"
+            "CREATE TABLE tags (key TEXT, value TEXT, run_uuid TEXT);"
+            "CREATE TABLE model_versions (name TEXT, version INT, run_id TEXT);"
+        )
+        conn.executemany("INSERT INTO runs VALUES (?, ?, ?, ?)", [
+            ("a", "lgbm_model", "FINISHED", art.as_uri()), ("b", "lgbm_model", "FINISHED", art.as_uri()),
+            ("c", "lgbm_model", "FAILED", art.as_uri()), ("d", "backtest", "RUNNING", art.as_uri()),
+        ])
+        conn.executemany("INSERT INTO tags VALUES ('quant.run_key', ?, ?)", [("k1", "a"), ("k1", "b"), ("k2", "c")])
+        conn.executemany("INSERT INTO model_versions VALUES ('quant-assets-lgbm', ?, ?)", [(1, "a"), (2, "a")])
+    state = {"lgbm_model": {"models": {"2023-01-01": ("a", sha), "2023-02-01": ("c", sha)}}}
+    assert model_file_problems(tmp_path, state) == ([
+        "run key k1: 2 FINISHED MLflow runs (exactly once: at most 1)",
+        "quant-assets-lgbm: 2 model versions registered by MLflow run a",
+        "lgbm_model 2023-02-01: the row's MLflow run c is FAILED",
+    ], 2)
+    problems, _ = model_file_problems(tmp_path, state, settled=True)
+    assert "MLflow run d (backtest) still RUNNING after the rerun" in problems
+    # one run per key, one version per run, rows on FINISHED runs: nothing to report
+    good = {"lgbm_model": {"models": {"2023-01-01": ("a", sha)}}}
+    with sqlite3.connect(tmp_path / "mlflow.db") as conn:
+        conn.execute("DELETE FROM runs WHERE run_uuid IN ('b', 'd')")
+        conn.execute("DELETE FROM model_versions WHERE version = 2")
+    assert model_file_problems(tmp_path, good, settled=True) == ([], 1)

@@ -129,13 +129,19 @@ def test_each_month_is_built_once_its_last_label_exists_and_once_per_restatement
         if labelled > CASE.last:
             break
         key = month.isoformat()
-        # restatements of a day of the month or before it, after the month was built
-        again = sum(x <= last_session and on > labelled for on, x in CASE.restatements)
+        # restatements, after the month was built, of a bar it reads: its features' (up to its
+        # last session) or its labels' (up to h sessions after it)
+        again = sum(x <= labelled and on > labelled for on, x in CASE.restatements)
         for asset in MONTHLY:
             assert built[asset].get(key) == 1 + again, (asset, key)
             # when its last session's label is in, not at the month's end before it
             assert first_built[asset][key] >= labelled.isoformat(), (asset, key)
         for asset in GRID:  # bars only: when the month appears, and per restated bar
+            if calendar.next_month(month) <= CASE.first:
+                # closed before the sensor first looked: history, which the automation never
+                # builds (a backfill does)
+                assert key not in built.get(asset, {}), (asset, key)
+                continue
             grid_again = sum(x <= last_session and on >= calendar.next_month(month) for on, x in CASE.restatements)
             assert built[asset].get(key) == 1 + grid_again, (asset, key)
             assert first_built[asset][key] < (calendar.next_month(month) + dt.timedelta(days=1)).isoformat() + "T23:59"

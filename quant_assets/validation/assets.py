@@ -120,10 +120,12 @@ def build_report(family: ModelFamily) -> AssetsDefinition:
                 for source, key in MONTHLY_TRIALS.items()
             },
         },
-        # after the backtest (and the month's trials, which it counts)
+        # after the backtest (and the month's trials, which it counts); it waits for the
+        # backtest and predictions only: the trials are optional inputs, and a month of them
+        # that was never built (history before the automation) must not hold the report back
         automation_condition=when_updated(
             [family.backtest, *MONTHLY_TRIALS.values()],
-            wait_for=[family.backtest, family.predictions, *MONTHLY_TRIALS.values()],
+            wait_for=[family.backtest, family.predictions],
         ),
         description=f"Headline statistics of the {family.name} backtest (Sharpe, drawdown, PSR, DSR "
         "and PBO over every trial tried, MinTRL, turnover, IC, bootstrap drawdowns) and the gate "

@@ -20,7 +20,8 @@ day's run and every partition a tick requests are materialised with
 instance the evaluation reads), grouped as the automation sensor's runs are: one run per
 partition key and partitioning. A failed run stops the scenario with its error. Then also:
 after the first month's models, the latest ``lgbm_model`` version is promoted by hand
-(``QUANT_AUTO_PROMOTE=wait``: a person promotes), and each daily_scores run records the
+(``QUANT_AUTO_PROMOTE=wait``: a person promotes; again when a restatement retrained the
+champion's month, which serving then refuses), and each daily_scores run records the
 champion of its evaluation and the version its rows carry; ``--bad-landing DAY`` drops a
 malformed bars file into the landing folder on DAY and evaluates the landing sensor.
 
@@ -58,6 +59,7 @@ from dagster._core.storage.tags import (
 
 from quant_assets import calendar
 from quant_assets.definitions import defs
+from quant_assets.partitions import label_partitions, trading_day_partitions
 from quant_assets.settings import load_settings
 
 UNPARTITIONED = ("universe", "corporate_actions", "fundamentals", "benchmark", "data_source")
@@ -116,13 +118,21 @@ class Executor:
 
     def groups(self, requested: dict[str, list[str]]) -> list[tuple[str | None, list[str]]]:
         """(partition key, assets) per run: requested asset partitions grouped by partition
-        key and partitions definition, unpartitioned assets in one run."""
+        key and partitions definition, unpartitioned assets in one run.
+
+        The automation sensor launches a tick's runs together; here they run one after the
+        other: the daily runs first (serving is what a day waits for, and a daily_scores
+        run that reads the model tables after a restatement retrained the champion's month
+        refuses the champion: see the report), then the months, then the unpartitioned
+        reports, which follow the months they read."""
         by: dict[tuple, list[str]] = defaultdict(list)
         for asset, keys in requested.items():
             pdef = self.graph.get(AssetKey.from_user_string(asset)).partitions_def
+            # daily (trading days or their lagged label days), monthly, unpartitioned
+            kind = 2 if pdef is None else 0 if pdef in (trading_day_partitions, label_partitions) else 1
             for key in keys:
-                by[(id(pdef) if pdef else None, key or None)].append(asset)
-        return [(key, sorted(assets)) for (_, key), assets in sorted(by.items(), key=lambda kv: (kv[0][1] or "", kv[0][0] or 0))]
+                by[(kind, key or "", id(pdef))].append(asset)
+        return [(key or None, sorted(assets)) for (_, key, _), assets in sorted(by.items())]
 
 
 def champion_version(client) -> int | None:
@@ -132,16 +142,31 @@ def champion_version(client) -> int | None:
     return info.version if info else None
 
 
-def promote_latest_lgbm(client, when: dt.datetime) -> int:
-    """What a person does with QUANT_AUTO_PROMOTE=wait once the first month's models are in:
-    promote the latest registered LightGBM version."""
+def promote_latest_lgbm(client, when: dt.datetime, why: str) -> int:
+    """What a person does with QUANT_AUTO_PROMOTE=wait: promote the latest registered
+    LightGBM version."""
     from resources import model_registry
 
     versions = client.search_model_versions(f"name='{model_registry.MODEL_NAME}'")
     latest = max(int(v.version) for v in versions)
     model_registry.promote(client, latest, model_registry.MODEL_NAME,
-                           reason=f"automation scenario: first month's models reviewed on {when.date()}")
+                           reason=f"automation scenario, {when.date()}: {why}")
     return latest
+
+
+def champion_retrained(client, settings) -> bool:
+    """The champion's model row is gone: the automation retrained its month (a restatement),
+    and serving refuses it until a person re-promotes (``served.model_record``)."""
+    import polars as pl
+
+    from quant_assets.warehouse import Warehouse
+    from resources import model_registry
+
+    info = model_registry.champion_info(client)
+    if info is None:
+        return False
+    rows = Warehouse(settings.warehouse_uri).read(["lgbm_model"]).frame
+    return rows.filter(pl.col("mlflow_run_id") == info.run_id).height == 0
 
 
 def drop_bad_landing_file(settings, instance: DagsterInstance, day: str, cursor: str | None) -> tuple[dict, str | None]:
@@ -302,10 +327,17 @@ def main(argv: list[str]) -> None:
             for n in range(6):  # evaluate until nothing more is asked (what runs enable)
                 if not tick(when + dt.timedelta(minutes=n), trigger if n == 0 else "settle"):
                     break
+            # the next morning a person reviews the first month's models and promotes; and
+            # re-promotes when a restatement retrained the champion's month (serving refuses
+            # a champion whose model row was replaced, and says so)
+            why = None
             if executor and not promotions and built.get("lgbm_model"):
-                # the next morning a person reviews the first month's models and promotes
-                promotions.append({"time": (when + dt.timedelta(hours=9)).isoformat(),
-                                   "version": promote_latest_lgbm(executor.client(), when)})
+                why = "the first month's models reviewed"
+            elif executor and promotions and champion_retrained(executor.client(), settings):
+                why = "the champion's month was retrained (a restatement): re-promoted"
+            if why:
+                promotions.append({"time": (when + dt.timedelta(hours=9)).isoformat(), "why": why,
+                                   "version": promote_latest_lgbm(executor.client(), when, why)})
             day += dt.timedelta(days=1)
 
         stored_scores = {}

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-real test venv lint lock clean ui mlflow-ui reliability-nightly soak
+.PHONY: demo demo-real test venv lint lock clean ui mlflow-ui reliability-nightly soak soak-execute
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ reliability-nightly: $(STAMP)
 # restatements); prints days, evaluations, runs, materialisations and wall time (~5-10 min)
 soak: $(STAMP)
 	QUANT_SOAK=1 $(PY) -m pytest -p no:cacheprovider -q -s tests/test_automation.py
+
+# the short range (2023-11-20..2023-12-12, 10 instruments) with every build really run:
+# the daily runs, each tick's requested partitions, a person's promotion after the first
+# month's models, a rejected landing file; prints the figures (a few minutes)
+soak-execute: $(STAMP)
+	QUANT_SOAK_EXECUTE=1 $(PY) -m pytest -p no:cacheprovider -q -s tests/test_automation.py -k execute
 
 # ruff, and the layout's import contracts ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)

@@ -15,7 +15,17 @@ month's models, predictions, backtests and sweep once when its last session's la
 exists (never at the month's end, before it) and once more per restatement of a day it
 reads; the reports once per month and restatement; nothing daily on days without a
 session; no asset built that no rule asks for; no champion moved with
-QUANT_AUTO_PROMOTE=wait."""
+QUANT_AUTO_PROMOTE=wait.
+
+Execute mode (the ``[execute]`` cases; QUANT_SOAK_EXECUTE=1, ``make soak-execute``): the same
+scenario with every build really run (``automation_scenario.py --execute``), and the same
+assertions on the materialisations the runs recorded, except that the serving chain
+records nothing while there is no champion (daily_scores has ``output_required=False``, its
+dependents are skipped): it is requested as in recorded mode and built only by the runs
+that had a champion. Also: after the first month's models a person promotes the latest
+LightGBM version, and every day's scores are by the champion of its evaluation (none before
+it); a malformed landing file is rejected by the landing sensor (moved to ``rejected/``
+with its reason, no run requested). A failed run fails the scenario with its error."""
 
 from __future__ import annotations
 
@@ -49,33 +59,64 @@ class Case:
     first: dt.date  # the clock's first and last day
     last: dt.date
     restatements: tuple[tuple[dt.date, dt.date], ...]  # (on, restated day)
+    bad_landing: dt.date  # execute mode: the day a malformed landing file arrives
+    # execute mode: a longer history, as real models need it: the first month's training rows
+    # (labels ending before the month, less the embargo) must reach the models'
+    # min_train_rows (1000) with 10 instruments, i.e. 100+ sessions before the first month
+    execute_start: str
 
 
 SHORT = Case("2023-10-02", "2023-11", D("2023-11-20"), D("2023-12-12"),
-             ((D("2023-12-11"), D("2023-11-28")),))
+             ((D("2023-12-11"), D("2023-11-28")),), D("2023-11-21"), "2023-04-03")
 SOAK = Case("2023-06-01", "2023-08", D("2023-09-01"), D("2024-01-12"),
-            ((D("2023-10-20"), D("2023-10-05")), (D("2023-12-11"), D("2023-11-28"))))
+            ((D("2023-10-20"), D("2023-10-05")), (D("2023-12-11"), D("2023-11-28"))), D("2023-09-06"),
+            "2022-12-01")
 CASE = SOAK if os.environ.get("QUANT_SOAK") == "1" else SHORT
+EXECUTE = os.environ.get("QUANT_SOAK_EXECUTE") == "1"
+MODES = ["recorded", pytest.param("execute", marks=pytest.mark.skipif(
+    not EXECUTE, reason="execute mode really runs every build (minutes): QUANT_SOAK_EXECUTE=1, "
+    "make soak-execute"))]
 
 
-def run_scenario(tmp: Path, case: Case) -> dict:
-    env = {**os.environ, "QUANT_HOME": str(tmp / "home"), "QUANT_START_DATE": case.start,
+def run_scenario(tmp: Path, case: Case, execute: bool = False) -> dict:
+    env = {**os.environ, "QUANT_HOME": str(tmp / "home"),
+           "QUANT_START_DATE": case.execute_start if execute else case.start,
            "QUANT_END_DATE": "", "QUANT_FIRST_MODEL_MONTH": case.first_model_month,
            "QUANT_N_INSTRUMENTS": "10", "QUANT_LABEL_HORIZON": str(HORIZON), "QUANT_CALENDAR": CAL,
            "QUANT_AUTO_PROMOTE": "wait", "PYTHONWARNINGS": "ignore"}
     out = tmp / "scenario.json"
     args = [sys.executable, str(SCENARIO), str(out), "--first", case.first.isoformat(),
             "--last", case.last.isoformat(), *(f"--restate={on}:{day}" for on, day in case.restatements)]
+    if execute:
+        args += ["--execute", f"--bad-landing={case.bad_landing}"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=3600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    # a failed run ends the scenario with RunFailed: its step errors are the tail
+    assert done.returncode == 0, done.stderr[-8000:]
     return json.loads(out.read_text())
 
 
+_RECORDS: dict[str, dict] = {}  # one scenario per mode and session, shared by the fixtures
+
+
+def _record(mode: str, tmp_path_factory) -> dict:
+    if mode not in _RECORDS:
+        record = run_scenario(tmp_path_factory.mktemp(f"automation-{mode}"), CASE, execute=mode == "execute")
+        print(f"\nautomation scenario ({mode}):", json.dumps(record["figures"]))
+        _RECORDS[mode] = record
+    return _RECORDS[mode]
+
+
+@pytest.fixture(scope="module", params=MODES)
+def scenario(request, tmp_path_factory):
+    return _record(request.param, tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory):
-    record = run_scenario(tmp_path_factory.mktemp("automation"), CASE)
-    print("\nautomation scenario:", json.dumps(record["figures"]))
-    return record
+def executed(tmp_path_factory):
+    """The execute-mode record (the cases of execute mode only, below)."""
+    if not EXECUTE:
+        pytest.skip("execute mode really runs every build (minutes): QUANT_SOAK_EXECUTE=1, make soak-execute")
+    return _record("execute", tmp_path_factory)
 
 
 def _days(first, last):
@@ -90,8 +131,19 @@ def _when(day) -> str:  # the scenario's evaluation time of a day (after its cut
     return f"{day}T23:30"
 
 
+def _requested(scenario) -> dict[str, dict[str, int]]:
+    """How often each asset partition was requested (recorded mode: what was built)."""
+    out: dict[str, dict[str, int]] = {}
+    for tick in scenario["ticks"]:
+        for asset, keys in tick["requested"].items():
+            for key in keys:
+                out.setdefault(asset, {}).setdefault(key, 0)
+                out[asset][key] += 1
+    return out
+
+
 def test_each_day_is_served_once_and_once_more_per_restatement(scenario):
-    built = scenario["built"]
+    built, requested = scenario["built"], _requested(scenario)
     days = _days(CASE.first, CASE.last)
     assert "2023-11-23" not in days and "2023-11-24" in days  # Thanksgiving; the half day trades
     serving = {d: 1 for d in days}
@@ -101,8 +153,18 @@ def test_each_day_is_served_once_and_once_more_per_restatement(scenario):
         for d in _days(day, on - dt.timedelta(days=1)):
             serving[d] += 1
             features[d] += 1
+    # execute mode: the serving runs without a champion record nothing (no scores, dependents
+    # skipped); every run of a day with a champion builds the chain
+    scored = serving
+    if "execute" in scenario:
+        scored = {}
+        for run in scenario["execute"]["scores"]:
+            if run["champion"] is not None:
+                scored[run["day"]] = scored.get(run["day"], 0) + 1
+        assert scored and len(scored) < len(days)  # some days scored, the first ones not
     for asset in DAILY_SERVING:
-        assert dict(built[asset]) == serving, asset
+        assert requested[asset] == serving, asset
+        assert dict(built.get(asset, {})) == scored, asset
     assert {d: n for d, n in built["pit_features"].items() if d >= CASE.first.isoformat()} == features
 
 
@@ -167,3 +229,68 @@ def test_nothing_is_built_that_no_rule_asks_for(scenario):
     expected = {"market_bars", "pit_features", "labels", *DAILY_SERVING, *MONTHLY, *GRID, *REPORTS,
                 "universe", "corporate_actions", "fundamentals", "benchmark", "data_source"}
     assert set(scenario["built"]) == expected
+
+
+# ---- execute mode only ------------------------------------------------------------------
+
+
+def _champion_at(executed, time: str) -> int | None:
+    """The champion at an evaluation time: the version of the last promotion before it."""
+    before = [p for p in executed["execute"]["promotions"] if p["time"] < time]
+    return before[-1]["version"] if before else None
+
+
+def test_execute_a_person_promotes_after_the_first_months_models(executed):
+    promotions = executed["execute"]["promotions"]
+    assert promotions, "no champion was ever promoted"
+    first_month = min(executed["first_built"]["lgbm_model"].values())
+    assert first_month < promotions[0]["time"]  # the models first, then the review
+    # later promotions only when a restatement retrained the champion's month (lgbm_model
+    # built again), never otherwise: the automation promotes nothing (wait)
+    retrained = sum(n - 1 for n in executed["built"]["lgbm_model"].values())
+    assert len(promotions) - 1 <= retrained, promotions
+    assert all("retrained" in p["why"] for p in promotions[1:]), promotions
+    assert [p["version"] for p in promotions] == sorted({p["version"] for p in promotions})
+    assert "champion_model" not in executed["built"]  # QUANT_AUTO_PROMOTE=wait
+
+
+def test_execute_each_day_is_scored_by_the_champion_of_its_evaluation(executed):
+    runs = executed["execute"]["scores"]
+    assert runs
+    last_run: dict[str, dict] = {}
+    for run in runs:
+        # the champion the run saw is the one of its evaluation time
+        assert run["champion"] == _champion_at(executed, run["time"]), run
+        # and its rows carry that version; without a champion nothing is scored
+        assert run["model_version"] == run["champion"], run
+        last_run[run["day"]] = run
+    stored = executed["execute"]["stored_scores"]
+    # the stored rows of a day are those of its last run: by that run's champion, or none
+    for day, run in last_run.items():
+        if run["champion"] is None:
+            assert day not in stored, (day, stored.get(day))
+        else:
+            assert stored.get(day) == [run["champion"]], day
+    assert set(stored) <= set(last_run)  # nothing scored that no run scored
+    unscored = [d for d, r in last_run.items() if r["champion"] is None]
+    assert unscored and stored  # days before any champion, days after it
+
+
+def test_execute_a_malformed_landing_file_is_rejected_and_starts_nothing(executed):
+    landing = executed["execute"]["landing"]
+    assert landing["day"] == CASE.bad_landing.isoformat()
+    assert landing["run_requests"] == 0, landing
+    # recorded as the platform records a rejection: moved to rejected/ with its reason
+    assert landing["moved_to_rejected"] and not landing["left_in_landing"], landing
+    assert landing["file"] in landing["reason"] and f"'{landing['rule']}'" in landing["reason"], landing
+    assert landing["file"] not in (landing["cursor"] or "")  # not marked seen: nothing ran for it
+    # and no extra build of its day (exactly once is asserted above)
+    assert executed["built"]["market_bars"][landing["day"]] == 1
+
+
+def test_execute_figures(executed):
+    figures = executed["figures"]
+    assert figures["mode"] == "execute"
+    assert figures["real_runs"] >= figures["runs"]  # plus history, schedule and restatement runs
+    assert figures["real_materialisations"] > 0
+    print("\nexecute figures:", json.dumps(figures))

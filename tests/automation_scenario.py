@@ -20,8 +20,8 @@ day's run and every partition a tick requests are materialised with
 instance the evaluation reads), grouped as the automation sensor's runs are: one run per
 partition key and partitioning. A failed run stops the scenario with its error. Then also:
 after the first month's models, the latest ``lgbm_model`` version is promoted by hand
-(``QUANT_AUTO_PROMOTE=wait``: a person promotes; again when a restatement retrained the
-champion's month, which serving then refuses), and each daily_scores run records the
+(``QUANT_AUTO_PROMOTE=wait``: a person promotes, once: a restatement that retrains the
+champion's month does not stop it serving), and each daily_scores run records the
 champion of its evaluation and the version its rows carry; ``--bad-landing DAY`` drops a
 malformed bars file into the landing folder on DAY and evaluates the landing sensor.
 
@@ -152,21 +152,6 @@ def promote_latest_lgbm(client, when: dt.datetime, why: str) -> int:
     model_registry.promote(client, latest, model_registry.MODEL_NAME,
                            reason=f"automation scenario, {when.date()}: {why}")
     return latest
-
-
-def champion_retrained(client, settings) -> bool:
-    """The champion's model row is gone: the automation retrained its month (a restatement),
-    and serving refuses it until a person re-promotes (``served.model_record``)."""
-    import polars as pl
-
-    from quant_assets.warehouse import Warehouse
-    from resources import model_registry
-
-    info = model_registry.champion_info(client)
-    if info is None:
-        return False
-    rows = Warehouse(settings.warehouse_uri).read(["lgbm_model"]).frame
-    return rows.filter(pl.col("mlflow_run_id") == info.run_id).height == 0
 
 
 def drop_bad_landing_file(settings, instance: DagsterInstance, day: str, cursor: str | None) -> tuple[dict, str | None]:
@@ -327,14 +312,12 @@ def main(argv: list[str]) -> None:
             for n in range(6):  # evaluate until nothing more is asked (what runs enable)
                 if not tick(when + dt.timedelta(minutes=n), trigger if n == 0 else "settle"):
                     break
-            # the next morning a person reviews the first month's models and promotes; and
-            # re-promotes when a restatement retrained the champion's month (serving refuses
-            # a champion whose model row was replaced, and says so)
+            # the next morning a person reviews the first month's models and promotes, once: a
+            # restatement that retrains the champion's month leaves the champion serving (its
+            # row is read from the model table's earlier Delta version, served.model_record)
             why = None
             if executor and not promotions and built.get("lgbm_model"):
                 why = "the first month's models reviewed"
-            elif executor and promotions and champion_retrained(executor.client(), settings):
-                why = "the champion's month was retrained (a restatement): re-promoted"
             if why:
                 promotions.append({"time": (when + dt.timedelta(hours=9)).isoformat(), "why": why,
                                    "version": promote_latest_lgbm(executor.client(), when, why)})

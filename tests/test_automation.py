@@ -245,12 +245,11 @@ def test_execute_a_person_promotes_after_the_first_months_models(executed):
     assert promotions, "no champion was ever promoted"
     first_month = min(executed["first_built"]["lgbm_model"].values())
     assert first_month < promotions[0]["time"]  # the models first, then the review
-    # later promotions only when a restatement retrained the champion's month (lgbm_model
-    # built again), never otherwise: the automation promotes nothing (wait)
-    retrained = sum(n - 1 for n in executed["built"]["lgbm_model"].values())
-    assert len(promotions) - 1 <= retrained, promotions
-    assert all("retrained" in p["why"] for p in promotions[1:]), promotions
-    assert [p["version"] for p in promotions] == sorted({p["version"] for p in promotions})
+    # one promotion: the automation promotes nothing (wait), and the restatement that
+    # retrained the champion's month (lgbm_model built again) leaves the champion serving:
+    # every later day is scored by it (test_execute_each_day_is_scored_by_the_champion_of_its_evaluation)
+    assert sum(n - 1 for n in executed["built"]["lgbm_model"].values()) >= 1  # retrained
+    assert len(promotions) == 1, promotions
     assert "champion_model" not in executed["built"]  # QUANT_AUTO_PROMOTE=wait
 
 

@@ -148,7 +148,7 @@ def registry_loaders(tracking_uri: str, warehouse_uri: str, alias: str, name: st
     from mlflow import MlflowClient
 
     from quant_assets import audit
-    from quant_assets.serving.served import served_model
+    from quant_assets.serving.served import served_model, table_history
     from quant_assets.warehouse import Warehouse
     from resources import model_registry as registry
 
@@ -161,7 +161,8 @@ def registry_loaders(tracking_uri: str, warehouse_uri: str, alias: str, name: st
     def load(version: int) -> LoadedModel:
         info = registry.version_info(client, version, name)
         served = served_model(
-            info.version, info.run_id, info.model_sha256, warehouse.read(["lgbm_model"]).frame
+            info.version, info.run_id, info.model_sha256, warehouse.read(["lgbm_model"]).frame,
+            history=table_history(warehouse, "lgbm_model"),
         )
         model = served.model
         promoted = registry.promoted_at(version, name, alias, root=warehouse_uri)

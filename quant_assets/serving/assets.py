@@ -52,7 +52,7 @@ from quant_assets.partitions import trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
 from quant_assets.serving import drift, monitor
-from quant_assets.serving.served import ServedModel, served_model
+from quant_assets.serving.served import ServedModel, served_model, table_history
 from quant_assets.serving.weights import target_weights as build_target_weights
 from quant_assets.warehouse import PartitionWindow, Warehouse
 from resources import model_registry
@@ -78,9 +78,14 @@ BACKTESTS = {f.backtest: AssetIn(partition_mapping=AllPartitionMapping(), metada
 TODAY = TimeWindowPartitionMapping()
 
 
-def _served(info: model_registry.VersionInfo, tables: dict[str, pl.DataFrame]) -> ServedModel:
+def _served(info: model_registry.VersionInfo, tables: dict[str, pl.DataFrame],
+            warehouse: Warehouse | None = None) -> ServedModel:
+    """The version's model; from an earlier Delta version of its table when its month was
+    retrained since (``served.model_record``)."""
     family = FAMILIES[model_registry.family_of(info.name)]
-    return served_model(info.version, info.run_id, info.model_sha256, tables[family.asset], family.name)
+    history = table_history(warehouse, family.asset) if warehouse is not None else ()
+    return served_model(info.version, info.run_id, info.model_sha256, tables[family.asset],
+                        family.name, history)
 
 
 def _window(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:
@@ -136,7 +141,8 @@ def daily_scores(
         context.log.warning(f"daily_scores [{start}, {end}): no champion yet; nothing scored")
         return
     with measured(context) as meter:  # run costs: wall/CPU/memory/rows/cost
-        served = _served(info, {"lgbm_model": lgbm_model, "seq_model": seq_model})
+        served = _served(info, {"lgbm_model": lgbm_model, "seq_model": seq_model},
+                         context.resources.io_manager.warehouse)
         if served.history_rows > SCORING_HISTORY_DAYS:
             raise refuse(f"daily_scores: {info.name} v{info.version} reads {served.history_rows} "
                          f"days of history, more than the {SCORING_HISTORY_DAYS} this asset reads")
@@ -219,7 +225,8 @@ def drift_report(
         name = model_registry.REGISTERED_MODELS[family_name]
         tracking: MlflowTracking = context.resources.tracking
         served = _served(model_registry.version_info(tracking.client(), version, name),
-                         {"lgbm_model": lgbm_model, "seq_model": seq_model})
+                         {"lgbm_model": lgbm_model, "seq_model": seq_model},
+                         context.resources.io_manager.warehouse)
         model = served.model
         # the current sample: the pooled days scored by this same version
         pooled = _days_before(context.resources.io_manager.warehouse, "daily_scores", day, CURRENT_DAYS)

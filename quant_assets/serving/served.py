@@ -58,15 +58,45 @@ class ServedModel:
         return self.model.predict(features, wanted)
 
 
-def model_record(model_rows: pl.DataFrame, run_id: str, table: str = "lgbm_model") -> dict[str, Any]:
-    """The row of the family's model table written by MLflow run ``run_id``."""
-    rows = model_rows.filter(pl.col("mlflow_run_id") == run_id) if model_rows.height else model_rows
-    if rows.height != 1:
-        raise ServedModelError(
-            f"{table} has {rows.height} rows for MLflow run {run_id}: the month was "
-            "retrained since this version was registered (re-promote a current version)"
-        )
-    return rows.row(0, named=True)
+def model_record(
+    model_rows: pl.DataFrame,
+    run_id: str,
+    table: str = "lgbm_model",
+    history: Iterable[pl.DataFrame] = (),
+) -> dict[str, Any]:
+    """The row of the family's model table written by MLflow run ``run_id``.
+
+    A month retrained since the version was registered (a restated bar of its window, which
+    the automation rebuilds) replaced that row in the current table; it is then the row of
+    the newest earlier version of the table (``history``: the table's earlier Delta versions,
+    newest first, read lazily), so the promoted champion keeps serving, bytes still checked
+    against its registered sha256, until a person promotes another version."""
+    for rows in _chain(model_rows, history):
+        found = rows.filter(pl.col("mlflow_run_id") == run_id) if rows.height else rows
+        if found.height > 1:
+            raise ServedModelError(f"{table} has {found.height} rows for MLflow run {run_id}")
+        if found.height == 1:
+            return found.row(0, named=True)
+    raise ServedModelError(
+        f"{table} has no row for MLflow run {run_id} in any version read: the month was "
+        "retrained and the earlier versions are gone (vacuumed); promote a current version"
+    )
+
+
+def _chain(first: pl.DataFrame, rest: Iterable[pl.DataFrame]) -> Iterable[pl.DataFrame]:
+    yield first
+    yield from rest
+
+
+def table_history(warehouse: Any, table: str) -> Iterable[pl.DataFrame]:
+    """The earlier Delta versions of ``table`` (a ``warehouse.Warehouse``), newest first,
+    read one at a time (time travel); stops at a version whose files were vacuumed."""
+    current = warehouse.version([table])
+    for version in range((current or 0) - 1, -1, -1):
+        try:
+            yield warehouse.read([table], version=version).frame
+        except Exception:  # noqa: BLE001 - a vacuumed version: nothing older can be read
+            return
 
 
 def served_model(
@@ -75,11 +105,13 @@ def served_model(
     tagged_sha256: str | None,
     model_rows: pl.DataFrame,
     family: str = LGBM.name,
+    history: Iterable[pl.DataFrame] = (),
 ) -> ServedModel:
     """The model of a registered version (its run ``run_id``, tagged ``tagged_sha256``)
-    from the family's model table (or the rows of it that may hold the version)."""
+    from the family's model table (or the rows of it that may hold the version), or from its
+    earlier versions (``history``, see ``model_record``)."""
     fam = FAMILIES[family]
-    record = model_record(model_rows, run_id, fam.asset)
+    record = model_record(model_rows, run_id, fam.asset, history)
     model = fam.model_type.from_record(record)  # verifies the model against its sha256
     if tagged_sha256 is not None and tagged_sha256 != model.sha256:
         raise ServedModelError(

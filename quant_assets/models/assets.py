@@ -40,6 +40,7 @@ from quant_assets.models.monthly import (
 )
 from quant_assets.models.seq import SeqConfig, history_start
 from quant_assets.models.walkforward import (
+    NotEnoughHistory,
     WalkForwardConfig,
     feature_columns,
     first_trading_day,
@@ -47,7 +48,7 @@ from quant_assets.models.walkforward import (
 )
 from quant_assets.partitions import monthly_partitions, months_of, up_to_month_end
 from quant_assets.performance import rank_information_coefficient
-from quant_assets.retries import IO_RETRY, refuse
+from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import Meter, measured
 from quant_assets.settings import load_settings
 from quant_assets.warehouse import VersionedFrame
@@ -126,7 +127,8 @@ def _train_months(
     rows, run_ids = [], []
     lineage = None
     for month in months_of(context):
-        trained = family.fit(joined, features, month, walk_forward, model_config)
+        with not_retried(NotEnoughHistory):  # more history, not another attempt, fixes it
+            trained = family.fit(joined, features, month, walk_forward, model_config)
         # the month's out-of-sample scores, exactly as the predictions asset writes them:
         # their hash is what `python -m quant_assets reproduce` compares
         scores = family.predict(trained, pit_features.frame, month)

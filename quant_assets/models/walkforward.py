@@ -32,6 +32,10 @@ KEYS = ("date", "instrument_id")
 LABEL_COLUMNS = ("t0", "t1", "fwd_return", "fwd_return_demeaned", "fwd_return_rank")
 
 
+
+class NotEnoughHistory(ValueError):
+    """Too few training rows for a model month: the same on every attempt (not retried)."""
+
 @dataclass(frozen=True)
 class WalkForwardConfig:
     embargo_days: int = 5
@@ -100,7 +104,7 @@ def select_training_rows(
     out = labels.filter(predicate).sort(list(KEYS))
     if out.height < config.min_train_rows:
         window = "expanding" if start is None else f"rolling from t0 >= {start}"
-        raise ValueError(
+        raise NotEnoughHistory(
             f"model month {_month_start(month_start):%Y-%m}: only {out.height} training rows "
             f"with t1 < {cutoff} (embargo {config.embargo_days} trading days, {window}); "
             f"min_train_rows={config.min_train_rows}. Materialise more history of features "

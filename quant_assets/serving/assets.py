@@ -52,7 +52,7 @@ from quant_assets.partitions import trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
 from quant_assets.serving import drift, monitor
-from quant_assets.serving.served import ServedModel, served_model, table_history
+from quant_assets.serving.served import ServedModel, ServedModelError, served_model, table_history
 from quant_assets.serving.weights import target_weights as build_target_weights
 from quant_assets.warehouse import PartitionWindow, Warehouse
 from resources import model_registry
@@ -84,8 +84,9 @@ def _served(info: model_registry.VersionInfo, tables: dict[str, pl.DataFrame],
     retrained since (``served.model_record``)."""
     family = FAMILIES[model_registry.family_of(info.name)]
     history = table_history(warehouse, family.asset) if warehouse is not None else ()
-    return served_model(info.version, info.run_id, info.model_sha256, tables[family.asset],
-                        family.name, history)
+    with not_retried(ServedModelError):  # a missing or mismatched model row stays so
+        return served_model(info.version, info.run_id, info.model_sha256, tables[family.asset],
+                            family.name, history)
 
 
 def _window(context: AssetExecutionContext) -> tuple[dt.date, dt.date]:

@@ -110,3 +110,18 @@ def test_month_rows_and_join(frames):
     joined = join_features_labels(features, labels)
     assert joined.height == features.height
     assert {"t0", "t1", "fwd_return_rank", "f_signal"} <= set(joined.columns)
+
+
+def test_too_little_history_fails_at_once_not_after_retries():
+    """The model assets turn NotEnoughHistory into a refusal (no retry repeats the fit with
+    the same rows): the same 1000-row case as above."""
+    from dagster import Failure
+
+    from quant_assets.models.walkforward import NotEnoughHistory
+    from quant_assets.retries import not_retried
+
+    with pytest.raises(NotEnoughHistory):
+        select_training_rows(_LABELS, dt.date(2020, 2, 1), WalkForwardConfig(min_train_rows=1000))
+    with pytest.raises(Failure) as failed, not_retried(NotEnoughHistory):
+        select_training_rows(_LABELS, dt.date(2020, 2, 1), WalkForwardConfig(min_train_rows=1000))
+    assert failed.value.allow_retries is False and "min_train_rows=1000" in failed.value.description

@@ -46,9 +46,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
+import gc
 import logging
-import math
 import os
 import socket
 import threading
@@ -57,6 +56,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
+import numpy as np
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -68,13 +69,14 @@ from prometheus_client import (
 )
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from quant_assets.models.lgbm import BoosterPredictor
 from quant_assets.serving.auth import Tokens
 from quant_assets.serving.latency import LATENCY_BUCKETS, MODEL_VERSION_GAUGE, REQUEST_SECONDS
-from quant_assets.serving.scoring import MAX_ROWS, PayloadError, rows_to_matrix
+from quant_assets.serving.scoring import MAX_ROWS, PayloadError, parse_json, rows_to_matrix
 
 log = logging.getLogger("quant_assets.serving.scorer")
 DEFAULT_ALIAS_TTL_S = 5.0
@@ -94,6 +96,12 @@ class LoadedModel:
     # Unix time the alias moved to this version (None: unknown, the load time is used)
     promoted_at: float | None = None
     loaded_at: float = field(default_factory=time.time)
+    # scores of a float64 matrix; default: the booster's own (``BoosterPredictor``)
+    predict: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if self.predict is None:
+            object.__setattr__(self, "predict", BoosterPredictor(self.booster, self.num_threads))
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,23 @@ class ScorerMetrics:
         self._promoted_at = time.time()
         self.age.set_function(lambda: time.time() - self._promoted_at)
         self._info_labels: tuple[str, str] | None = None
+        # labelled children by label values: ``labels()`` takes a lock and validates its
+        # arguments on every call, a few microseconds of each request
+        self._observe: dict[tuple[str, int, int], Callable[[float], None]] = {}
+        self._scored: dict[int, Callable[[float], None]] = {}
+
+    def observe_request(self, route: str, status: int, version: int, seconds: float) -> None:
+        key = (route, status, version)
+        observe = self._observe.get(key)
+        if observe is None:
+            observe = self._observe[key] = self.requests.labels(route, str(status), str(version)).observe
+        observe(seconds)
+
+    def scored(self, version: int, rows: int) -> None:
+        inc = self._scored.get(version)
+        if inc is None:
+            inc = self._scored[version] = self.rows.labels(str(version)).inc
+        inc(rows)
 
     def serving(self, model: LoadedModel) -> None:
         if self._info_labels is not None:
@@ -251,8 +276,8 @@ class _Timed:
         finally:
             path = scope["path"]
             version = scope.get("state", {}).get("model_version", self.holder.current.version)
-            self.metrics.requests.labels(path if path in ROUTES else "other", str(status),
-                                         str(version)).observe(time.perf_counter() - start)
+            self.metrics.observe_request(path if path in ROUTES else "other", status, version,
+                                         time.perf_counter() - start)
 
 
 class _TooLarge(Exception):
@@ -261,17 +286,24 @@ class _TooLarge(Exception):
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused past ``limit`` bytes: from Content-Length before reading, and
-    while reading (a chunked body has no length)."""
+    while reading (a chunked body has no length). Straight from the ASGI messages: a
+    single-message body (every small request) is returned as it came, without the async
+    generator of ``Request.stream``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _TooLarge
+        if not message.get("more_body", False):
+            return chunk if not chunks else b"".join([*chunks, chunk])
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(holder: ModelHolder, tokens: Tokens, limits: Limits | None = None,
@@ -312,21 +344,22 @@ def create_app(holder: ModelHolder, tokens: Tokens, limits: Limits | None = None
                               f"send at most {limits.max_rows} rows per request",
                          "body_too_large")
         try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            payload = parse_json(body)
+        except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             return error(400, f"body is not valid JSON: {exc}", "bad_json")
         try:
             X = rows_to_matrix(payload, model.feature_cols, max_rows=limits.max_rows)
         except PayloadError as exc:
             kind = {413: "too_many_rows", 400: "bad_request"}.get(exc.status, "invalid_payload")
             return error(exc.status, str(exc), kind)
-        scores = model.booster.predict(X, num_threads=model.num_threads)
-        metrics.rows.labels(str(model.version)).inc(len(scores))
-        return JSONResponse(
-            {"model_version": model.version, "model_sha256": model.sha256,
-             # repr-exact floats; a NaN score cannot come out of finite/NaN inputs
-             "scores": [None if math.isnan(s) else float(s) for s in scores.tolist()]}
-        )
+        scores = model.predict(X)
+        metrics.scored(model.version, len(scores))
+        # orjson writes float64 as the shortest text that reads back to the same bits (as
+        # repr does) and NaN as null (a NaN score cannot come out of finite/NaN inputs)
+        return Response(orjson.dumps({"model_version": model.version,
+                                      "model_sha256": model.sha256, "scores": scores},
+                                     option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")
 
     async def reload(request: Request) -> Response:
         if (refusal := denied("admin", request)) is not None:
@@ -421,9 +454,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    app = app_from_settings()
+    # start-up's objects (MLflow, polars, the model) leave the collector's generations: a
+    # full collection under load then walks only what requests left, not ~1e6 objects
+    gc.collect()
+    gc.freeze()
     # one worker (see the module docstring); SIGTERM drains in-flight requests for up to
     # 20 s, inside the pod's terminationGracePeriodSeconds
-    uvicorn.run(app_from_settings(), host=args.host, port=args.port, log_level="warning",
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 access_log=False, workers=1, timeout_graceful_shutdown=20)
 
 

@@ -16,10 +16,13 @@ joined on (date, instrument_id) -- see `walkforward.join_features_labels`. `trai
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import hashlib
 import json
 import math
+import threading
+import weakref
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
@@ -144,6 +147,10 @@ class TrainedModel:
             "config": json.dumps(self.config.to_dict(), sort_keys=True),
         }
 
+    def predictor(self) -> BoosterPredictor:
+        """A fresh booster behind a ``BoosterPredictor`` (the scorer's request path)."""
+        return BoosterPredictor(self.booster(), self.config.num_threads)
+
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> TrainedModel:
         """Inverse of `to_record`; verifies the model string against its sha256."""
@@ -166,6 +173,53 @@ class TrainedModel:
             valid_start=_date(record.get("valid_start")),
             config=LGBMConfig(**json.loads(record["config"])),
         )
+
+
+class BoosterPredictor:
+    """``booster.predict(X, num_threads=n)`` for a float64 matrix (the call
+    ``TrainedModel.predict`` makes), made cheap for the scorer's single-row requests.
+
+    ``Booster.predict`` spends ~15 us of Python and C set-up per call (a predictor object,
+    a deep copy of the parameters, their string, a fresh C++ predictor), three times the
+    prediction of a row. A single row here goes through LightGBM's own single-row fast path,
+    set up once: the same parameters, the same iterations and the same per-row tree walk,
+    so the same bits (tests/models/test_lgbm.py compares them). Batches, where the set-up
+    is noise, go through ``Booster.predict`` itself. Single-output models only.
+    """
+
+    def __init__(self, booster: lgb.Booster, num_threads: int) -> None:
+        from lightgbm.basic import _LIB, _c_str, _param_dict_to_str, _safe_call
+
+        if booster.num_model_per_iteration() != 1:
+            raise ValueError("BoosterPredictor serves single-output models only")
+        self.booster, self.num_threads = booster, num_threads
+        self.num_feature = booster.num_feature()
+        self._lib, self._safe_call = _LIB, _safe_call
+        self._fast = ctypes.c_void_p()
+        # what Booster.predict passes: start 0, the booster's best iteration, normal
+        # prediction, its parameter string
+        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
+            booster._handle, ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(booster.best_iteration),
+            ctypes.c_int(1), ctypes.c_int32(self.num_feature),  # 1: float64 rows
+            _c_str(_param_dict_to_str({"num_threads": num_threads})), ctypes.byref(self._fast)))
+        weakref.finalize(self, _LIB.LGBM_FastConfigFree, self._fast)
+        self._out_len = ctypes.c_int64(0)
+        self._lock = threading.Lock()  # the fast path's buffers are per predictor
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        """Scores (float64) of the rows of ``X`` (n x num_feature)."""
+        if X.shape[0] != 1:
+            return self.booster.predict(X, num_threads=self.num_threads)
+        if X.shape[1] != self.num_feature or X.dtype != np.float64:
+            raise ValueError(f"expected a float64 row of {self.num_feature} features, got "
+                             f"{X.dtype} {X.shape}")
+        row = np.ascontiguousarray(X)
+        out = np.empty(1, dtype=np.float64)
+        with self._lock:
+            self._safe_call(self._lib.LGBM_BoosterPredictForMatSingleRowFast(
+                self._fast, row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._out_len),
+                out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))))
+        return out
 
 
 def split_purged(

@@ -1,6 +1,6 @@
 """Scoring with a registered model: the daily batch and the request payloads of the scorer.
 
-Pure: numpy, polars and the model core (no Dagster, no MLflow).
+Pure: numpy, polars, orjson and the model core (no Dagster, no MLflow).
 
 ``score_frame`` goes through ``TrainedModel.predict`` exactly as ``oos_predictions`` does
 (features cast to Float64, nulls as NaN, the same booster string and thread count), and
@@ -15,16 +15,20 @@ day's out-of-sample prediction by the same model bit for bit.
 Every feature of the model must be present and nothing else; a value is a JSON number
 (booleans are refused) or null. null and NaN (sent as the Python/JS literal ``NaN``) mean
 missing, which LightGBM handles natively; +-inf (or ``Infinity``) is refused, because a
-tree would route it as an ordinary extreme value without anyone noticing.
+tree would route it as an ordinary extreme value without anyone noticing. ``parse_json``
+reads a request body as ``json.loads`` does, faster.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 import polars as pl
 
 from quant_assets.models.lgbm import TrainedModel
@@ -55,6 +59,18 @@ class PayloadError(ValueError):
         self.status = status
 
 
+def parse_json(body: bytes) -> Any:
+    """``json.loads(body)``: through orjson (a single-row request of ~80 floats decodes ~5x
+    faster), and through ``json.loads`` itself whatever orjson refuses (the NaN and Infinity
+    literals, integers beyond 64 bits that do not fit a float64, lone surrogates, invalid
+    UTF-8), so the bodies accepted, their values and the errors raised are json's: both
+    parse numbers with correct rounding, so a value is the same float64 either way."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 # JSON numbers and null as json.loads returns them; bool is deliberately absent (it is an
 # int subclass, and a boolean feature value is a client bug, not a 1.0)
 _NUMERIC = frozenset({float, int, type(None)})
@@ -69,7 +85,7 @@ def _value(v: Any, column: str, row: int) -> float:
     return math.nan if v is None else float(v)
 
 
-def _to_matrix(values: list[list[Any]], columns: Sequence[str], rows_first: bool) -> np.ndarray:
+def _to_matrix(values: Sequence[Sequence[Any]], columns: Sequence[str], rows_first: bool) -> np.ndarray:
     """float64 matrix of checked values (None -> NaN); +-inf refused. The fast path collects
     the set of value types in C (map/set); the slow path only runs to name the culprit."""
     types: set[type] = set()
@@ -117,12 +133,17 @@ def rows_to_matrix(payload: Any, feature_cols: Sequence[str], max_rows: int = MA
         if len(rows) > max_rows:
             raise PayloadError(f"{len(rows)} rows exceed the limit of {max_rows}", 413)
         values = []
+        wanted = set(feature_cols)
+        # one C call per row, in model order (itemgetter of one key returns no tuple)
+        pick = (operator.itemgetter(*feature_cols) if len(feature_cols) > 1
+                else lambda row: (row[feature_cols[0]],))
         for i, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise PayloadError(f"row {i}: expected an object, got {type(row).__name__}")
-            if len(row) != len(feature_cols) or any(c not in row for c in feature_cols):
-                _check_columns(list(row), feature_cols, f"row {i}")
-            values.append([row[c] for c in feature_cols])
+            if type(row) is not dict or row.keys() != wanted:  # C-level set comparison
+                if not isinstance(row, Mapping):
+                    raise PayloadError(f"row {i}: expected an object, got {type(row).__name__}")
+                if len(row) != len(feature_cols) or any(c not in row for c in feature_cols):
+                    _check_columns(list(row), feature_cols, f"row {i}")
+            values.append(pick(row))
         return _to_matrix(values, feature_cols, rows_first=True)
     if keys == {"columns"}:
         columns = payload["columns"]

@@ -98,6 +98,24 @@ def test_model_string_and_record_round_trip(trained, frames):
         TrainedModel.from_record(bad)
 
 
+def test_booster_predictor_gives_the_bits_of_booster_predict(trained, frames):
+    """The scorer's predictor (single rows on LightGBM's fast path) against the batch
+    prediction, bit for bit, on real rows, missing values and extreme values."""
+    features, _ = frames
+    X = month_rows(features, MONTH).select(FEATURES).to_numpy().astype(np.float64)
+    rng = np.random.default_rng(3)
+    X = np.vstack([X[:300], rng.standard_normal((200, len(FEATURES))) * 1e3])
+    X[rng.random(X.shape) < 0.15] = np.nan
+    expected = trained.booster().predict(X, num_threads=trained.config.num_threads)
+    predictor = trained.predictor()
+    rows = np.concatenate([predictor(X[i:i + 1]) for i in range(len(X))])
+    assert rows.view(np.int64).tolist() == expected.view(np.int64).tolist()
+    assert predictor(X).view(np.int64).tolist() == expected.view(np.int64).tolist()
+    assert predictor(X[:, ::-1][:1, ::-1]).tolist() == expected[:1].tolist()  # not contiguous
+    with pytest.raises(ValueError, match="float64 row of 4 features"):
+        predictor(X[:1, :3])
+
+
 def test_different_seed_changes_model(train_frame, trained):
     other = train_lgbm(train_frame, FEATURES, dataclasses.replace(CONFIG, seed=12))
     assert other.sha256 != trained.sha256

@@ -2,7 +2,7 @@
 a thread of the test process), with real LightGBM boosters served by an in-memory version
 table instead of MLflow (the MLflow path is tests/serving/test_serving_scorer_app.py).
 
-Also the latency verdict on the app's own metrics: a deliberately slow version (a booster
+Also the latency verdict on the app's own metrics: a deliberately slow version (a model
 whose predict sleeps) crosses the p99 bound, the fast one does not."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from servers import LOCALHOST, free_port
+from slow_scorer import SlowPredict
 
 from quant_assets.cli.scorer_app import Limits, LoadedModel, ModelHolder, create_app
 from quant_assets.serving import latency
@@ -40,17 +41,6 @@ def _booster(seed: int) -> lgb.Booster:
     params = {"objective": "regression", "num_leaves": 7, "verbose": -1, "num_threads": 1,
               "seed": seed, "deterministic": True}
     return lgb.train(params, lgb.Dataset(X, y, feature_name=FEATURES), num_boost_round=20)
-
-
-class SlowBooster:
-    """A booster whose predictions take ``delay_s`` longer: the slow model version."""
-
-    def __init__(self, booster: lgb.Booster, delay_s: float) -> None:
-        self.booster, self.delay_s = booster, delay_s
-
-    def predict(self, X, num_threads: int = 1):
-        time.sleep(self.delay_s)
-        return self.booster.predict(X, num_threads=num_threads)
 
 
 class Registry:
@@ -352,7 +342,7 @@ def test_a_slow_version_crosses_the_p99_bound(tokens):
     t, toks = tokens
     registry = Registry()
     registry.models[3] = replace(registry.models[2], version=3,
-                                 booster=SlowBooster(registry.models[2].booster, 0.012))
+                                 predict=SlowPredict(registry.models[2].predict, 0.012))
     holder = ModelHolder(registry.resolve, registry.load)
     app = create_app(holder, toks, alias_ttl_s=0)
     bound_s, body = 0.01, _rows(1)

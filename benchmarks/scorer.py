@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scorer.py             # 5 s per case
     .venv/bin/python benchmarks/scorer.py --quick     # 2 s per case
+    .venv/bin/python benchmarks/scorer.py --quick --scorer-repo ../old-checkout  # A/B
 
 Self-contained: in a temporary QUANT_HOME it trains two LightGBM models with the default
 training configuration on synthetic rows that have the real feature columns (so the tree
@@ -28,6 +29,9 @@ rows while, a third of the way in, ``champion`` moves to version 2 (``registry.p
 and POST /reload (admin token) swaps the model, and the load goes on for half a case
 after the reload answered; every request must succeed (exit status 1 otherwise) and both
 versions must have answered. Target on 2 cores: single-row p99 <= 5 ms with 8 clients.
+
+``--scorer-repo`` runs the scorer from another checkout (same world, same load generator):
+run it alternately against the old and the new code to compare them on a busy machine.
 """
 
 from __future__ import annotations
@@ -282,6 +286,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds per case")
     parser.add_argument("--quick", action="store_true", help="2 s per case")
     parser.add_argument("--no-pin", action="store_true", help="do not pin scorer and load generator")
+    parser.add_argument("--scorer-repo", type=Path, default=REPO,
+                        help="run the scorer from this checkout (an A/B against older code)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.warmup = 2.0, 0.5
@@ -302,11 +308,12 @@ def main() -> int:
         }
         port = free_port()
         env = {**os.environ, "QUANT_HOME": str(home), "SCORER_ALIAS_TTL_S": "3600",
+               "PYTHONPATH": str(args.scorer_repo),
                **{f"SCORER_{r.upper()}_TOKENS": t for r, t in tokens.items()}}
         log = open(home / "scorer.log", "wb")
         server = subprocess.Popen(
             [sys.executable, "-m", "quant_assets.cli.scorer_app", "--port", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=args.scorer_repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         results: dict[str, list[dict]] = {}
         try:
@@ -363,7 +370,7 @@ def main() -> int:
             log.close()
         cpu = handler_cpu({"1 row": bodies[1], "500 rows": bodies[500]}, 300)
 
-    print(f"\nscorer on {HOST}: 1 uvicorn worker, {len(features)} features, keep-alive clients, "
+    print(f"\nscorer on {HOST} from {args.scorer_repo}: 1 uvicorn worker, {len(features)} features, keep-alive clients, "
           f"{args.seconds:g} s per case after {args.warmup:g} s warm-up")
     print(f"{'case':<19}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
           f"{'failed':>7}{'scorer CPU':>11}{'CPU ms/req':>11}{'client CPU':>11}{'load1':>7}"

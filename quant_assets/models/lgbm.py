@@ -204,6 +204,7 @@ class BoosterPredictor:
             _c_str(_param_dict_to_str({"num_threads": num_threads})), ctypes.byref(self._fast)))
         weakref.finalize(self, _LIB.LGBM_FastConfigFree, self._fast)
         self._out_len = ctypes.c_int64(0)
+        self._out_len_ref = ctypes.byref(self._out_len)
         self._lock = threading.Lock()  # the fast path's buffers are per predictor
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
@@ -215,10 +216,11 @@ class BoosterPredictor:
                              f"{X.dtype} {X.shape}")
         row = np.ascontiguousarray(X)
         out = np.empty(1, dtype=np.float64)
+        # raw addresses: numpy's ctypes.data_as costs more than the prediction's C call
         with self._lock:
             self._safe_call(self._lib.LGBM_BoosterPredictForMatSingleRowFast(
-                self._fast, row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._out_len),
-                out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))))
+                self._fast, ctypes.c_void_p(row.ctypes.data), self._out_len_ref,
+                ctypes.c_void_p(out.ctypes.data)))
         return out
 
 

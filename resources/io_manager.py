@@ -58,9 +58,10 @@ def _selection(context: InputContext | OutputContext, column: str) -> Selection 
 
 def _rows_per_partition(context: OutputContext, frame: pl.DataFrame, column: str) -> dict[str, int]:
     """Rows of each time-window partition of a range write (empty for a single partition)."""
-    keys = context.asset_partition_keys if context.has_asset_partitions else []
-    pdef = context.asset_partitions_def
-    if len(keys) < 2 or not isinstance(pdef, TimeWindowPartitionsDefinition) or frame.schema.get(column) != pl.Date:
+    if not context.has_asset_partitions or len(context.asset_partition_keys) < 2:
+        return {}
+    keys, pdef = context.asset_partition_keys, context.asset_partitions_def
+    if not isinstance(pdef, TimeWindowPartitionsDefinition) or frame.schema.get(column) != pl.Date:
         return {}
     dates = frame.get_column(column).sort()
     out = {}

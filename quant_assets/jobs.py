@@ -56,6 +56,14 @@ promotion_job = define_asset_job(
     description="The family comparison, its blocking promotion gate, then the champion alias "
     "(what a person launches when QUANT_AUTO_PROMOTE=wait).",
 )
+promotion_gate_job = define_asset_job(
+    "promotion_gate_job",
+    # the check alone, against the comparison already built: its verdict shows on
+    # model_comparison's checks; the run fails when the gate does (the check is blocking)
+    selection=AssetSelection.checks_for_assets("model_comparison"),
+    description="The promotion gate alone: judges the latest family comparison and records "
+    "the verdict as model_comparison's check result; promotes nothing (what make demo runs).",
+)
 
 seq_models_job = define_asset_job(
     "seq_models_job",
@@ -84,6 +92,7 @@ ALL_JOBS = [
     validation_job,
     strategy_grid_job,
     promotion_job,
+    promotion_gate_job,
     seq_models_job,
     sweep_trials_job,
     serving_job,

@@ -10,6 +10,10 @@ Each write records the committed Delta version as output metadata; each read rec
 the version it read as input metadata, and an input annotated ``VersionedFrame`` gets
 the version along with the frame (for lineage). An input whose metadata sets
 ``allow_missing`` gets an empty frame when the table does not exist yet.
+
+Each partition of a range write gets its own row count (``dagster/row_count``), not the
+range's total, and each write records the table's column schema unless the definition
+declares one (``quant_assets.asset_catalog``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dagster import (
     TimeWindowPartitionsDefinition,
 )
 
+from quant_assets.asset_catalog import COLUMN_SCHEMA, schema_of
 from quant_assets.asset_lineage import note_read
 from quant_assets.warehouse import (
     PartitionKeys,
@@ -49,6 +54,21 @@ def _selection(context: InputContext | OutputContext, column: str) -> Selection 
         window = context.asset_partitions_time_window
         return PartitionWindow(column, window.start.date(), window.end.date())
     return PartitionKeys(column, tuple(sorted(context.asset_partition_keys)))
+
+
+def _rows_per_partition(context: OutputContext, frame: pl.DataFrame, column: str) -> dict[str, int]:
+    """Rows of each time-window partition of a range write (empty for a single partition)."""
+    if not context.has_asset_partitions or len(context.asset_partition_keys) < 2:
+        return {}
+    keys, pdef = context.asset_partition_keys, context.asset_partitions_def
+    if not isinstance(pdef, TimeWindowPartitionsDefinition) or frame.schema.get(column) != pl.Date:
+        return {}
+    dates = frame.get_column(column).sort()
+    out = {}
+    for key in keys:
+        window = pdef.time_window_for_partition_key(key)
+        out[key] = dates.search_sorted(window.end.date(), "left") - dates.search_sorted(window.start.date(), "left")
+    return out
 
 
 def _note_read(context: InputContext, table: str, loaded: VersionedFrame) -> None:
@@ -84,7 +104,18 @@ class DeltaIOManager(ConfigurableIOManager):
         }
         if selection is not None:
             meta["partition_predicate"] = selection.describe()
+        if COLUMN_SCHEMA not in (context.definition_metadata or {}):
+            meta[COLUMN_SCHEMA] = schema_of(obj)
         context.add_output_metadata(meta)
+        per_partition = _rows_per_partition(context, obj, _partition_expr(context.definition_metadata))
+        if per_partition:
+            try:
+                step = context.step_context
+            except DagsterInvariantViolationError:  # built outside a step (build_output_context)
+                return
+            # overrides the range's total on each partition's materialisation
+            for key, rows in per_partition.items():
+                step.add_asset_metadata({"dagster/row_count": int(rows)}, asset_key=context.asset_key, partition_key=key)
 
     def load_input(self, context: InputContext) -> pl.DataFrame | VersionedFrame:
         key = context.asset_key.path

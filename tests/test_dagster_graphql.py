@@ -5,7 +5,7 @@ DAGSTER_HOME and QUANT_HOME, driven only through the GraphQL API.
 2. ``launchPartitionBackfill`` (partitions by asset, as ranges) of ``market_bars`` from the
    first trading day to the last day of the feature range, and of ``pit_features`` over ten
    trading days (2022-06-01 .. 2022-06-14), executed by the daemon under the assets'
-   backfill policies (``market_bars`` single run, ``pit_features`` up to 400 days a run);
+   backfill policies (``market_bars`` single run, ``pit_features`` up to QUANT_FEATURE_DAYS_PER_RUN days a run);
 3. waits for the backfill, then checks through GraphQL that its runs succeeded and are in
    the instance (one run per asset, as the policies say), and reads the Delta tables: the
    ``pit_features`` dates are exactly the ten requested days, each day has one row per
@@ -497,7 +497,7 @@ def test_graphql_range_backfill_of_pit_features(dagster_dev: DagsterDev) -> None
          _tags(r).get(RANGE_END_TAG), f"{(r['endTime'] or 0) - (r['startTime'] or 0):.1f}s")
         for r in runs
     ]
-    # market_bars: one range run. pit_features: multi_run(400) asks for one run, but the
+    # market_bars: one range run. pit_features: multi_run(1040) asks for one run, but the
     # daemon may launch a first chunk while market_bars' per-partition materialisations
     # are still being recorded (seen under load), so allow a few, contiguous, no overlap.
     assert len(bar_runs) == 1, summary

@@ -49,7 +49,7 @@ def demo_runs(tmp_path_factory):
 def test_demo_prints_progress_summary_and_time(demo_runs):
     _, (first, _) = demo_runs
     out = first.stdout
-    for marker in ("[1/6] reference data", "[6/6] validation reports", "Headline statistics",
+    for marker in ("[1/7] reference data", "[6/7] validation reports", "[7/7] promotion gate", "Headline statistics",
                    "Sharpe", "DSR", "Demo wall time"):
         assert marker in out, out
 
@@ -83,15 +83,33 @@ def test_second_clean_run_gives_identical_tables(demo_runs):
 
 
 def test_runs_are_in_the_dagster_instance(demo_runs):
-    (home, _), _ = demo_runs
+    (home, _), (first, _) = demo_runs
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 6
-        assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
+        assert len(runs) == 7
         assert {r.job_name for r in runs} == {
             "reference_data_job", "daily_features_job", "labels_job",
-            "monthly_models_job", "strategy_grid_job", "validation_job",
+            "monthly_models_job", "strategy_grid_job", "validation_job", "promotion_gate_job",
         }
+        # created against the code location's jobs: the UI lists them under their jobs
+        for run in runs:
+            assert run.remote_job_origin is not None, run.job_name
+            assert run.remote_job_origin.location_name == "quant_assets"
+            assert run.tags_for_storage()[REPOSITORY_LABEL_TAG] == "__repository__@quant_assets"
+        gate = next(r for r in runs if r.job_name == "promotion_gate_job")
+        others = [r for r in runs if r is not gate]
+        assert all(r.status == DagsterRunStatus.SUCCESS for r in others)
+        # the gate's verdict is a check result; a failed gate fails its (blocking) run
+        passed = "Promotion gate (lgbm):   PASSED" in first.stdout
+        assert gate.status == (DagsterRunStatus.SUCCESS if passed else DagsterRunStatus.FAILURE)
+        from dagster import AssetCheckKey, AssetKey
+
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [AssetCheckKey(AssetKey("model_comparison"), "validation_gate")])
+        record = next(iter(check.values()))
+        assert record.run_id == gate.run_id
 
 
 def test_mlflow_runs_carry_lineage(demo_runs):

@@ -22,6 +22,7 @@ from dagster import (
 )
 
 from quant_assets import calendar
+from quant_assets.asset_catalog import owners_of
 from quant_assets.asset_lineage import lineage_metadata, lineage_of
 from quant_assets.automation import after, new_month, restated
 from quant_assets.backtest.monthly_grid import GridSpec, evaluate_month, trial_names
@@ -80,6 +81,8 @@ def build_backtest(family: ModelFamily) -> AssetsDefinition:
     @asset(
         name=name,
         group_name=GROUP,
+        owners=owners_of(GROUP),
+        kinds={"numba", "mlflow", "delta"},
         partitions_def=monthly_partitions,
         metadata={"partition_expr": "date"},
         backfill_policy=BackfillPolicy.single_run(),
@@ -224,6 +227,8 @@ GRID_OUTPUTS = ("strategy_grid", "strategy_grid_returns")
         "strategy_grid": AssetOut(
             metadata={"partition_expr": "date"},
             code_version="strategy-grid-v1",
+            owners=owners_of(GROUP),
+            kinds={"numba", "polars", "delta"},
             description="Every (instrument, parameter set) of the configured families over each "
             "month's total-return closes: total return, Sharpe, max drawdown and trade count.",
             automation_condition=new_month(wait_for=["market_bars"]) | restated(["market_bars"]),
@@ -231,6 +236,8 @@ GRID_OUTPUTS = ("strategy_grid", "strategy_grid_returns")
         "strategy_grid_returns": AssetOut(
             metadata={"partition_expr": "date"},
             code_version="strategy-grid-v1",
+            owners=owners_of(GROUP),
+            kinds={"numba", "polars", "delta"},
             description="Daily returns of each parameter set (equal weight over the instruments "
             "with a bar that day): date, trial_id, net_return; trials of the DSR and PBO.",
             automation_condition=new_month(wait_for=["market_bars"]) | restated(["market_bars"]),

@@ -27,7 +27,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    BackfillPolicy,
     Config,
     Failure,
     MetadataValue,
@@ -35,9 +34,11 @@ from dagster import (
     asset,
 )
 
+from quant_assets.asset_catalog import COLUMN_SCHEMA, column_schema, owners_of
 from quant_assets.data import market, quality, sources
 from quant_assets.data.files import LandingFileError
-from quant_assets.partitions import trading_day_partitions
+from quant_assets.data.schemas import RAW_TABLE_SCHEMAS
+from quant_assets.partitions import daily_backfill_policy, trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried
 from quant_assets.run_costs import measured
 from quant_assets.warehouse import WRITE_ID_KEY, Warehouse
@@ -172,6 +173,9 @@ def _unpartitioned(name: str, check: Callable[[pl.DataFrame], list[quality.Viola
     @asset(
         name=name,
         group_name=GROUP,
+        owners=owners_of(GROUP),
+        kinds={"delta", "polars"},
+        metadata={COLUMN_SCHEMA: column_schema(RAW_TABLE_SCHEMAS[name])},
         check_specs=_specs(name, rules),
         retry_policy=IO_RETRY,
         # io_manager: the file source appends through the warehouse itself
@@ -206,11 +210,12 @@ class MarketBarsConfig(Config):
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"delta", "polars"},
     partitions_def=trading_day_partitions,
-    metadata={"partition_expr": "date"},
+    metadata={"partition_expr": "date", COLUMN_SCHEMA: column_schema(RAW_TABLE_SCHEMAS["market_bars"])},
     check_specs=_specs("market_bars", quality.RULES_BY_TABLE["market_bars"]),
-    # same chunking as pit_features, so a daily job keeps one policy
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=400),
+    backfill_policy=daily_backfill_policy(),  # the daily job's one chunking
     retry_policy=IO_RETRY,
 )
 def market_bars(
@@ -247,6 +252,9 @@ BENCHMARK_SCHEMA = {"date": pl.Date(), "name": pl.String(), "close": pl.Float64(
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"delta", "polars"},
+    metadata={COLUMN_SCHEMA: column_schema(BENCHMARK_SCHEMA)},
     check_specs=_specs("benchmark", quality.RULES_BY_TABLE["benchmark"]),
     retry_policy=IO_RETRY,
 )
@@ -275,7 +283,7 @@ SIMULATED_CAVEATS = (
 )
 
 
-@asset(group_name=GROUP, retry_policy=IO_RETRY)
+@asset(group_name=GROUP, owners=owners_of(GROUP), kinds={"delta", "polars"}, retry_policy=IO_RETRY)
 def data_source(context: AssetExecutionContext, market_source: MarketSource):
     """Where the raw tables come from and what a reader must know about them, as
     (item, value) rows: source, data_dir, bars_adjusted, missing_bar_fields, benchmark,

@@ -48,3 +48,11 @@ BENCHMARK_SCHEMA: dict[str, pl.DataType] = {
     "date": pl.Date(),
     "close": pl.Float64(),
 }
+
+# each raw table's contract by asset name (the column schemas the Dagster catalogue shows)
+RAW_TABLE_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "universe": UNIVERSE_SCHEMA,
+    "market_bars": MARKET_BARS_SCHEMA,
+    "corporate_actions": CORPORATE_ACTIONS_SCHEMA,
+    "fundamentals": FUNDAMENTALS_SCHEMA,
+}

@@ -25,7 +25,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetsDefinition,
-    BackfillPolicy,
     Failure,
     MetadataValue,
     Output,
@@ -33,6 +32,7 @@ from dagster import (
     asset,
 )
 
+from quant_assets.asset_catalog import COLUMN_SCHEMA, column_schema, owners_of
 from quant_assets.automation import after, restated
 from quant_assets.data.sources import bars_adjusted
 from quant_assets.features import (
@@ -44,7 +44,10 @@ from quant_assets.features import (
     required_lookback_days,
 )
 from quant_assets.features.availability import availability_metadata
-from quant_assets.partitions import label_partitions, trading_day_partitions
+from quant_assets.features.catalog import active_features
+from quant_assets.features.engine import output_schema
+from quant_assets.features.labels import LABEL_SCHEMA
+from quant_assets.partitions import daily_backfill_policy, label_partitions, trading_day_partitions
 from quant_assets.retries import IO_RETRY, not_retried
 from quant_assets.run_costs import measured
 from quant_assets.settings import load_settings
@@ -52,9 +55,7 @@ from quant_assets.settings import load_settings
 SETTINGS = load_settings()
 
 GROUP = "features"
-# About four years per run by default (QUANT_FEATURE_DAYS_PER_RUN=1040): 10 years of 500
-# instruments in 3 runs, each well under a GB (features are computed a context year at a time).
-CHUNK = BackfillPolicy.multi_run(max_partitions_per_run=SETTINGS.feature_days_per_run)
+CHUNK = daily_backfill_policy()
 LEAK_CHECK = "no_lookahead_leak"
 # Days of each run recomputed by the leak check, and instruments of each such day: a day
 # computed alone costs about a context year of its instruments' series features, so a
@@ -68,6 +69,23 @@ def _days(context: AssetExecutionContext) -> list[dt.date]:
     return [dt.date.fromisoformat(k) for k in context.partition_keys]
 
 
+def features_column_schema():
+    """pit_features' columns: the keys, then one per feature of the catalogue, described."""
+    features = active_features()
+    return column_schema(
+        output_schema(list(features)),
+        {"date": "trading day (the as-of day of every value)", "instrument_id": "instrument",
+         **{name: f"{f.description} [{f.family}, {f.window}-day window, {f.kind}]" for name, f in features.items()}},
+    )
+
+
+def per_partition_rows(context: AssetExecutionContext, frame: pl.DataFrame) -> None:
+    """Each day of a range run gets its own row count, not the run's total."""
+    counts = dict(frame.group_by("date").len().iter_rows())
+    for day in _days(context):
+        context.add_asset_metadata({"rows": counts.get(day, 0)}, partition_key=day.isoformat())
+
+
 def build_pit_features(code_version: str) -> AssetsDefinition:
     """The ``pit_features`` asset with the given code_version (the feature registry's hash;
     a separate builder so that tests can show what a changed definition does)."""
@@ -75,8 +93,10 @@ def build_pit_features(code_version: str) -> AssetsDefinition:
     @asset(
         name="pit_features",
         group_name=GROUP,
+        owners=owners_of(GROUP),
+        kinds={"polars", "delta"},
         partitions_def=trading_day_partitions,
-        metadata={"partition_expr": "date"},
+        metadata={"partition_expr": "date", COLUMN_SCHEMA: features_column_schema()},
         backfill_policy=CHUNK,
         code_version=code_version,
         retry_policy=IO_RETRY,  # reads/writes Delta (quant_assets/retries.py)
@@ -136,7 +156,8 @@ def build_pit_features(code_version: str) -> AssetsDefinition:
         yield AssetCheckResult(check_name=LEAK_CHECK, passed=True, metadata=checked)
         # which features are null for every row and why (never computed from a substitute)
         available = availability_metadata(market_bars, fundamentals, bars_adjusted(SETTINGS.data_dir if SETTINGS.source == "files" else None))
-        yield Output(frame, metadata={"days": len(days), "rows": frame.height, "features": frame.width - 2,
+        per_partition_rows(context, frame)
+        yield Output(frame, metadata={"run_days": len(days), "features": frame.width - 2,
                                       **{k: MetadataValue.json(v) for k, v in available.items()}})
 
     return pit_features
@@ -147,9 +168,12 @@ pit_features = build_pit_features(features_code_version())
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"polars", "delta"},
     # a label's partition exists once the bars of its horizon can (partitions.label_partitions)
     partitions_def=label_partitions,
-    metadata={"partition_expr": "date"},
+    metadata={"partition_expr": "date",
+              COLUMN_SCHEMA: column_schema(LABEL_SCHEMA)},
     backfill_policy=CHUNK,
     code_version="labels-v1",
     # as soon as the bars of its horizon are in; again when a day of its horizon is restated
@@ -173,5 +197,5 @@ def labels(context: AssetExecutionContext, market_bars: pl.DataFrame, corporate_
     with measured(context) as meter, not_retried(ValueError):
         frame = compute_labels(market_bars, corporate_actions, days, horizon=SETTINGS.label_horizon)
         meter.rows(rows_in=market_bars.height, rows_out=frame.height)
-    return Output(frame, metadata={"days": len(days), "rows": frame.height,
-                                   "horizon": SETTINGS.label_horizon})
+    per_partition_rows(context, frame)
+    return Output(frame, metadata={"run_days": len(days), "horizon": SETTINGS.label_horizon})

@@ -55,7 +55,8 @@ def _finite(name: str) -> pl.Expr:
     return pl.when(x.is_finite()).then(x).alias(name)
 
 
-def _output_schema(names: Sequence[str]) -> dict[str, pl.DataType]:
+def output_schema(names: Sequence[str]) -> dict[str, pl.DataType]:
+    """The columns of a pit_features frame with the features ``names``, in order."""
     return {"date": pl.Date(), "instrument_id": pl.String(), **{n: pl.Float64() for n in names}}
 
 
@@ -83,7 +84,7 @@ def compute_features(
     selected = [n for n in registry if n in set(selected)]
     days = pit.as_date_frame(dates)["as_of"]
     if days.is_empty():
-        return pl.DataFrame(schema=_output_schema(selected))
+        return pl.DataFrame(schema=output_schema(selected))
     # rows published after the last cutoff can never be read: drop them once, up front
     last_cutoff = pl.lit(days.max()).pipe(pit.cutoff_expr, cfg.cutoff_time)
     bars, actions, funds = (
@@ -255,7 +256,7 @@ def _batch_plan(
     for level in _snapshot_levels([f for f in needed if f.kind == "snapshot"]):
         frame = frame.with_columns(f.build() for f in level).with_columns(_finite(f.name) for f in level)
     names = [f.name for f in needed]
-    out = frame.select("date", "instrument_id", *names).cast(_output_schema(names))
+    out = frame.select("date", "instrument_id", *names).cast(output_schema(names))
     return out if cfg.instruments is None else out.filter(pl.col("instrument_id").is_in(list(cfg.instruments)))
 
 

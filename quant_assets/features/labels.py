@@ -26,15 +26,16 @@ import polars as pl
 from quant_assets.calendar import is_trading_day, shift_trading_days
 from quant_assets.features.pit import as_date_frame, total_return_steps
 
-LABEL_COLUMNS: tuple[str, ...] = (
-    "date",
-    "instrument_id",
-    "t0",
-    "t1",
-    "fwd_return",
-    "fwd_return_demeaned",
-    "fwd_return_rank",
-)
+LABEL_SCHEMA: dict[str, pl.DataType] = {
+    "date": pl.Date(),
+    "instrument_id": pl.String(),
+    "t0": pl.Date(),
+    "t1": pl.Date(),
+    "fwd_return": pl.Float64(),
+    "fwd_return_demeaned": pl.Float64(),
+    "fwd_return_rank": pl.Float64(),
+}
+LABEL_COLUMNS: tuple[str, ...] = tuple(LABEL_SCHEMA)
 
 
 def label_end(day: dt.date, horizon: int) -> dt.date:
@@ -116,14 +117,4 @@ def compute_labels(
 
 
 def _empty() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            "date": pl.Date,
-            "instrument_id": pl.String,
-            "t0": pl.Date,
-            "t1": pl.Date,
-            "fwd_return": pl.Float64,
-            "fwd_return_demeaned": pl.Float64,
-            "fwd_return_rank": pl.Float64,
-        }
-    )
+    return pl.DataFrame(schema=LABEL_SCHEMA)

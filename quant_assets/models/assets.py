@@ -27,6 +27,7 @@ from dagster import (
     asset,
 )
 
+from quant_assets.asset_catalog import owners_of
 from quant_assets.asset_lineage import lineage_metadata, lineage_of
 from quant_assets.automation import after, month_closed
 from quant_assets.configs import config_class
@@ -171,6 +172,8 @@ def _train_months(
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"lightgbm", "mlflow", "delta"},
     partitions_def=monthly_partitions,
     metadata={"partition_expr": "date"},
     backfill_policy=BackfillPolicy.single_run(),
@@ -205,7 +208,8 @@ def build_predictions(family: ModelFamily, code_version: str) -> AssetsDefinitio
         backfill_policy=BackfillPolicy.single_run(),
         code_version=code_version,
         retry_policy=IO_RETRY,  # reads/writes Delta (quant_assets/retries.py)
-        kinds={"pytorch"} if family is SEQ else None,
+        owners=owners_of(GROUP),
+        kinds={"pytorch" if family is SEQ else "lightgbm", "delta"},
         ins={
             "model_rows": AssetIn(key=family.asset),
             "pit_features": AssetIn(
@@ -263,7 +267,8 @@ seq_predictions = build_predictions(SEQ, "seq-predictions-v1")
     code_version="seq-v1",
     retry_policy=IO_RETRY,  # MLflow logging/registry, Delta (quant_assets/retries.py)
     # kind pytorch: deploy/pools.yaml places it on the gpu pool (its key rule says the same)
-    kinds={"pytorch"},
+    owners=owners_of(GROUP),
+    kinds={"pytorch", "mlflow", "delta"},
     ins={key: AssetIn(partition_mapping=up_to_month_end()) for key in MODEL_INPUTS},
     automation_condition=month_closed(MODEL_INPUTS),
 )

@@ -42,6 +42,7 @@ from dagster import (
 )
 
 from quant_assets import audit, calendar
+from quant_assets.asset_catalog import owners_of
 from quant_assets.asset_lineage import lineage_metadata, lineage_of
 from quant_assets.automation import after
 from quant_assets.backtest.strategy import backtested_spec
@@ -109,6 +110,8 @@ def _one_day(frame: pl.DataFrame, day: dt.date, what: str) -> pl.DataFrame:
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"delta", "polars"},
     partitions_def=trading_day_partitions,
     metadata={"partition_expr": "date"},
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=100),
@@ -195,6 +198,8 @@ def _day_version(today: pl.DataFrame, day: dt.date, what: str) -> tuple[str, int
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"delta", "polars"},
     partitions_def=trading_day_partitions,
     metadata={"partition_expr": "date"},
     backfill_policy=ONE_DAY_A_RUN,
@@ -300,6 +305,8 @@ def _family_backtest(backtests: dict[str, pl.DataFrame], family_name: str, what:
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"delta", "polars"},
     partitions_def=trading_day_partitions,
     metadata={"partition_expr": "date"},
     backfill_policy=ONE_DAY_A_RUN,
@@ -368,6 +375,8 @@ def signal_health(
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"delta", "polars"},
     partitions_def=trading_day_partitions,
     metadata={"partition_expr": "date"},
     backfill_policy=ONE_DAY_A_RUN,

@@ -23,6 +23,7 @@ from dagster import (
     multi_asset,
 )
 
+from quant_assets.asset_catalog import owners_of
 from quant_assets.asset_lineage import input_versions, lineage_metadata
 from quant_assets.automation import month_closed
 from quant_assets.configs import config_class
@@ -105,12 +106,16 @@ SWEEP_OUTPUTS = ("sweep_trials", "trial_returns")
         "sweep_trials": AssetOut(
             metadata={"partition_expr": "trial_id"},
             code_version="sweep-v1",
+            owners=owners_of(GROUP),
+            kinds={"lightgbm", "mlflow", "delta"},
             description="Trial registry: one row per sweep trial (params, metrics, Sharpe, "
             "MLflow child run).",
         ),
         "trial_returns": AssetOut(
             metadata={"partition_expr": "trial_id"},
             code_version="sweep-v1",
+            owners=owners_of(GROUP),
+            kinds={"lightgbm", "delta"},
             description="Daily out-of-sample net returns of every trial (date, trial_id, "
             "net_return): the returns matrix of DSR/PBO.",
         ),
@@ -221,6 +226,8 @@ ModelSweepConfig = config_class(
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"lightgbm", "mlflow", "delta"},
     partitions_def=monthly_partitions,
     metadata={"partition_expr": "date"},
     backfill_policy=BackfillPolicy.single_run(),

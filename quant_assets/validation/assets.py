@@ -23,6 +23,7 @@ from dagster import (
 from dagster._core.storage.tags import AUTOMATION_CONDITION_TAG
 
 from quant_assets import audit
+from quant_assets.asset_catalog import owners_of
 from quant_assets.asset_lineage import lineage_metadata, lineage_of
 from quant_assets.automation import promotion, when_updated
 from quant_assets.backtest.strategy import (
@@ -108,6 +109,8 @@ def build_report(family: ModelFamily) -> AssetsDefinition:
     @asset(
         name=family.report,
         group_name=GROUP,
+        owners=owners_of(GROUP),
+        kinds={"mlflow", "delta"},
         code_version="report-v3",
         retry_policy=IO_RETRY,  # MLflow artifacts, Delta (quant_assets/retries.py)
         required_resource_keys={"tracking", "io_manager"},
@@ -322,6 +325,8 @@ seq_validation_report = build_report(FAMILIES["seq"])
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"delta", "polars"},
     code_version="comparison-v1",
     retry_policy=IO_RETRY,  # the audit trail (quant_assets/retries.py)
     ins={family.report: AssetIn() for family in FAMILIES.values()},
@@ -377,6 +382,8 @@ def _latest_version(rows: pl.DataFrame, table: str) -> dict:
 
 @asset(
     group_name=GROUP,
+    owners=owners_of(GROUP),
+    kinds={"mlflow", "delta"},
     code_version="champion-v2",
     retry_policy=IO_RETRY,  # MLflow registry aliases (quant_assets/retries.py)
     ins={

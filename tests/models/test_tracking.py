@@ -97,7 +97,7 @@ def test_round_trip_registers_versions_and_reloads(tracking, trained, frames):
     assert tags["quant.partitions"] == "2022-07"
     assert tags["quant.model_sha256"] == trained.sha256
     assert tags["stage"] == "test"
-    assert got.data.params["lgbm.num_leaves"] == "15"
+    assert got.data.params["lgbm.num_leaves"] == str(trained.config.num_leaves)
     assert got.data.metrics["valid_ic"] == pytest.approx(trained.metrics["valid_ic"])
     assert "bad" not in got.data.metrics
 

@@ -233,6 +233,9 @@ def train_lgbm(
         raise ValueError("no training rows left after dropping null targets and purging")
 
     params = config.as_params()
+    # a leaf size the fit set can hold: on a small universe min_data_in_leaf=2000 would allow
+    # no split at all (a constant model); capped so that every leaf of a tree can exist
+    params["min_data_in_leaf"] = min(config.min_data_in_leaf, max(1, fit.height // (2 * config.num_leaves)))
     X_fit = _feature_matrix(fit, feature_cols)
     y_fit = fit.get_column(config.target).cast(pl.Float64).to_numpy()
     dtrain = lgb.Dataset(X_fit, label=y_fit, feature_name=feature_cols, free_raw_data=False)
@@ -274,6 +277,7 @@ def train_lgbm(
         "n_purged": float(n_purged),
         "n_valid": float(valid.height),
         "best_iteration": float(best),
+        "min_data_in_leaf": float(params["min_data_in_leaf"]),
     }
     if X_val is not None:
         pred_val = final.predict(X_val, num_threads=config.num_threads)

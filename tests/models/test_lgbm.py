@@ -183,3 +183,12 @@ def test_rank_ic_scorer_matches_the_rank_ic():
 def test_unknown_stopping_metric_is_refused():
     with pytest.raises(ValueError, match="early_stopping_metric"):
         LGBMConfig(early_stopping_metric="auc")
+
+
+def test_leaf_size_is_capped_by_the_fit_set(train_frame):
+    """A small fit set still gets splits: min_data_in_leaf is capped at what the leaves of a
+    tree can hold, and the cap is in the metrics."""
+    small = train_frame.filter(pl.col("date") >= pl.col("date").max() - dt.timedelta(days=120))
+    model = train_lgbm(small, FEATURES, LGBMConfig())
+    assert model.metrics["min_data_in_leaf"] < LGBMConfig().min_data_in_leaf
+    assert np.unique(model.predict(small)).size > 1

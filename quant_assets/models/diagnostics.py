@@ -10,6 +10,7 @@ from __future__ import annotations
 import matplotlib
 import polars as pl
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from quant_assets.plots import RC, png
 
@@ -22,8 +23,9 @@ def learning_curve_png(curves: dict[str, list[float]], best: int | None, title: 
     right (they differ in scale by orders of magnitude); ``best`` is the step the stored
     model keeps (early stopping)."""
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(8.0, 3.2))
-        ax = fig.add_axes((0.09, 0.16, 0.78, 0.72))
+        fig = Figure(figsize=(8.0, 3.4))
+        ax = fig.add_axes((0.09, 0.15, 0.8, 0.64))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and epochs are whole
         twin = None
         lines = []
         for name, values in sorted(curves.items()):
@@ -40,9 +42,10 @@ def learning_curve_png(curves: dict[str, list[float]], best: int | None, title: 
         if twin is not None:
             twin.set_ylabel("rank IC")
             twin.grid(False)
-        if lines:
-            ax.legend(handles=lines, loc="upper center", fontsize=8, ncols=len(lines))
-        ax.set_title(title)
+        if lines:  # above the axes, between them and the title: never over the curves
+            ax.legend(handles=lines, loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8,
+                      ncols=len(lines), frameon=False)
+        ax.set_title(title, pad=20)
         return png(fig)
 
 

@@ -105,8 +105,10 @@ def main() -> int:
     print(f"months {len(months)} ({months[0]:%Y-%m} .. {months[-1]:%Y-%m}), fit+predict {fit_s:.1f}s")
     print(f"known IC (planted signal, same days): {known:.4f}")
     print(f"models' mean rank IC:                 {got:.4f}  ({got / known:.0%} of the known IC)")
+    finite = [v for v in valid_ic if np.isfinite(v)]
+    spread = f"{min(finite):.3f} .. {max(finite):.3f}" if finite else "n/a (no validation tail)"
     print(f"rounds kept: {min(kept)} .. {max(kept)} (median {statistics.median(kept):g}); "
-          f"validation rank IC {np.nanmin(valid_ic):.3f} .. {np.nanmax(valid_ic):.3f}")
+          f"validation rank IC {spread}")
     return 0
 
 

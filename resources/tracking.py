@@ -26,7 +26,8 @@ one flow run per Dagster run (tag ``quant.flow_run``: the Dagster run id), so ML
 flow's monthly model, backtest and report runs together. The flow run is looked up before it is
 created; two steps of one Dagster run that create it at once both keep the earliest and delete
 theirs. It holds no lineage and no result (no ``quant.asset_key``, no run key): the exactly-once
-counts are about its children only.
+counts are about its children only. It is FINISHED from its creation (nothing runs in it); its
+children's statuses say how the flow went.
 
 `ReplayTracking` is the tracking of a rebuild (``python -m quant_assets reproduce``): it
 reads the real store (pinning aliases to the versions the logged run used) and logs the
@@ -444,7 +445,7 @@ class MlflowTracking(dg.ConfigurableResource):
             if params:
                 mlflow.log_params(flatten_params(params))
             yield active
-        if flow is not None:  # the flow run ends with its latest child (it has no step of its own)
+        if flow is not None:  # the flow run's end time follows its latest child
             self._store().set_terminated(flow, "FINISHED")
 
     def _parent(self, parent_run_id: str | None) -> str | None:
@@ -476,6 +477,10 @@ class MlflowTracking(dg.ConfigurableResource):
                       f"Dagster run {dagster_run_id} ({job}): its model, backtest and report runs "
                       "are the children of this run."},
             ).info.run_id
+            # ended at once: a container has no work of its own, and a Dagster run killed
+            # before any child finished must not leave it RUNNING (each child's end moves
+            # its end time on)
+            client.set_terminated(mine, "FINISHED")
             found = existing()
         winner = min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
         if mine is not None and mine != winner:  # two steps created it at once: keep one
@@ -517,6 +522,13 @@ class MlflowTracking(dg.ConfigurableResource):
         left pending (cannot tell yet). Returns the run ids of each outcome."""
         client = self._store()
         outcome: dict[str, list[str]] = {"confirmed": [], "orphaned": [], "pending": []}
+        # a flow run is ended as soon as it is created; one still RUNNING lost its process
+        # between the two calls (killed): ended here (harmless if that process still lives)
+        for flow in client.search_runs(
+            [self._experiment_id()],
+            filter_string=f"tags.`{FLOW_RUN_TAG}` != '' and attributes.status = 'RUNNING'", max_results=100,
+        ):
+            client.set_terminated(flow.info.run_id, "FINISHED")
         pending = client.search_runs(
             [self._experiment_id()],
             filter_string=f"tags.`quant.asset_key` = '{_quote(asset_key)}' and tags.`{PENDING_TAG}` = '1'",

@@ -196,3 +196,15 @@ def test_model_named_after_its_month_with_curves(tracking, trained):
     history = client.get_metric_history(run.info.run_id, "curve_valid_l2")
     assert [m.step for m in history] == list(range(1, len(trained.curves["valid_l2"]) + 1))
     assert n == sum(len(v) for v in trained.curves.values())
+
+
+def test_a_flow_run_left_running_by_a_kill_is_ended(tracking):
+    """A step killed between creating its flow run and ending it left it RUNNING: the next
+    run's reconcile ends it (no run stays RUNNING after a rerun: tests/reliability)."""
+    client = tracking.client()
+    stuck = client.create_run(tracking.experiment_id(), tags={FLOW_RUN_TAG: "killed-flow"}).info.run_id
+    lineage = collect_lineage(asset_key="lgbm_model", partition_keys=["2022-10"], input_versions={},
+                              config={}, seeds={}, dagster_run_id="after-kill")
+    with tracking.run("lgbm_model 2022-10", lineage):
+        pass
+    assert client.get_run(stuck).info.status == "FINISHED"

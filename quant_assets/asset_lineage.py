@@ -86,6 +86,7 @@ def lineage_of(
         seeds=seeds,
         feature_versions=feature_versions,
         dagster_run_id=context.run_id,
+        dagster_job=context.job_name,
         extra=extra,
     )
 

@@ -2,7 +2,9 @@
 
 Pure (no Dagster, no MLflow): assets build the record with `collect_lineage`, attach it as
 Dagster metadata, and hand it to `resources.tracking.MlflowTracking.run`, which logs
-`lineage_tags(record)` as run tags and the whole record as `lineage.json`.
+`lineage_tags(record)` as run tags and the whole record as `lineage.json`. The tags are the
+few facts one filters runs by; the long lists (a version per feature, per package) are in
+`lineage.json` only, summarised by one hash each, so the runs table stays readable.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def collect_lineage(
     dagster_run_id: str | None = None,
     extra: dict | None = None,
     input_tables: dict[str, int] | None = None,
+    dagster_job: str | None = None,
 ) -> dict[str, Any]:
     """The lineage record of one materialisation (JSON-serialisable with default=str).
 
@@ -144,6 +147,7 @@ def collect_lineage(
         "platform": platform.platform(),
         "packages": package_versions(),
         "dagster_run_id": dagster_run_id,
+        "dagster_job": dagster_job,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "extra": extra or {},
     }
@@ -156,8 +160,17 @@ def _tag_key(*parts: str) -> str:
     return ".".join(_TAG_KEY_BAD.sub("_", p.replace("/", ".")) for p in parts)
 
 
+def set_hash(versions: dict[str, Any] | None) -> str:
+    """Short hash of a name -> version map (the feature set, the package set): equal hashes,
+    equal sets; ``explain`` lists the differences from ``lineage.json``."""
+    return config_hash(dict(sorted((versions or {}).items())))[:12]
+
+
 def lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
-    """Flat `quant.*` string tags of a lineage record (for MLflow run tags / Dagster)."""
+    """Flat `quant.*` string tags of a lineage record (for MLflow run tags / Dagster).
+
+    Feature and package versions are summarised (`quant.feature_set`, `quant.packages`,
+    `quant.n_features`); the versions themselves are in `lineage.json`."""
     tags = {
         "quant.asset_key": str(lineage.get("asset_key", "")),
         "quant.partitions": ",".join(lineage.get("partition_keys") or []),
@@ -175,9 +188,10 @@ def lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
         tags[_tag_key("quant.input_version", table)] = str(version)
     for name, seed in (lineage.get("seeds") or {}).items():
         tags[_tag_key("quant.seed", name)] = str(seed)
-    for name, version in (lineage.get("feature_versions") or {}).items():
-        tags[_tag_key("quant.feature_version", name)] = str(version)
-    for name, version in (lineage.get("packages") or {}).items():
-        if version is not None:
-            tags[_tag_key("quant.pkg", name)] = str(version)
+    features = lineage.get("feature_versions") or {}
+    if features:
+        tags["quant.feature_set"] = set_hash(features)
+        tags["quant.n_features"] = str(len(features))
+    if lineage.get("packages"):
+        tags["quant.packages"] = set_hash(lineage["packages"])
     return tags

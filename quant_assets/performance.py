@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 from scipy import stats as sps
 
 __all__ = [
@@ -353,3 +354,62 @@ def rank_correlation(x, y) -> float:
     finite pairs or one side is constant): the same estimator as the rank IC, on one group."""
     x = np.asarray(x, dtype=float)
     return rank_information_coefficient(np.zeros(x.shape[0], dtype=np.int64), x, y).mean
+
+
+@njit(cache=True)
+def _mean_rank_corr(starts: np.ndarray, x: np.ndarray, y_centred: np.ndarray, syy: np.ndarray) -> float:
+    """Mean over groups of Pearson(average ranks of x, y_centred); groups of fewer than 3 rows
+    or with constant x or y are left out, as in ``_grouped_corr``."""
+    total, k = 0.0, 0
+    for gi in range(starts.size - 1):
+        a, b = starts[gi], starts[gi + 1]
+        n = b - a
+        if n < 3 or syy[gi] == 0.0:
+            continue
+        seg = x[a:b]
+        order = np.argsort(seg, kind="mergesort")
+        ranks = np.empty(n)
+        i = 0
+        while i < n:
+            j = i
+            while j + 1 < n and seg[order[j + 1]] == seg[order[i]]:
+                j += 1
+            for q in range(i, j + 1):
+                ranks[order[q]] = (i + j) / 2.0 + 1.0
+            i = j + 1
+        centre = (n + 1) / 2.0  # the mean of average ranks 1..n
+        sxx, sxy = 0.0, 0.0
+        for q in range(n):
+            d = ranks[q] - centre
+            sxx += d * d
+            sxy += d * y_centred[a + q]
+        if sxx == 0.0:
+            continue
+        total += min(1.0, max(-1.0, sxy / math.sqrt(sxx * syy[gi])))
+        k += 1
+    return total / k if k else math.nan
+
+
+class RankICScorer:
+    """The mean daily rank IC of many score vectors against one set of labels (a model's
+    score after every boosting round): the labels' grouping and ranks are computed once, each
+    call ranks only the scores (numba, per date). Equal to
+    ``rank_information_coefficient(dates, scores, labels).mean`` for finite scores."""
+
+    def __init__(self, dates, labels) -> None:
+        d = np.asarray(dates)
+        y = np.asarray(labels, dtype=float)
+        self._keep = np.isfinite(y)
+        uniq, g, _, ys = _group_inputs(d[self._keep], np.zeros(int(self._keep.sum())), y[self._keep])
+        self._order = np.argsort(np.unique(d[self._keep], return_inverse=True)[1], kind="stable")
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if g.size else np.zeros(0, dtype=np.int64)
+        ranks = _average_ranks(g, ys)
+        cnt = np.diff(np.r_[starts, g.size])
+        centred = ranks - np.repeat((cnt + 1) / 2.0, cnt)
+        self._starts = np.r_[starts, g.size].astype(np.int64)
+        self._y = centred
+        self._syy = np.add.reduceat(centred * centred, starts) if g.size else np.zeros(0)
+
+    def __call__(self, scores) -> float:
+        x = np.asarray(scores, dtype=float)[self._keep][self._order]
+        return float(_mean_rank_corr(self._starts, np.ascontiguousarray(x), self._y, self._syy))

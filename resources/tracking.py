@@ -21,6 +21,14 @@ and ``run`` looks for it before creating one:
   with a ``quant.orphaned`` reason (its model version, if any, gets the same tag), and never
   counts as a result. A run of another host whose process cannot be checked stays pending.
 
+Parent runs. Every run opened inside a Dagster run is the child (``mlflow.parentRunId``) of
+one flow run per Dagster run (tag ``quant.flow_run``: the Dagster run id), so MLflow shows a
+flow's monthly model, backtest and report runs together. The flow run is looked up before it is
+created; two steps of one Dagster run that create it at once both keep the earliest and delete
+theirs. It holds no lineage and no result (no ``quant.asset_key``, no run key): the exactly-once
+counts are about its children only. It is FINISHED from its creation (nothing runs in it); its
+children's statuses say how the flow went.
+
 `ReplayTracking` is the tracking of a rebuild (``python -m quant_assets reproduce``): it
 reads the real store (pinning aliases to the versions the logged run used) and logs the
 rebuilt runs to a throwaway store.
@@ -28,6 +36,7 @@ rebuilt runs to a throwaway store.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -68,8 +77,19 @@ HOST_TAG, PID_TAG, PID_START_TAG = "quant.host", "quant.pid", "quant.pid_start"
 OUTPUT_TAG = "quant.output_sha256"  # content hash of the rows the asset writes (warehouse)
 PREVIOUS_RUN_TAG = "quant.previous_run_id"
 MODEL_SHA256_TAG = "quant.model_sha256"
+FLOW_RUN_TAG = "quant.flow_run"  # on a flow's parent run: its Dagster run id
+PARENT_RUN_TAG = "mlflow.parentRunId"
+MONTH_TAG = "quant.month"  # on a registered model version: the month its model serves
+# MLflow 3 opens an experiment without this tag in GenAI mode (traces); ours trains models
+# (the UI's ExperimentKind enum: "custom_model_development")
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # columns that name the run which wrote a row, not its content: out of OUTPUT_TAG's hash
 RUN_SPECIFIC_COLUMNS = ("mlflow_run_id", "model_uri", "registered_version", "parent_run_id")
+
+
+def model_name(family: str, month: dt.date | None) -> str:
+    """The logged model's name: the family and the month it serves (``lgbm-2023-07``)."""
+    return f"{family}-{month:%Y-%m}" if month is not None else MODEL_ARTIFACT
 
 
 def _truncate(value: str, limit: int) -> str:
@@ -152,6 +172,8 @@ _LOCATION_COLUMNS = (
     ("model_versions", "source"),
 )
 _REBASED: set[str] = set()
+# (tracking URI, experiment, Dagster run id) -> the flow's parent run (MlflowTracking._flow_run)
+_FLOW_RUNS: dict[tuple[str, str, str], str] = {}
 
 
 def rebase_moved_store(db: Path, artifact_root: str) -> bool:
@@ -338,18 +360,20 @@ class MlflowTracking(dg.ConfigurableResource):
         `artifact_location`) if missing."""
         client = self._store()
         found = client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return client.create_experiment(
-                self.experiment, artifact_location=_artifact_root(self.artifact_location)
-            )
-        except MlflowException:
-            # another process created it between our lookup and create
-            found = client.get_experiment_by_name(self.experiment)
-            if found is None:
-                raise
-            return found.experiment_id
+        if found is None:
+            try:
+                return client.create_experiment(
+                    self.experiment, artifact_location=_artifact_root(self.artifact_location),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
+            except MlflowException:
+                # another process created it between our lookup and create
+                found = client.get_experiment_by_name(self.experiment)
+                if found is None:
+                    raise
+        if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # a store made before the tag was set
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return found.experiment_id
 
     @contextmanager
     def run(
@@ -391,6 +415,12 @@ class MlflowTracking(dg.ConfigurableResource):
                 run_tags[PREVIOUS_RUN_TAG] = lineage["previous_run_id"]
         if output is not None:
             run_tags[OUTPUT_TAG] = output_hash(output)
+        flow = None
+        if key is not None and parent_run_id is None and mlflow.active_run() is None:
+            flow = self._flow_run(experiment_id, lineage)
+            if flow is not None:
+                # the tag, not start_run(parent_run_id=): a resumed run keeps the same parent
+                run_tags[PARENT_RUN_TAG] = flow
         run_tags = {
             _truncate(k, MAX_KEY_LENGTH): _truncate(v, MAX_TAG_VAL_LENGTH)
             for k, v in run_tags.items()
@@ -415,9 +445,48 @@ class MlflowTracking(dg.ConfigurableResource):
             if params:
                 mlflow.log_params(flatten_params(params))
             yield active
+        if flow is not None:  # the flow run's end time follows its latest child
+            self._store().set_terminated(flow, "FINISHED")
 
     def _parent(self, parent_run_id: str | None) -> str | None:
         return parent_run_id
+
+    def _flow_run(self, experiment_id: str, lineage: Mapping[str, Any]) -> str | None:
+        """The parent run of the Dagster run that ``lineage`` belongs to, created on first use
+        (see the module docstring)."""
+        dagster_run_id = str(lineage["dagster_run_id"])
+        cache_key = (self.tracking_uri, experiment_id, dagster_run_id)
+        if cache_key in _FLOW_RUNS:
+            return _FLOW_RUNS[cache_key]
+        client = self._store()
+
+        def existing() -> list:
+            return client.search_runs(
+                [experiment_id], filter_string=f"tags.`{FLOW_RUN_TAG}` = '{_quote(dagster_run_id)}'",
+                max_results=20,
+            )
+
+        found = existing()
+        mine = None
+        if not found:
+            job = lineage.get("dagster_job") or "flow"
+            mine = client.create_run(
+                experiment_id, run_name=f"{job} {dagster_run_id[:8]}",
+                tags={FLOW_RUN_TAG: dagster_run_id, "quant.dagster_run_id": dagster_run_id,
+                      "quant.dagster_job": str(job), "mlflow.note.content":
+                      f"Dagster run {dagster_run_id} ({job}): its model, backtest and report runs "
+                      "are the children of this run."},
+            ).info.run_id
+            # ended at once: a container has no work of its own, and a Dagster run killed
+            # before any child finished must not leave it RUNNING (each child's end moves
+            # its end time on)
+            client.set_terminated(mine, "FINISHED")
+            found = existing()
+        winner = min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if mine is not None and mine != winner:  # two steps created it at once: keep one
+            client.delete_run(mine)
+        _FLOW_RUNS[cache_key] = winner
+        return winner
 
     @staticmethod
     def _same_key_run(client: MlflowClient, experiment_id: str, key: str) -> str | None:
@@ -453,6 +522,13 @@ class MlflowTracking(dg.ConfigurableResource):
         left pending (cannot tell yet). Returns the run ids of each outcome."""
         client = self._store()
         outcome: dict[str, list[str]] = {"confirmed": [], "orphaned": [], "pending": []}
+        # a flow run is ended as soon as it is created; one still RUNNING lost its process
+        # between the two calls (killed): ended here (harmless if that process still lives)
+        for flow in client.search_runs(
+            [self._experiment_id()],
+            filter_string=f"tags.`{FLOW_RUN_TAG}` != '' and attributes.status = 'RUNNING'", max_results=100,
+        ):
+            client.set_terminated(flow.info.run_id, "FINISHED")
         pending = client.search_runs(
             [self._experiment_id()],
             filter_string=f"tags.`quant.asset_key` = '{_quote(asset_key)}' and tags.`{PENDING_TAG}` = '1'",
@@ -525,6 +601,37 @@ class MlflowTracking(dg.ConfigurableResource):
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
+    def log_curves(self, curves: Mapping[str, list[float]], step_offset: int = 1) -> int:
+        """Log each curve (a value per boosting round or epoch) as the steps of one metric of
+        the active run (MLflow's chart of a metric's history: a learning curve); non-finite
+        points are left out. Every point carries the run's start time, so a resumed run that
+        logs its curves again writes the same rows, not a second history. Returns the points."""
+        from mlflow.entities import Metric
+
+        run = mlflow.active_run()
+        if run is None:
+            raise RuntimeError("log_curves must be called inside an active run(...) block")
+        stamp = run.info.start_time
+        points = [Metric(_truncate(f"curve_{name}", MAX_KEY_LENGTH), float(v), stamp, step + step_offset)
+                  for name, values in curves.items() for step, v in enumerate(values)
+                  if v is not None and math.isfinite(v)]
+        client = self._store()
+        for start in range(0, len(points), 1000):  # MLflow's batch limit
+            client.log_batch(run.info.run_id, metrics=points[start : start + 1000])
+        return len(points)
+
+    def log_table(self, frame: Any, artifact_file: str) -> None:
+        """A polars frame as a CSV artifact (read in MLflow's artifact view)."""
+        mlflow.log_text(frame.write_csv(), artifact_file)
+
+    def log_image(self, png: bytes, artifact_file: str) -> None:
+        """PNG bytes as an artifact (shown inline in MLflow's artifact view)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(png)
+            folder = str(Path(artifact_file).parent)
+            mlflow.log_artifact(str(path), None if folder == "." else folder)
+
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
         """Log a JSON (or .yaml/.yml) artifact; values JSON-encoded with default=str."""
         if artifact_file.endswith((".yaml", ".yml")):
@@ -533,14 +640,15 @@ class MlflowTracking(dg.ConfigurableResource):
             mlflow.log_text(json.dumps(data, sort_keys=True, indent=2, default=str), artifact_file)
 
     def log_lgbm_model(
-        self, trained: Any, registered_model_name: str | None = None
+        self, trained: Any, registered_model_name: str | None = None, month: dt.date | None = None
     ) -> tuple[str, int | None]:
         """Log `trained` with the MLflow LightGBM flavour to the active run.
 
         Returns (model_uri, registered version or None). The exact model string is also
         stored as `model_str.txt` with its sha256 as a run tag. A run that already has a
         version of `registered_model_name` (an earlier attempt of the step) keeps it: the
-        model is neither logged nor registered again.
+        model is neither logged nor registered again. ``month``: the month the model serves,
+        its logged name (``lgbm-2023-07``) and its registered version's tag and description.
         """
         import lightgbm
 
@@ -552,14 +660,14 @@ class MlflowTracking(dg.ConfigurableResource):
             )
             return mlflow.lightgbm.log_model(
                 booster,
-                name=MODEL_ARTIFACT,
+                name=model_name("lgbm", month),
                 registered_model_name=name,
                 signature=signature,
                 pip_requirements=[f"lightgbm=={lightgbm.__version__}"],
                 tags={MODEL_SHA256_TAG: trained.sha256},
             )
 
-        uri, version = self._log_model_once(log, registered_model_name)
+        uri, version = self._log_model_once(log, registered_model_name, month, "LightGBM")
         mlflow.log_text(trained.model_str, "model_str.txt")
         mlflow.set_tags(
             {
@@ -570,7 +678,7 @@ class MlflowTracking(dg.ConfigurableResource):
         return uri, version
 
     def log_seq_model(
-        self, trained, registered_model_name: str | None = None
+        self, trained, registered_model_name: str | None = None, month: dt.date | None = None
     ) -> tuple[str, int | None]:
         """Log a ``TrainedSeqModel`` with the MLflow PyTorch flavour to the active run.
 
@@ -588,7 +696,7 @@ class MlflowTracking(dg.ConfigurableResource):
         def log(name: str | None):
             return mlflow.pytorch.log_model(
                 trained.module(),
-                name=MODEL_ARTIFACT,
+                name=model_name("seq", month),
                 registered_model_name=name,
                 # explicit requirements: inferring them imports the model in a subprocess (slow)
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
@@ -599,7 +707,7 @@ class MlflowTracking(dg.ConfigurableResource):
                 serialization_format="pickle",
             )
 
-        uri, version = self._log_model_once(log, registered_model_name)
+        uri, version = self._log_model_once(log, registered_model_name, month, "GRU")
         mlflow.log_dict(
             {
                 "feature_cols": list(trained.feature_cols),
@@ -616,9 +724,11 @@ class MlflowTracking(dg.ConfigurableResource):
         mlflow.set_tags({MODEL_SHA256_TAG: trained.sha256})
         return uri, version
 
-    def _log_model_once(self, log, registered_model_name: str | None) -> tuple[str, int | None]:
+    def _log_model_once(self, log, registered_model_name: str | None, month: dt.date | None = None,
+                        kind: str = "model") -> tuple[str, int | None]:
         """Log (and register) a model in the active run unless the run already registered a
-        version of `registered_model_name`; record a new registration in the audit trail."""
+        version of `registered_model_name`; record a new registration in the audit trail and
+        name the version after its month (tag and description)."""
         run = mlflow.active_run()
         if run is None:
             raise RuntimeError("log a model inside an active run(...) block")
@@ -626,6 +736,7 @@ class MlflowTracking(dg.ConfigurableResource):
         if registered_model_name:
             existing = self.registered_version_of_run(registered_model_name, run_id)
             if existing is not None:
+                self._name_version(registered_model_name, existing, month, kind)
                 self._audit_registration(registered_model_name, existing, run_id, once=True)
                 return existing.source, int(existing.version)
         with registry_of(self.tracking_uri):
@@ -634,8 +745,22 @@ class MlflowTracking(dg.ConfigurableResource):
         if version is None:
             return info.model_uri, None
         registered = self._store().get_model_version(registered_model_name, str(version))
+        self._name_version(registered_model_name, registered, month, kind)
         self._audit_registration(registered_model_name, registered, run_id)
         return info.model_uri, int(version)
+
+    def _name_version(self, name: str, version, month: dt.date | None, kind: str) -> None:
+        """The month a version serves, as its tag and description (an attempt killed between
+        registering and naming is named by the retry: idempotent)."""
+        if month is None or version.tags.get(MONTH_TAG) == f"{month:%Y-%m}":
+            return
+        client = self._store()
+        client.set_model_version_tag(name, str(version.version), MONTH_TAG, f"{month:%Y-%m}")
+        client.update_model_version(
+            name, str(version.version),
+            description=f"{kind} model for {month:%B %Y} ({month:%Y-%m}): trained walk-forward on "
+            f"data before {month:%Y-%m}, it scores that month out of sample.",
+        )
 
     def registered_version_of_run(self, name: str, run_id: str):
         """The version of registered model `name` that run `run_id` registered, or None."""
@@ -707,3 +832,6 @@ class ReplayTracking(MlflowTracking):
 
     def _parent(self, parent_run_id: str | None) -> str | None:
         return None  # the parent is in the real store; the rebuild's run stands alone
+
+    def _flow_run(self, experiment_id: str, lineage: Mapping[str, Any]) -> str | None:
+        return None

@@ -116,7 +116,12 @@ def test_mlflow_runs_carry_lineage(demo_runs):
     (home, _), _ = demo_runs
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     exp = client.get_experiment_by_name("quant-assets")
-    runs = client.search_runs([exp.experiment_id])
+    everything = client.search_runs([exp.experiment_id])
+    # one parent run per Dagster run (issue 18); every other run is a child of one
+    flows = {r.info.run_id for r in everything if "quant.flow_run" in r.data.tags}
+    runs = [r for r in everything if r.info.run_id not in flows]
+    assert flows and all(r.data.tags.get("mlflow.parentRunId") in flows for r in runs)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     names = sorted(r.info.run_name for r in runs)
     assert sum(n.startswith("lgbm_model") for n in names) == 4
     assert "validation_report" in names and any(n.startswith("backtest") for n in names)
@@ -127,6 +132,19 @@ def test_mlflow_runs_carry_lineage(demo_runs):
     model_run = next(r for r in runs if r.info.run_name.startswith("lgbm_model"))
     assert "quant.input_version.pit_features" in model_run.data.tags
     assert "quant.seed.model" in model_run.data.tags
+    # feature and package versions are in lineage.json, summarised by a hash each
+    assert not any(k.startswith(("quant.feature_version.", "quant.pkg.")) for k in model_run.data.tags)
+    assert {"quant.feature_set", "quant.packages", "quant.n_features"} <= set(model_run.data.tags)
+    artifacts = {a.path for a in client.list_artifacts(model_run.info.run_id)}
+    assert {"lineage.json", "learning_curve.png", "feature_importance.csv", "feature_importance.png"} <= artifacts
+    assert client.get_metric_history(model_run.info.run_id, "curve_valid_l2")
+    month = model_run.info.run_name.split()[-1]
+    version = client.search_model_versions(f"run_id = '{model_run.info.run_id}'")[0]
+    assert version.tags["quant.month"] == month
+    backtest_run = next(r for r in runs if r.info.run_name.startswith("backtest"))
+    assert {"returns.csv", "equity.png"} <= {a.path for a in client.list_artifacts(backtest_run.info.run_id)}
+    report_run = next(r for r in runs if r.info.run_name == "validation_report")
+    assert {"min_dsr", "max_pbo", "strategy.commission_bps"} <= set(report_run.data.params)
     assert client.get_registered_model("quant-assets-lgbm").latest_versions is not None
 
 

@@ -41,12 +41,16 @@ from quant_assets.lineage import file_sha256
 from quant_assets.models.monthly import FAMILIES, ModelFamily
 from quant_assets.partitions import monthly_partitions, months_of, up_to_month_end
 from quant_assets.performance import performance_summary
+from quant_assets.plots import equity_png
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
 from quant_assets.warehouse import VersionedFrame
 from resources.tracking import MlflowTracking
 
 GROUP = "backtest"
+# the columns of a backtest run's returns.csv (MLflow): the day's returns, costs and book size
+RETURN_COLUMNS = ("date", "gross_return", "cost", "borrow_cost", "net_return", "turnover",
+                  "gross_exposure", "net_exposure", "equity")
 
 
 BacktestConfig = config_class(
@@ -183,6 +187,11 @@ def _run_backtest(context, config, tracking, family: ModelFamily, predictions: V
                       params=config.model_dump(), tags={"quant.model_family": family.name},
                       output=frame) as run:
         tracking.log_metrics(summary)
+        # the daily returns (not positions: those stay in Delta) and their equity curve
+        tracking.log_table(frame.select(RETURN_COLUMNS), "returns.csv")
+        tracking.log_image(equity_png(frame["date"].to_list(), {
+            "net of costs": frame["net_return"].to_numpy(), "gross": frame["gross_return"].to_numpy(),
+        }, f"{family.backtest} {key_range.start}..{key_range.end}"), "equity.png")
     return Output(
         frame,
         metadata={

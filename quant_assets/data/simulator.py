@@ -754,3 +754,41 @@ def simulate_market(config: SimulatorConfig | None = None) -> MarketData:
         corporate_actions=actions,
         fundamentals=fundamentals,
     )
+
+
+def planted_signal(config: SimulatorConfig | None = None, horizon: int = 5) -> pl.DataFrame:
+    """The edge the simulator plants, as a score: (date, instrument_id, expected_idio_return),
+    the expected idiosyncratic log return over the next ``horizon`` trading days given
+    everything up to the day's close (the reversal of the last five idiosyncratic returns and
+    the value tilt, rolled forward with zero shocks). Its rank IC against the labels is the
+    best a model of the features can hope for (the "known IC" a trained model is measured
+    against); instrument drifts ``mu`` are not included (a few basis points a week). Replays
+    ``simulate_market``'s draws, so it matches that market exactly."""
+    cfg = config if config is not None else SimulatorConfig()
+    days = trading_days(cfg.start, cfg.end)
+    day_num = _days_since_epoch(days)
+    rng = np.random.Generator(np.random.PCG64(cfg.seed))
+    uni = _draw_universe(rng, cfg, day_num)
+    divs = _schedule_dividends(rng, cfg, day_num, uni)
+    paths = _simulate_paths(rng, cfg, day_num, uni, divs)
+    n_days, n = paths.value.shape
+    tilt = cfg.value_strength * paths.sigma_bar * paths.value  # (T, n), the value part of a_t
+    idio = np.empty((n_days, n))
+    window = np.zeros((_REVERSAL_WINDOW, n))  # e_{t-1..t-5}
+    for t in range(n_days):  # e_t = a_t + sigma_t z_t, a_t from the five e before it
+        idio[t] = -cfg.reversal_strength * window.sum(axis=0) + tilt[t] + paths.idio_sigma[t] * paths.shock[t]
+        window = np.roll(window, 1, axis=0)
+        window[0] = idio[t]
+    lags = [np.vstack([np.zeros((j, n)), idio[: n_days - j]]) for j in range(_REVERSAL_WINDOW)]
+    phi = 0.5 ** (1.0 / cfg.value_half_life_days)
+    expected = np.zeros((n_days, n))
+    for k in range(1, horizon + 1):
+        step = -cfg.reversal_strength * sum(lags) + tilt * phi**k
+        expected += step
+        lags = [step, *lags[:-1]]
+    ids = instrument_ids(n)
+    return pl.DataFrame({
+        "date": _date_series("date", np.repeat(day_num, n)),
+        "instrument_id": np.tile(np.array(ids, dtype=object), n_days).tolist(),
+        "expected_idio_return": expected.ravel(),
+    })

@@ -32,7 +32,8 @@ from quant_assets.asset_lineage import lineage_metadata, lineage_of
 from quant_assets.automation import after, month_closed
 from quant_assets.configs import config_class
 from quant_assets.features import feature_versions, features_code_version
-from quant_assets.models.lgbm import LGBMConfig, predictions_hash
+from quant_assets.models.diagnostics import TOP_FEATURES, importance_png, learning_curve_png
+from quant_assets.models.lgbm import LGBMConfig, feature_importance, predictions_hash
 from quant_assets.models.monthly import (
     LGBM,
     SEQ,
@@ -108,6 +109,26 @@ def _rank_ic(scores: pl.DataFrame, labels: pl.DataFrame) -> float:
     ).mean
 
 
+def _log_diagnostics(tracking: MlflowTracking, family: ModelFamily, trained, month) -> None:
+    """The month's learning curve (MLflow metric steps and a chart) and, for LightGBM, its
+    split-gain feature importance (a table and a chart)."""
+    if not trained.curves:
+        return
+    tracking.log_curves(trained.curves)
+    lgbm = family is LGBM
+    best = trained.best_iteration if lgbm else int(trained.metrics.get("best_epoch", 0))
+    tracking.log_image(
+        learning_curve_png(trained.curves, best, f"{family.asset} {month:%Y-%m}: learning curve",
+                           "boosting round" if lgbm else "epoch"),
+        "learning_curve.png",
+    )
+    if lgbm:
+        importance = feature_importance(trained)
+        tracking.log_table(importance, "feature_importance.csv")
+        tracking.log_image(importance_png(importance, f"{family.asset} {month:%Y-%m}: feature importance "
+                                          f"(top {TOP_FEATURES} by split gain)"), "feature_importance.png")
+
+
 def _train_months(
     context: AssetExecutionContext,
     family: ModelFamily,
@@ -144,7 +165,8 @@ def _train_months(
             tags={PREDICTIONS_TAG: scores_hash, **({"quant.device": device} if device else {})},
         ) as run:
             tracking.log_metrics({**trained.metrics, "oos_rank_ic": oos_ic})
-            model_uri, version = log_model(trained, registered_name)
+            model_uri, version = log_model(trained, registered_name, month=month)
+            _log_diagnostics(tracking, family, trained, month)
         context.log.info(
             f"{family.asset} {month:%Y-%m}{f' on {device}' if device else ''}: "
             f"{trained.metrics.get('n_train', 0):.0f} training rows, "

@@ -54,7 +54,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -304,6 +304,9 @@ class TrainedSeqModel:
     train_start: dt.date
     train_end: dt.date
     valid_start: dt.date | None = None
+    # per epoch ("train_loss", "valid_loss"), for the tracking run's learning curve; not part
+    # of the stored record
+    curves: dict[str, list[float]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def history_rows(self) -> int:
@@ -481,9 +484,11 @@ def train_seq(
         net = _build_net(config, len(feature_cols)).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         best_loss, best_epoch, best_state, stale, epochs_run = math.inf, 0, None, 0, 0
+        curves: dict[str, list[float]] = {"train_loss": [], **({"valid_loss": []} if has_valid else {})}
         for epoch in range(1, config.epochs + 1):
             net.train()
             perm = torch.from_numpy(rng.permutation(fit.height)).to(device)
+            seen = torch.zeros((), device=device)  # summed on the device: one sync per epoch
             for s in range(0, fit.height, config.batch_size):
                 b = perm[s : s + config.batch_size]
                 loss = nn.functional.mse_loss(net(inputs[fit_index[b]]), y_fit[b])
@@ -491,12 +496,15 @@ def train_seq(
                 loss.backward()
                 nn.utils.clip_grad_norm_(net.parameters(), 1.0)
                 opt.step()
+                seen += loss.detach() * b.numel()
+            curves["train_loss"].append(float(seen) / max(fit.height, 1))
             epochs_run = epoch
             if not has_valid:
                 best_epoch = epoch
                 continue
             pred = _predict_batches(net, inputs, valid_index, _PREDICT_BATCH)
             val_loss = float(nn.functional.mse_loss(pred, y_val))
+            curves["valid_loss"].append(val_loss)
             if val_loss < best_loss:
                 best_loss, best_epoch, stale = val_loss, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -540,4 +548,5 @@ def train_seq(
         train_start=used_dates.min(),
         train_end=used_dates.max(),
         valid_start=valid_start,
+        curves=curves,
     )

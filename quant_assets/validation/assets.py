@@ -10,6 +10,8 @@ trail (a ``gate`` row for the comparison, a ``promote`` row for the move).
 """
 
 
+import dataclasses
+
 import polars as pl
 from dagster import (
     AllPartitionMapping,
@@ -299,7 +301,10 @@ def _validation_report(
             partition_keys=[],
         )
         frame = pl.DataFrame({"metric": list(metrics), "value": [float(v) for v in metrics.values()]})
-        with tracking.run(family.report, lineage, tags={"quant.model_family": family.name},
+        # the gate's thresholds, the report's settings and the backtested strategy's costs
+        params = {**config.model_dump(), "strategy": dataclasses.asdict(base),
+                  "n_variants": len(trials), "n_sweep_trials": len(trial_set.extra_sharpes)}
+        with tracking.run(family.report, lineage, params=params, tags={"quant.model_family": family.name},
                           output=frame) as run:
             tracking.log_metrics(metrics)
             tracking.log_text(markdown, "report.md")

@@ -101,7 +101,7 @@ def _undefined_min_track_record(metrics: dict[str, float]) -> str:
     if math.isfinite(sr) and sr <= 0.0:
         return (
             f"the minimum track record is infinite because the observed Sharpe ratio "
-            f"({sr:.4f} per day) is <= 0, the benchmark Sharpe ratio of the PSR: no track "
+            f"({sr * math.sqrt(252):.2f} annualised) is <= 0, the benchmark Sharpe ratio of the PSR: no track "
             "record is long enough"
         )
     return (

@@ -176,13 +176,18 @@ def _is_num(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+_SOURCE_WORDS = {"sweep": "research-sweep trials", "model_sweep": "model-sweep trials",
+                 "strategy_grid": "strategy-grid trials"}
+
+
 def format_metric(key: str, value: float, metrics: dict[str, float] | None = None) -> str:
     """``value`` formatted for the report. With ``metrics`` (the whole bundle), rows that need
     context say more: the trial count by source, and why a minimum track record is undefined."""
     fmt = next((f for _, k, f in _ROWS + RELATIVE_ROWS if k == key), "{:.4g}")
     if key == "min_track_record_length" and _is_num(value) and math.isinf(value):
         sr = (metrics or {}).get("sharpe_per_period", math.nan)
-        shown = f" ({sr:.4f} per day)" if _is_num(sr) and math.isfinite(sr) else ""
+        # on the headline's annual scale, as every Sharpe ratio of the report
+        shown = f" ({annualised_sharpe(sr):.2f} annualised)" if _is_num(sr) and math.isfinite(sr) else ""
         return f"undefined: observed Sharpe{shown} <= 0, the PSR benchmark"
     if value is None or not _is_num(value) or not math.isfinite(value):
         return "n/a"
@@ -190,10 +195,12 @@ def format_metric(key: str, value: float, metrics: dict[str, float] | None = Non
     if key == "n_trials" and metrics and "n_trials_variants" in metrics:
         variants = int(metrics["n_trials_variants"])
         counts = {s: int(metrics.get(f"n_trials_{s}", 0) or 0) for s in TRIAL_SOURCES}
-        text += f" ({variants} variants + {counts['sweep']} sweep trials"
-        text += "".join(f" + {n} {s.replace('_', ' ')}" for s, n in counts.items() if s != "sweep" and n)
+        # only the sources that gave trials; an empty research sweep is said in words, not
+        # as "+ 0 sweep trials" beside the trials of the other sources
+        text += f" ({variants} strategy variants"
+        text += "".join(f" + {n} {_SOURCE_WORDS[s]}" for s, n in counts.items() if n)
         if counts["sweep"] == 0:
-            text += "; no sweep has run"
+            text += "; the research sweep has not run"
         left_out = variants + sum(counts.values()) - int(value)
         if left_out > 0:
             text += f"; {left_out} with an undefined Sharpe left out"

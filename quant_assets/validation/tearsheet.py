@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import re
 import textwrap
@@ -29,11 +28,11 @@ from dataclasses import dataclass, field
 import matplotlib
 import numpy as np
 import polars as pl
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from quant_assets.plots import RC, png
 from quant_assets.validation import analysis, stats
 from quant_assets.validation.analysis import drawdown, wealth
 from quant_assets.validation.benchmark import Benchmark
@@ -69,17 +68,6 @@ TURNOVER_WINDOW = 21  # a month of trading days: the smoothed turnover line
 N_QUANTILES = 5
 IC_DECAY_LAGS = 10
 WORST_DRAWDOWNS = 5
-DPI = 80
-_RC = {
-    "font.family": "DejaVu Sans",  # ships with matplotlib: same glyphs everywhere
-    "font.size": 9,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "figure.dpi": DPI,
-    "savefig.dpi": DPI,
-    "path.simplify": False,
-}
-PNG_METADATA = {"Software": None}
 # Every embedded image, in page order (the alt text of each <img>).
 FIGURES = (
     "equity", "underwater", "rolling", "monthly_returns", "yearly_returns", "return_distribution",
@@ -188,11 +176,6 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 0.7, 0.2, 0.35, 0.5  # inches
 _LEGEND_RIGHT = 2.1  # inches kept free for a legend outside the axes
 
 
-def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)  # attaches the Agg canvas: no pyplot, no backend switching
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata=PNG_METADATA)
-    return buf.getvalue()
 
 
 def _grid(height: float, rows: int = 1, cols: int = 1, width: float = 8.0, right: float = _RIGHT,
@@ -636,7 +619,7 @@ def render_tearsheet(inputs: TearSheetInputs) -> str:
         threshold = next(
             (c.threshold for c in inputs.gate.criteria if c.name == "bootstrap_max_drawdown"), None
         )
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(RC):
         figures = [
             ("equity", _equity(d_np, r, b, bench.name)),
             ("underwater", _underwater(d_np, r)),
@@ -654,7 +637,7 @@ def render_tearsheet(inputs: TearSheetInputs) -> str:
             ("regimes", _regime_bars(inputs.regimes)),
             ("stress", _stress_bars(inputs.stress)),
         ]
-        images = {name: _png(fig) for name, fig in figures}
+        images = {name: png(fig) for name, fig in figures}
 
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",

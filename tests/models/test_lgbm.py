@@ -7,9 +7,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from quant_assets.models.diagnostics import importance_png, learning_curve_png
 from quant_assets.models.lgbm import (
     LGBMConfig,
     TrainedModel,
+    feature_importance,
     predictions_hash,
     split_purged,
     train_lgbm,
@@ -159,3 +161,52 @@ def test_predictions_hash_is_order_free_and_content_sensitive():
     assert h != predictions_hash(frame.with_columns(score=pl.Series([0.5, -1.0, 0.0])))
     assert h != predictions_hash(frame.with_columns(instrument_id=pl.Series(["B", "A", "C"])))
     assert h != predictions_hash(frame.head(2))
+
+
+@pytest.mark.parametrize("metric", ["l2", "rank_ic"])
+def test_learning_curves_and_importance(train_frame, metric):
+    """Per-round curves of the fit (training and validation l2; validation rank IC when early
+    stopping follows it) and split-gain importance: the planted feature leads. Stopping on the
+    rank IC keeps the round of the best validation rank IC, deterministically."""
+    config = dataclasses.replace(CONFIG, early_stopping_metric=metric)
+    model = train_lgbm(train_frame, FEATURES, config)
+    rounds = len(model.curves["valid_l2"])
+    assert len(model.curves["train_l2"]) == rounds >= model.best_iteration
+    assert model.curves["train_l2"][-1] < model.curves["train_l2"][0]  # the fit learns
+    if metric == "rank_ic":
+        ic = model.curves["valid_rank_ic"]
+        assert "train_rank_ic" not in model.curves  # not computed per round (cost)
+        assert int(np.argmax(ic)) + 1 == model.best_iteration
+        assert train_lgbm(train_frame, FEATURES, config).model_str == model.model_str
+    importance = feature_importance(model)
+    assert importance["feature"][0] == "f_signal"
+    assert importance["gain_share"].sum() == pytest.approx(1.0)
+    for png in (learning_curve_png(model.curves, model.best_iteration, "t"), importance_png(importance, "t")):
+        assert png.startswith(b"\x89PNG")
+    assert TrainedModel.from_record(model.to_record()).curves == {}  # not stored with the model
+
+
+def test_rank_ic_scorer_matches_the_rank_ic():
+    from quant_assets.performance import RankICScorer, rank_information_coefficient
+
+    rng = np.random.default_rng(5)
+    dates = rng.integers(0, 30, 2000)
+    labels = rng.standard_normal(2000)
+    labels[::97] = np.nan
+    scorer = RankICScorer(dates, labels)
+    for scores in (rng.standard_normal(2000), np.round(rng.standard_normal(2000), 1)):  # ties too
+        assert scorer(scores) == pytest.approx(rank_information_coefficient(dates, scores, labels).mean, abs=1e-12)
+
+
+def test_unknown_stopping_metric_is_refused():
+    with pytest.raises(ValueError, match="early_stopping_metric"):
+        LGBMConfig(early_stopping_metric="auc")
+
+
+def test_leaf_size_is_capped_by_the_fit_set(train_frame):
+    """A small fit set still gets splits: min_data_in_leaf is capped at what the leaves of a
+    tree can hold, and the cap is in the metrics."""
+    small = train_frame.filter(pl.col("date") >= pl.col("date").max() - dt.timedelta(days=120))
+    model = train_lgbm(small, FEATURES, LGBMConfig())
+    assert model.metrics["min_data_in_leaf"] < LGBMConfig().min_data_in_leaf
+    assert np.unique(model.predict(small)).size > 1

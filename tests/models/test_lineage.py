@@ -89,3 +89,17 @@ def test_lineage_tags_are_flat_strings():
     assert tags["quant.dagster_run_id"] == "abc-123"
     assert tags["quant.config_hash"] == _record()["config_hash"]
     assert "quant.git_commit" in tags and "quant.git_dirty" in tags
+
+
+def test_lineage_tags_summarise_features_and_packages():
+    """A tag per feature and per package made 173 columns in MLflow's runs table (issue 18):
+    the versions live in lineage.json, the tags carry one hash of each set."""
+    many = {f"f{i:02d}": f"v{i}" for i in range(82)}
+    tags = lineage_tags(_record(feature_versions=many))
+    assert not any(k.startswith(("quant.feature_version.", "quant.pkg.")) for k in tags)
+    assert tags["quant.n_features"] == "82" and len(tags["quant.feature_set"]) == 12
+    assert len(tags) < 20
+    changed = lineage_tags(_record(feature_versions={**many, "f00": "v-new"}))
+    assert changed["quant.feature_set"] != tags["quant.feature_set"]
+    assert changed["quant.packages"] == tags["quant.packages"]
+    assert lin.set_hash(dict(reversed(list(many.items())))) == tags["quant.feature_set"]  # order-free

@@ -388,3 +388,10 @@ def test_cuda_training_and_cpu_scoring(frame):
     assert scored.height == N_INSTRUMENTS and scored["score"].is_finite().all()
     rec = TrainedSeqModel.from_record(model.to_record())
     assert rec.sha256 == model.sha256
+
+
+def test_learning_curve_per_epoch(trained):
+    """A training and a validation loss per epoch run (the tracking run's learning curve)."""
+    epochs = int(trained.metrics["epochs_run"])
+    assert len(trained.curves["train_loss"]) == len(trained.curves["valid_loss"]) == epochs
+    assert min(trained.curves["valid_loss"]) == pytest.approx(trained.metrics["valid_loss"], rel=1e-5)

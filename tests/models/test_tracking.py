@@ -17,7 +17,14 @@ from quant_assets.models.walkforward import (
     month_rows,
     select_training_rows,
 )
-from resources.tracking import MlflowTracking, flatten_params
+from resources.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    FLOW_RUN_TAG,
+    MONTH_TAG,
+    MlflowTracking,
+    flatten_params,
+)
 
 FEATURES = ["f_signal", "f_noise1", "f_noise2", "f_noise3"]
 MONTH = dt.date(2022, 7, 1)
@@ -90,7 +97,7 @@ def test_round_trip_registers_versions_and_reloads(tracking, trained, frames):
     assert tags["quant.partitions"] == "2022-07"
     assert tags["quant.model_sha256"] == trained.sha256
     assert tags["stage"] == "test"
-    assert got.data.params["lgbm.num_leaves"] == "15"
+    assert got.data.params["lgbm.num_leaves"] == str(trained.config.num_leaves)
     assert got.data.metrics["valid_ic"] == pytest.approx(trained.metrics["valid_ic"])
     assert "bad" not in got.data.metrics
 
@@ -133,3 +140,71 @@ def test_flatten_params_truncates_and_flattens():
     flat = flatten_params({"a": {"b": 1, "c": [1, 2]}, "long": "x" * 7000})
     assert flat["a.b"] == "1" and flat["a.c"] == "[1, 2]"
     assert len(flat["long"]) == 6000
+
+
+def test_experiment_opens_in_model_training_mode(tracking):
+    """MLflow 3 shows an experiment without mlflow.experimentKind as GenAI (traces); ours is
+    tagged for model training, also when the store was made before the tag existed."""
+    client = tracking.client()
+    exp = client.get_experiment(tracking.experiment_id())
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    client.delete_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG)
+    tracking.experiment_id()
+    assert client.get_experiment(exp.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_runs_of_one_dagster_run_share_a_flow_parent(tracking, trained):
+    """One parent run per Dagster run; its month runs are children; a retry of a step resumes
+    its run under the same parent; the parent is no result (no asset key, no run key)."""
+    def lineage(month, dagster_run):
+        return collect_lineage(asset_key="lgbm_model", partition_keys=[month], input_versions={},
+                               config={}, seeds={}, dagster_run_id=dagster_run, dagster_job="models_job")
+
+    ids = []
+    for month in ("2022-08", "2022-09", "2022-08"):  # the third is a retry of the first
+        with tracking.run(f"lgbm_model {month}", lineage(month, "flow-1")) as run:
+            ids.append(run.info.run_id)
+    with tracking.run("lgbm_model 2022-08", lineage("2022-08", "flow-2")) as other:
+        pass
+    client = tracking.client()
+    assert ids[0] == ids[2]
+    parents = {client.get_run(i).data.tags["mlflow.parentRunId"] for i in ids}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.data.tags[FLOW_RUN_TAG] == "flow-1" and parent.info.run_name.startswith("models_job ")
+    assert "quant.asset_key" not in parent.data.tags and "quant.run_key" not in parent.data.tags
+    assert parent.info.status == "FINISHED"
+    assert client.get_run(other.info.run_id).data.tags["mlflow.parentRunId"] != parent.info.run_id
+    flows = client.search_runs([tracking.experiment_id()], filter_string=f"tags.`{FLOW_RUN_TAG}` = 'flow-1'")
+    assert len(flows) == 1
+
+
+def test_model_named_after_its_month_with_curves(tracking, trained):
+    """The logged model is named after the month it serves, the registered version says the
+    month, and the learning curves are metric steps (logged again by a retry: same rows)."""
+    lineage = _lineage({"lgbm": "curves"}, "curves-run")
+    for _ in range(2):  # the second attempt resumes the run
+        with tracking.run("lgbm_model 2022-07", lineage) as run:
+            uri, version = tracking.log_lgbm_model(trained, registered_model_name="qa-month", month=MONTH)
+            n = tracking.log_curves(trained.curves)
+    client = tracking.client()
+    logged = mlflow.get_logged_model(uri.removeprefix("models:/"))
+    assert logged.name == "lgbm-2022-07"
+    mv = client.get_model_version("qa-month", str(version))
+    assert mv.tags[MONTH_TAG] == "2022-07" and "July 2022" in mv.description
+    assert set(trained.curves) >= {"train_l2", "valid_l2"}
+    history = client.get_metric_history(run.info.run_id, "curve_valid_l2")
+    assert [m.step for m in history] == list(range(1, len(trained.curves["valid_l2"]) + 1))
+    assert n == sum(len(v) for v in trained.curves.values())
+
+
+def test_a_flow_run_left_running_by_a_kill_is_ended(tracking):
+    """A step killed between creating its flow run and ending it left it RUNNING: the next
+    run's reconcile ends it (no run stays RUNNING after a rerun: tests/reliability)."""
+    client = tracking.client()
+    stuck = client.create_run(tracking.experiment_id(), tags={FLOW_RUN_TAG: "killed-flow"}).info.run_id
+    lineage = collect_lineage(asset_key="lgbm_model", partition_keys=["2022-10"], input_versions={},
+                              config={}, seeds={}, dagster_run_id="after-kill")
+    with tracking.run("lgbm_model 2022-10", lineage):
+        pass
+    assert client.get_run(stuck).info.status == "FINISHED"

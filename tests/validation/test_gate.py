@@ -105,7 +105,7 @@ def test_undefined_min_track_record_says_why():
     line = negative.message().splitlines()[4]
     assert line == (
         "- track_record: 300 (needs >= a bound that is undefined: the minimum track record is "
-        "infinite because the observed Sharpe ratio (-0.0123 per day) is <= 0, the benchmark "
+        f"infinite because the observed Sharpe ratio ({-0.0123 * math.sqrt(252):.2f} annualised) is <= 0, the benchmark "
         "Sharpe ratio of the PSR: no track record is long enough) FAIL"
     )
     unknown = evaluate_gate({**base, "min_track_record_length": math.nan, "sharpe_per_period": math.nan})
@@ -115,4 +115,4 @@ def test_undefined_min_track_record_says_why():
     r = np.random.default_rng(3).normal(-0.001, 0.01, 300)
     m = summarise(r, np.zeros(300), {"a": r}, np.zeros(0), np.zeros(0), np.zeros(0), n_bootstrap=20).metrics
     assert math.isinf(m["min_track_record_length"])
-    assert f"({m['sharpe_per_period']:.4f} per day) is <= 0" in evaluate_gate(m).message()
+    assert f"({m['sharpe_per_period'] * math.sqrt(252):.2f} annualised) is <= 0" in evaluate_gate(m).message()

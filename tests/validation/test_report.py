@@ -73,13 +73,13 @@ def test_trial_counts_by_source_and_annualised_trial_table():
     variants = {"main": r, "alt": rng.normal(0.0, 0.01, 300)}
     s = summarise(r, np.zeros(300), variants, np.zeros(0), np.zeros(0), np.zeros(0), n_bootstrap=20)
     assert s.metrics["n_trials_variants"] == 2 and s.metrics["n_trials_sweep"] == 0
-    assert "| Trials (deflating the DSR) | 2 (2 variants + 0 sweep trials; no sweep has run) |" in s.markdown
+    assert "| Trials (deflating the DSR) | 2 (2 strategy variants; the research sweep has not run) |" in s.markdown
     assert f"| main | variant | {stats.sharpe(r):.2f} |" in s.markdown
     assert "Sharpe per day" not in s.markdown
     swept = summarise(r, np.zeros(300), variants, np.zeros(0), np.zeros(0), np.zeros(0), n_bootstrap=20,
                       extra_trial_sharpes={"sweep:t1": 0.05, "sweep:t2": math.nan})
     assert swept.metrics["n_trials"] == 3  # the undefined Sharpe is left out of the DSR
-    assert "3 (2 variants + 2 sweep trials; 1 with an undefined Sharpe left out)" in swept.markdown
+    assert "3 (2 strategy variants + 2 research-sweep trials; 1 with an undefined Sharpe left out)" in swept.markdown
     assert f"| sweep:t1 | sweep | {0.05 * math.sqrt(252):.2f} |" in swept.markdown
     # context-free formatting (the demo's console summary) stays the bare count
     assert format_metric("n_trials", 3.0) == "3"
@@ -88,7 +88,7 @@ def test_trial_counts_by_source_and_annualised_trial_table():
 def test_min_track_record_format_says_why_it_is_undefined():
     m = {"sharpe_per_period": -0.02}
     assert format_metric("min_track_record_length", math.inf, m) == (
-        "undefined: observed Sharpe (-0.0200 per day) <= 0, the PSR benchmark"
+        f"undefined: observed Sharpe ({-0.02 * math.sqrt(252):.2f} annualised) <= 0, the PSR benchmark"
     )
     assert format_metric("min_track_record_length", math.inf).startswith("undefined: observed Sharpe <= 0")
     assert format_metric("min_track_record_length", math.nan) == "n/a"

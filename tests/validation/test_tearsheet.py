@@ -146,7 +146,7 @@ def test_numbers_are_the_stats_functions_outputs(rendered):
     for key, value in expected.items():
         assert cells[key] == format_metric(key, value), key
     assert cells["pbo"] == format_metric("pbo", inputs.metrics["pbo"]) and cells["pbo"] != "n/a"
-    assert cells["n_trials"] == "4 (4 variants + 0 sweep trials; no sweep has run)"
+    assert cells["n_trials"] == "4 (4 strategy variants; the research sweep has not run)"
     assert ("promotion gate PASSED" in page) == bool(inputs.metrics["gate_passed"])
 
 
@@ -320,7 +320,7 @@ def test_every_section_with_its_key_number(rendered):
     trials = {row[0]: row for row in t["trials"][1:]}
     assert trials["main"][1] == "variant"
     assert trials["main"][2] == f"{stats.sharpe(r):.2f}"
-    assert "4 (4 variants + 0 sweep trials; no sweep has run)" in page
+    assert "4 (4 strategy variants; the research sweep has not run)" in page
     assert "Sharpe per day" not in page
     # stress windows the backtest does not cover say so, with its span
     assert "not covered by the backtest (2023-01..2024-02)" in page

@@ -20,6 +20,7 @@ from typing import Any
 from dagster import AssetExecutionContext, MetadataValue
 
 from quant_assets.lineage import collect_lineage
+from quant_assets.settings import load_settings
 from quant_assets.warehouse import VersionedFrame
 
 # (Dagster run id, op name) -> {table uri: (table key, Delta version)}: what the IO manager
@@ -95,8 +96,13 @@ def explain_command(previous_run_id: str, run_id: str) -> str:
     return f"python -m quant_assets explain {previous_run_id} {run_id}"
 
 
+def mlflow_run_url(run_id: str, ui_url: str | None = None) -> str:
+    """The run's page in the MLflow UI (its ``/#/runs/<id>`` route finds the experiment)."""
+    return f"{(ui_url or load_settings().mlflow_ui_url).rstrip('/')}/#/runs/{run_id}"
+
+
 def lineage_metadata(lineage: Mapping[str, Any], mlflow_run_ids: list[str]) -> dict[str, Any]:
-    meta = {
+    meta: dict[str, Any] = {
         "mlflow_run_ids": MetadataValue.json(mlflow_run_ids),
         "input_versions": MetadataValue.json(lineage["input_versions"]),
         "git_commit": str(lineage["git_commit"]),
@@ -104,6 +110,10 @@ def lineage_metadata(lineage: Mapping[str, Any], mlflow_run_ids: list[str]) -> d
         "config_hash": lineage["config_hash"],
         "seeds": MetadataValue.json(lineage["seeds"]),
     }
+    # clickable in the UI; a monthly model asset links each month's run
+    for i, run_id in enumerate(mlflow_run_ids[:24]):
+        meta["mlflow_run" if len(mlflow_run_ids) == 1 else f"mlflow_run_{i + 1}"] = MetadataValue.url(
+            mlflow_run_url(run_id))
     # set by MlflowTracking.run: the last finished run of the same asset and partitions
     previous = lineage.get("previous_run_id")
     if previous and mlflow_run_ids:

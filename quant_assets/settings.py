@@ -9,6 +9,7 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | QUANT_WAREHOUSE_URI | $QUANT_HOME/warehouse | Delta warehouse root (folder or s3://bucket/prefix) |
 | QUANT_MLFLOW_URI | sqlite:///$QUANT_HOME/mlflow.db | MLflow tracking URI |
 | QUANT_MLFLOW_ARTIFACTS | $QUANT_HOME/mlartifacts | default artifact root for new experiments |
+| QUANT_MLFLOW_UI_URL | http://127.0.0.1:5000 | the MLflow UI that assets' run links open |
 | DAGSTER_HOME | $QUANT_HOME/dagster | Dagster instance directory |
 | QUANT_ENV | local | local (multiprocess executor) or k8s (k8s_job_executor) |
 | QUANT_START_DATE | 2022-01-03 | first trading day of market data and daily partitions |
@@ -149,6 +150,8 @@ class Settings:
     auto_promote: str = "wait"
     # pit_features' BackfillPolicy.multi_run(max_partitions_per_run=...): about four years a run
     feature_days_per_run: int = 1040
+    # where researchers open MLflow (`make mlflow-ui`): assets link each run there
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -210,6 +213,7 @@ class Settings:
             auto_promote=auto_promote,
             feature_days_per_run=_parse_int("QUANT_FEATURE_DAYS_PER_RUN",
                                             _env("QUANT_FEATURE_DAYS_PER_RUN", "1040"), 1),
+            mlflow_ui_url=_env("QUANT_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/"),
         )
 
     def as_dict(self) -> dict[str, str]:

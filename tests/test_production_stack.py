@@ -54,6 +54,9 @@ RANGE = {
 }
 JOBS = {"reference_data_job", "daily_features_job", "labels_job", "monthly_models_job",
         "strategy_grid_job", "validation_job"}
+# the demo's last run evaluates the blocking promotion gate alone: a failing gate fails that
+# run (Dagster fails the step of a failed blocking check), which is its verdict, not a fault
+GATE_JOB = "promotion_gate_job"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -383,8 +386,10 @@ def test_run_history_is_in_postgres(stack):
             slots = dict(cur.fetchall())
     finally:
         conn.close()
-    assert {name for name, _ in runs} == JOBS, runs
-    assert len(runs) == len(JOBS) and {status for _, status in runs} == {"SUCCESS"}, runs
+    assert {name for name, _ in runs} == JOBS | {GATE_JOB}, runs
+    flow = [(name, status) for name, status in runs if name != GATE_JOB]
+    assert len(flow) == len(JOBS) and {status for _, status in flow} == {"SUCCESS"}, runs
+    assert [status for name, status in runs if name == GATE_JOB] in (["SUCCESS"], ["FAILURE"])
     # market_bars + pit_features + labels per trading day (~100 days), plus the rest
     assert materialisations > 3 * 95
     # pools.yaml's local limits were applied to the Postgres instance
@@ -461,7 +466,9 @@ def test_platform_report_reads_the_postgres_instance(stack, monkeypatch):
     with DagsterInstance.from_config(stack["env"]["DAGSTER_HOME"]) as instance:
         report = platform_report(instance)
     totals = report.totals()
-    assert totals["runs"] >= 5 and totals["failed_runs"] == 0
+    assert totals["runs"] >= 5
+    # the only failed run is the gate's own verdict (see GATE_JOB)
+    assert set(report.runs.filter(pl.col("failed")).get_column("job")) <= {GATE_JOB}
     by_asset = {r["asset"]: r for r in report.by_asset.iter_rows(named=True)}
     assert by_asset["pit_features"]["materialisations"] >= 95  # one per trading day
     assert by_asset["pit_features"]["queue_p50_s"] is not None

@@ -360,6 +360,8 @@ def test_explain_names_the_restated_bar_its_dependents_and_the_effect(restated, 
     # the rerun's materialisation links to this comparison (Dagster metadata)
     meta = rerun.asset_materializations_for_node("backtest")[0].metadata
     assert f"explain {run_a} {run_b}" in meta["explain_previous"].value
+    # and to its MLflow run's page, a link in the UI (MLflow's /#/runs/<id> route)
+    assert meta["mlflow_run"].value == f"http://127.0.0.1:5000/#/runs/{run_b}"
 
 
 def test_a_vacuumed_input_version_cannot_be_reproduced(restated):

@@ -96,7 +96,8 @@ def summarise(
     pbo = probability_of_overfitting(pbo_returns)
     m["pbo"] = pbo.pbo if pbo is not None else math.nan
     m["pbo_n_trials"] = float(pbo.n_trials) if pbo is not None else math.nan
-    srs = np.array([v for v in trial_sr.values() if math.isfinite(v)])
+    # by name: the variance's float sum must not depend on the order the sources arrived in
+    srs = np.array([trial_sr[k] for k in sorted(trial_sr) if math.isfinite(trial_sr[k])])
     n_trials = max(1, srs.size)
     sr_var = float(np.var(srs, ddof=1)) if srs.size > 1 else 0.0
     # PSR and DSR need 2 returns: fewer is a report that says n/a, not one that fails

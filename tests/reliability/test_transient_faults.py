@@ -61,6 +61,7 @@ from servers import (
 from test_golden_flow import RUN_SPECIFIC, TABLES
 from test_production_stack import (
     BUCKET,
+    GATE_JOB,
     JOBS,
     PG_PASSWORD,
     PG_USER,
@@ -109,7 +110,7 @@ RUN_IDENTITY = (*RUN_SPECIFIC, "registered_version")
 # what the run worker's clients log when they retry (dagster-postgres, urllib3 under MLflow)
 PG_RETRY = "Retrying failed database connection"
 HTTP_RETRY = "Retrying ("
-STAGE_MODELS = "[4/6]"
+STAGE_MODELS = "[4/7]"
 
 
 def _wait(condition, what: str, timeout: float, demo=None, interval: float = 0.05) -> bool:
@@ -252,9 +253,18 @@ def _history(dagster_home: str) -> dict:
     from dagster import DagsterEventType, DagsterInstance
 
     out = {"runs": [], "types": {}, "materialised": Counter(), "retries": Counter(),
-           "retry_errors": []}
+           "retry_errors": [], "gate": []}
     with DagsterInstance.from_config(dagster_home) as instance:
-        out["runs"] = instance.get_runs()
+        runs = instance.get_runs()
+        # the gate's run fails when the blocking gate check fails: that is its verdict, kept
+        # apart (status, check outcomes) and compared with the fault-free reference's
+        for run in runs:
+            if run.job_name == GATE_JOB:
+                out["gate"].append((run.status, [
+                    e.dagster_event.event_specific_data.passed for e in instance.all_logs(run.run_id)
+                    if e.dagster_event is not None
+                    and e.dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION]))
+        out["runs"] = [run for run in runs if run.job_name != GATE_JOB]
         for run in out["runs"]:
             events = [e.dagster_event for e in instance.all_logs(run.run_id)
                       if e.dagster_event is not None]
@@ -311,6 +321,10 @@ def test_every_run_succeeded_and_history_is_complete(histories):
         print("  ", line)
     assert {r.job_name for r in got["runs"]} == JOBS and len(got["runs"]) == len(want["runs"]) == len(JOBS)
     assert {r.status for r in got["runs"]} == {DagsterRunStatus.SUCCESS}
+    # one gate run each, with the same verdict as the reference; a failed run only by its check
+    assert len(got["gate"]) == 1 and got["gate"] == want["gate"], (got["gate"], want["gate"])
+    status, passed = got["gate"][0]
+    assert passed and (status == DagsterRunStatus.SUCCESS) == all(passed)
     for job, types in got["types"].items():
         assert DagsterEventType.RUN_SUCCESS in types and DagsterEventType.STEP_FAILURE not in types
         # every attempt (a retry starts with STEP_RESTARTED) ended in success or a retry

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from quant_assets import calendar
     from quant_assets.definitions import defs
+    from quant_assets.jobs import promotion_gate_job
     from quant_assets.partitions import monthly_partitions, trading_day_partitions
 
     # pool limits of deploy/pools.yaml on the local instance, before opening it
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         ("walk-forward LightGBM and GRU, predictions, backtests", "monthly_models_job", (months[0], months[-1])),
         ("the months' trials: strategy grid, model sweep", "strategy_grid_job", (months[0], months[-1])),
         ("validation reports, family comparison", "validation_job", None),
-        ("promotion gate (the check only: nothing is promoted)", GATE_JOB, None),
+        ("promotion gate (the check only: nothing is promoted)", promotion_gate_job.name, None),
     ]
     for i, (title, job_name, key_range) in enumerate(stages, 1):
         span = f" [{key_range[0]} .. {key_range[1]}]" if key_range else ""
@@ -116,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         if key_range:
             tags = {ASSET_PARTITION_RANGE_START_TAG: key_range[0], ASSET_PARTITION_RANGE_END_TAG: key_range[1]}
         # a gate that says no fails its run: its verdict is printed below, not Dagster's error
-        config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if job_name == GATE_JOB else quiet
+        config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if job_name == promotion_gate_job.name else quiet
         result = run_in_code_location(instance, defs, job_name, tags=tags, run_config=config)
         failures = [
             (e.event_specific_data.error.cls_name, f"{e.step_key}: {e.event_specific_data.error.message.strip()}")
             for e in result.all_events
             if e.is_step_failure and e.event_specific_data and e.event_specific_data.error
         ]
-        if job_name == GATE_JOB and failures and all(c == GATE_FAILED for c, _ in failures):
+        if job_name == promotion_gate_job.name and failures and all(c == GATE_FAILED for c, _ in failures):
             # the verdict, not a broken demo: the check's result (and why) is in the UI
             print(f"    gate failed (run {result.run_id[:8]}: the check result says why)", flush=True)
             continue
@@ -138,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # a blocking check that failed fails its step with this error: the gate's "no"
 GATE_FAILED = "DagsterAssetCheckFailedError"
-GATE_JOB = "promotion_gate_job"
 LOCATION_NAME = "quant_assets"  # workspace.yaml's code location
 
 

@@ -30,6 +30,8 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | QUANT_AUTOMATION | off | on: the automation sensor and the daily feature schedule start running by themselves (a deployment); off: switch them on in the UI |
 | QUANT_AUTO_PROMOTE | wait | what a passing promotion gate does: wait (a person launches promotion_job) or promote (the automation promotes the gate's choice) |
 | QUANT_FEATURE_DAYS_PER_RUN | 1040 | trading days per run of a pit_features range backfill (its BackfillPolicy) |
+| QUANT_OPTUNA_STORAGE | sqlite:///$QUANT_HOME/optuna.db | the studies of adaptive sweeps (method: optuna); in a deployment a Postgres URL of its own schema (Optuna's tables would clash with MLflow's) |
+| QUANT_SWEEP_TRIALS_PER_RUN | 50 | sweep trials per run (sweep_trials' BackfillPolicy, the sweep sensor's batches, `sweep --run`) |
 
 The cutoff rule: with the defaults a regular XNYS session's cutoff is its 16:00 New York close,
 21:00 UTC in winter and 20:00 UTC in summer; a half day's is earlier (2022-11-25: 18:00 UTC).
@@ -150,6 +152,11 @@ class Settings:
     auto_promote: str = "wait"
     # pit_features' BackfillPolicy.multi_run(max_partitions_per_run=...): about four years a run
     feature_days_per_run: int = 1040
+    # sweep_trials' BackfillPolicy.multi_run(max_partitions_per_run=...): a run loads the
+    # inputs once for its batch of trials, and opens one MLflow child run for them
+    sweep_trials_per_run: int = 50
+    # Optuna's RDB storage of adaptive sweeps (trials/adaptive.py)
+    optuna_storage: str = ""
     # where researchers open MLflow (`make mlflow-ui`): assets link each run there
     mlflow_ui_url: str = "http://127.0.0.1:5000"
 
@@ -213,6 +220,9 @@ class Settings:
             auto_promote=auto_promote,
             feature_days_per_run=_parse_int("QUANT_FEATURE_DAYS_PER_RUN",
                                             _env("QUANT_FEATURE_DAYS_PER_RUN", "1040"), 1),
+            optuna_storage=_env("QUANT_OPTUNA_STORAGE", f"sqlite:///{home / 'optuna.db'}"),
+            sweep_trials_per_run=_parse_int("QUANT_SWEEP_TRIALS_PER_RUN",
+                                            _env("QUANT_SWEEP_TRIALS_PER_RUN", "50"), 1),
             mlflow_ui_url=_env("QUANT_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/"),
         )
 

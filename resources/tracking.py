@@ -601,6 +601,36 @@ class MlflowTracking(dg.ConfigurableResource):
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
+    def log_texts(self, texts: Mapping[str, str]) -> None:
+        """Log many small text artifacts (path -> text) in one call: written to a temporary
+        folder and logged as a tree (a sweep batch's models: one store call, not one per
+        file)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in texts.items():
+                path = Path(tmp) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+            mlflow.log_artifacts(tmp)
+
+    def log_step_metrics(self, steps: list[Mapping[str, Any]]) -> int:
+        """Log ``steps[k]``'s finite metrics at step k of the active run, in batches (a
+        sweep's batch run: one step per trial, charted by MLflow like a curve); every point
+        carries the run's start time, so a resumed run logging again writes the same rows.
+        Returns the points logged."""
+        from mlflow.entities import Metric
+
+        run = mlflow.active_run()
+        if run is None:
+            raise RuntimeError("log_step_metrics must be called inside an active run(...) block")
+        stamp = run.info.start_time
+        points = [Metric(_truncate(name, MAX_KEY_LENGTH), value, stamp, step)
+                  for step, metrics in enumerate(steps)
+                  for name, value in finite_metrics(metrics).items()]
+        client = self._store()
+        for start in range(0, len(points), 1000):  # MLflow's batch limit
+            client.log_batch(run.info.run_id, metrics=points[start : start + 1000])
+        return len(points)
+
     def log_curves(self, curves: Mapping[str, list[float]], step_offset: int = 1) -> int:
         """Log each curve (a value per boosting round or epoch) as the steps of one metric of
         the active run (MLflow's chart of a metric's history: a learning curve); non-finite

@@ -10,6 +10,8 @@ the trial registry (the ``sweep_trials`` table).
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,15 @@ from dagster import DagsterInstance
 
 from quant_assets.partitions import monthly_partitions, sweep_trial_partitions
 from quant_assets.trials.assets import find_parent_run, sweep_parent_run
-from quant_assets.trials.search import SearchSpace, plan_trials
+from quant_assets.trials.search import ADAPTIVE, SearchSpace, plan_trials
 from quant_assets.trials.trial_registry import (
     REGISTRY_TABLE,
     add_to_plan,
     best_trial,
     completed_trials,
+    pending_batches,
+    planned_trials_of,
+    sweep_results,
 )
 from quant_assets.warehouse import Warehouse
 from resources.tracking import MlflowTracking
@@ -49,12 +54,32 @@ def register_sweep(
     warehouse: Warehouse,
     tracking: MlflowTracking,
     space: SearchSpace,
+    round_size: int | None = None,
+    optuna_storage: str | None = None,
 ) -> SweepRegistration:
     """Plan the trials of `space`, add only the missing ones (plan rows, dynamic partitions),
-    ensure the parent run; the pending trials are those not yet in the registry."""
-    trials = plan_trials(space, default_months())
-    ids = [t.trial_id for t in trials]
-    add_to_plan(warehouse, trials)
+    ensure the parent run; the pending trials are those not yet in the registry. An adaptive
+    space (``method: optuna``) plans its next round of `round_size` (QUANT_SWEEP_TRIALS_PER_RUN)
+    trials from the registry's results, once the round before it has finished (its study in
+    `optuna_storage`, default QUANT_OPTUNA_STORAGE)."""
+    from quant_assets.settings import load_settings
+
+    if space.method in ADAPTIVE:
+        from quant_assets.trials.adaptive import next_round
+
+        settings = load_settings()
+        new = next_round(space, optuna_storage or settings.optuna_storage,
+                         sweep_results(warehouse, space.name),
+                         round_size or settings.sweep_trials_per_run, default_months())
+        add_to_plan(warehouse, new)
+        planned = planned_trials_of(warehouse, space.name)
+        registered = instance.get_dynamic_partitions(sweep_trial_partitions.name)
+        ids = [k for k in registered if k in planned]
+        ids += [t.trial_id for t in new if t.trial_id not in set(ids)]
+    else:
+        trials = plan_trials(space, default_months())
+        ids = [t.trial_id for t in trials]
+        add_to_plan(warehouse, trials)
     existing = set(instance.get_dynamic_partitions(sweep_trial_partitions.name))
     added = [i for i in ids if i not in existing]
     if added:
@@ -69,30 +94,56 @@ def run_sweep(
     resources: dict[str, Any],
     instance: DagsterInstance,
     limit: int | None = None,
+    per_run: int | None = None,
+    optuna_storage: str | None = None,
 ) -> SweepRegistration:
-    """Register `space` and materialise its pending trials in this process, one run per
-    trial (at most `limit` of them). Returns the registration as it was before running."""
+    """Register `space` and materialise its pending trials in this process (at most `limit`
+    of them), a run per batch of `per_run` (QUANT_SWEEP_TRIALS_PER_RUN) consecutive pending
+    trials, as the sensor batches them; an adaptive space round after round until its
+    ``n_trials``. Returns the first registration (as it was before running)."""
     from dagster import materialize
+
+    # tag names only (no public constants): a range run is tagged with its first and last key
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
 
     from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
     from quant_assets.features.assets import labels, pit_features
+    from quant_assets.settings import load_settings
     from quant_assets.trials.assets import sweep_trial
 
     warehouse = resources["io_manager"].warehouse
-    registration = register_sweep(instance, warehouse, resources["tracking"], space)
-    todo = registration.pending if limit is None else registration.pending[:limit]
+    per_run = per_run or load_settings().sweep_trials_per_run
     upstream = [universe, corporate_actions, fundamentals, market_bars, pit_features, labels]
-    for trial_id in todo:
-        result = materialize(
-            [*upstream, sweep_trial],
-            selection=[sweep_trial],
-            partition_key=trial_id,
-            resources=resources,
-            instance=instance,
-            raise_on_error=True,
-        )
-        assert result.success
-    return registration
+    first = registration = register_sweep(instance, warehouse, resources["tracking"], space, per_run,
+                                 optuna_storage)
+    budget = limit
+    while registration.pending and (budget is None or budget > 0):
+        todo = set(registration.pending if budget is None else registration.pending[:budget])
+        done = set(registration.trial_ids) - todo
+        for batch in pending_batches(registration.trial_ids, done, per_run):
+            single = len(batch) == 1
+            result = materialize(
+                [*upstream, sweep_trial],
+                selection=[sweep_trial],
+                partition_key=batch[0] if single else None,
+                tags=None if single else {ASSET_PARTITION_RANGE_START_TAG: batch[0],
+                                          ASSET_PARTITION_RANGE_END_TAG: batch[-1]},
+                resources=resources,
+                instance=instance,
+                raise_on_error=True,
+            )
+            assert result.success
+        if budget is not None:
+            budget -= len(todo)
+        if space.method not in ADAPTIVE:
+            break
+        # the round's results are in the registry: the study proposes the next round
+        registration = register_sweep(instance, warehouse, resources["tracking"], space, per_run,
+                                 optuna_storage)
+    return first
 
 
 def export_best_trial(
@@ -101,13 +152,18 @@ def export_best_trial(
     """Write the best trial's bundle to QUANT_HOME/sweeps/<sweep>/best_trial and log it to
     the sweep's parent run as the `best_trial/` artifact folder. The bundle is enough to
     rebuild the trial: trial.json (registry row: params, resolved spec, metrics, Delta input
-    versions, MLflow ids), lineage.json (the child run's), models/<YYYY-MM>.txt."""
+    versions, MLflow ids), lineage.json (the child run's), models/<YYYY-MM>.txt (from the
+    batch run's trials/<trial id>/models)."""
     registry = warehouse.read(REGISTRY_TABLE).frame.filter(pl.col("sweep") == sweep)
     best = best_trial(registry)
     folder = Path(quant_home) / "sweeps" / sweep / "best_trial"
     (folder / "models").mkdir(parents=True, exist_ok=True)
     client = tracking.client()
-    client.download_artifacts(best["mlflow_run_id"], "models", str(folder))
+    # a batch run holds the models of each of its trials under trials/<trial id>/models
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(best["mlflow_run_id"], f"trials/{best['trial_id']}/models", tmp)
+        for path in sorted(Path(local).iterdir()):
+            shutil.copyfile(path, folder / "models" / path.name)
     expected = {f"{m}.txt" for m in json.loads(best["model_sha256"])}
     found = {p.name for p in (folder / "models").iterdir()}
     if found != expected:

@@ -8,6 +8,7 @@ Sweeps are registered (plan rows, dynamic partitions, the parent run) by
 requests a run per pending trial.
 """
 
+import hashlib
 import json
 
 import polars as pl
@@ -105,15 +106,15 @@ SWEEP_OUTPUTS = ("sweep_trials", "trial_returns")
     outs={
         "sweep_trials": AssetOut(
             metadata={"partition_expr": "trial_id"},
-            code_version="sweep-v1",
+            code_version="sweep-v2",
             owners=owners_of(GROUP),
             kinds={"lightgbm", "mlflow", "delta"},
             description="Trial registry: one row per sweep trial (params, metrics, Sharpe, "
-            "MLflow child run).",
+            "the MLflow child run of its batch).",
         ),
         "trial_returns": AssetOut(
             metadata={"partition_expr": "trial_id"},
-            code_version="sweep-v1",
+            code_version="sweep-v2",
             owners=owners_of(GROUP),
             kinds={"lightgbm", "delta"},
             description="Daily out-of-sample net returns of every trial (date, trial_id, "
@@ -126,6 +127,9 @@ SWEEP_OUTPUTS = ("sweep_trials", "trial_returns")
         "market_bars": AssetIn(partition_mapping=AllPartitionMapping()),
         "corporate_actions": AssetIn(),
     },
+    # a run takes a batch of trials: the inputs are read and joined once, and the batch
+    # shares one MLflow child run, instead of per trial (the overhead of a 1,000-trial sweep)
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=SETTINGS.sweep_trials_per_run),
     # the plan (trial id -> spec) is read through the warehouse of the IO manager
     required_resource_keys={"io_manager", "tracking"},
     retry_policy=IO_RETRY,  # MLflow child run, Delta (quant_assets/retries.py)
@@ -137,24 +141,27 @@ def sweep_trial(
     market_bars: VersionedFrame,
     corporate_actions: VersionedFrame,
 ):
-    """One trial of a sweep (partition = trial id, registered by cli/sweep.py): walk-forward
-    LightGBM over the trial's months, out-of-sample scores, the long-short backtest, an MLflow
-    child run of the sweep's parent run, a registry row and the daily returns."""
+    """A batch of sweep trials (partitions = trial ids, registered by cli/sweep.py; one or a
+    range per run): for each, walk-forward LightGBM over the trial's months, out-of-sample
+    scores and the long-short backtest; one MLflow child run of the sweep's parent run for
+    the batch (each trial's metrics as a step, its models under ``trials/<id>/``), a
+    registry row and the daily returns per trial."""
     # run economics; a multi-asset step: each output gets the measurements and half the cost
     with measured(context, output_name=SWEEP_OUTPUTS) as meter:
         tracking: MlflowTracking = context.resources.tracking
-        trial_id = context.partition_key
-        spec = load_trial_spec(context.resources.io_manager.warehouse, trial_id)
-        if spec.trial_id != trial_id:
-            raise refuse(f"sweep_plan row of {trial_id} hashes to {spec.trial_id}: plan corrupted")
+        warehouse = context.resources.io_manager.warehouse
+        trial_ids = list(context.partition_keys)
+        specs = [load_trial_spec(warehouse, trial_id) for trial_id in trial_ids]
+        for trial_id, spec in zip(trial_ids, specs, strict=True):
+            if spec.trial_id != trial_id:
+                raise refuse(f"sweep_plan row of {trial_id} hashes to {spec.trial_id}: plan corrupted")
+        if len({spec.sweep for spec in specs}) != 1:
+            raise refuse(f"trials {trial_ids[0]}..{trial_ids[-1]} belong to several sweeps "
+                         f"{sorted({spec.sweep for spec in specs})}: launch one sweep per run")
         joined = join_features_labels(pit_features.frame, labels.frame)
-        result = run_trial(
-            joined,
-            feature_columns(pit_features.frame),
-            pit_features.frame,
-            total_return_index(market_bars.frame, corporate_actions.frame),
-            spec,
-        )
+        columns = feature_columns(pit_features.frame)
+        prices = total_return_index(market_bars.frame, corporate_actions.frame)
+        results = [run_trial(joined, columns, pit_features.frame, prices, spec) for spec in specs]
         inputs = {
             "pit_features": pit_features,
             "labels": labels,
@@ -165,57 +172,75 @@ def sweep_trial(
         # multi-asset (registry + returns) does not have
         lineage = collect_lineage(
             asset_key="sweep_trials",
-            partition_keys=[trial_id],
+            partition_keys=trial_ids,
             input_versions=input_versions(inputs),
-            config=json.loads(spec.to_json()),
-            seeds={"model": spec.lgbm["seed"]},
+            config={spec.trial_id: json.loads(spec.to_json()) for spec in specs},
+            seeds={spec.trial_id: spec.lgbm["seed"] for spec in specs},
             feature_versions=feature_versions(),
             dagster_run_id=context.run_id,
         )
-        parent = find_parent_run(tracking, spec.sweep)
-        returns = result.daily.select(
-            "date", pl.lit(trial_id).alias("trial_id"), pl.col("net_return").cast(pl.Float64)
-        )
+        sweep = specs[0].sweep
+        parent = find_parent_run(tracking, sweep)
+        returns = pl.concat([
+            result.daily.select("date", pl.lit(spec.trial_id).alias("trial_id"),
+                                pl.col("net_return").cast(pl.Float64))
+            for spec, result in zip(specs, results, strict=True)
+        ])
+        hashes = [predictions_hash(result.predictions) for result in results]
+        name = f"trial {trial_ids[0]}" if len(trial_ids) == 1 else f"trials {trial_ids[0]}..{trial_ids[-1]}"
         with tracking.run(
-            f"trial {trial_id}",
+            name,
             lineage,
-            params=spec.params,
-            tags={SWEEP_TAG: spec.sweep, TRIAL_TAG: trial_id, "quant.sweep_role": "trial",
-                  "quant.predictions_sha256": predictions_hash(result.predictions)},
+            tags={SWEEP_TAG: sweep, TRIAL_TAG: ",".join(trial_ids), "quant.sweep_role": "trial",
+                  "quant.trials": len(trial_ids),
+                  # the batch's scores, trial by trial: what `reproduce` compares a rebuild with
+                  "quant.predictions_sha256": hashlib.sha256("\n".join(hashes).encode()).hexdigest()},
             parent_run_id=parent,
             output=returns,
         ) as run:
-            tracking.log_metrics(result.metrics)
-            for month, model in result.models.items():
-                tracking.log_text(model.model_str, f"models/{month}.txt")
-        metrics = result.metrics
+            # each trial's metrics as one step of the batch run (MLflow charts them by trial)
+            tracking.log_step_metrics([result.metrics for result in results])
+            tracking.log_dict(
+                {"trials": [{"step": step, "trial_id": spec.trial_id, "params": spec.params,
+                             "metrics": result.metrics, "predictions_sha256": digest}
+                            for step, (spec, result, digest)
+                            in enumerate(zip(specs, results, hashes, strict=True))]},
+                "trials.json",
+            )
+            tracking.log_texts({f"trials/{spec.trial_id}/models/{month}.txt": model.model_str
+                                for spec, result in zip(specs, results, strict=True)
+                                for month, model in result.models.items()})
         registry = pl.DataFrame(
             [
                 {
-                    "trial_id": trial_id,
+                    "trial_id": spec.trial_id,
                     "sweep": spec.sweep,
                     "params": json.dumps(spec.params, sort_keys=True),
                     "spec": spec.to_json(),
                     "months": ",".join(spec.months),
-                    **{k: float(metrics.get(k, float("nan"))) for k in TRIAL_METRICS},
+                    **{k: float(result.metrics.get(k, float("nan"))) for k in TRIAL_METRICS},
                     "model_sha256": json.dumps({m: t.sha256 for m, t in result.models.items()}),
-                    "predictions_sha256": predictions_hash(result.predictions),
+                    "predictions_sha256": digest,
                     "input_versions": json.dumps(lineage["input_versions"], sort_keys=True),
                     "mlflow_run_id": run.info.run_id,
                     "parent_run_id": parent,
                 }
+                for spec, result, digest in zip(specs, results, hashes, strict=True)
             ]
         )
+        sharpes = {spec.trial_id: float(result.metrics.get("sharpe", float("nan")))
+                   for spec, result in zip(specs, results, strict=True)}
         context.log.info(
-            f"trial {trial_id} {spec.params}: Sharpe {metrics.get('sharpe', float('nan')):.2f} "
-            f"over {returns.height} days, MLflow run {run.info.run_id}"
+            f"{len(trial_ids)} trials of sweep {sweep}, best Sharpe "
+            f"{max(sharpes.values(), default=float('nan')):.2f}, MLflow run {run.info.run_id}"
         )
         meter.rows(rows_in=pit_features.frame.height, rows_out=registry.height, output="sweep_trials")
         meter.rows(rows_out=returns.height, output="trial_returns")
-    meta = {"sharpe": float(metrics.get("sharpe", float("nan"))), **lineage_metadata(lineage, [run.info.run_id])}
+    meta = {"trials": len(trial_ids), "trial_sharpes": MetadataValue.json(sharpes),
+            **lineage_metadata(lineage, [run.info.run_id])}
     yield Output(registry, "sweep_trials", metadata=meta)
-    yield Output(returns, "trial_returns", metadata={"days": returns.height})
-
+    yield Output(returns, "trial_returns", metadata={"days": returns["date"].n_unique(),
+                                                     "trials": len(trial_ids)})
 
 
 ModelSweepConfig = config_class(

@@ -8,7 +8,8 @@ A search space names dimensions by section: ``lgbm.<LGBMConfig field>`` or
 ``strategy.<StrategySpec field>``. A dimension is a list of values (grid/choice) or a range
 ``{low, high, log, integer}``. Sampling: ``grid`` (the product of the value lists),
 ``random`` (numpy Generator) or ``sobol`` (scrambled Sobol points, scipy.stats.qmc), all
-seeded. A trial is the base config with the sampled values put in; its id is a hash of the
+seeded, planned up front; or ``optuna`` (adaptive: Optuna's TPE proposes each round from the
+results of the rounds before, ``trials/adaptive.py``). A trial is the base config with the sampled values put in; its id is a hash of the
 whole resolved trial (sweep name, months, walk-forward, LightGBM and strategy settings), so
 the same trial always gets the same id and a resumed sweep recognises finished trials.
 """
@@ -33,7 +34,8 @@ from quant_assets.models.lgbm import LGBMConfig
 from quant_assets.models.walkforward import WalkForwardConfig
 
 SECTIONS = {"lgbm": LGBMConfig, "strategy": StrategySpec}
-METHODS = ("grid", "random", "sobol")
+METHODS = ("grid", "random", "sobol", "optuna")
+ADAPTIVE = ("optuna",)  # planned round by round from results (trials/adaptive.py)
 
 
 @dataclass(frozen=True)
@@ -210,26 +212,39 @@ class TrialSpec:
         return [dt.date.fromisoformat(m + "-01") for m in self.months]
 
 
-def plan_trials(space: SearchSpace, default_months: Sequence[str]) -> list[TrialSpec]:
-    """The trials of `space` (distinct ids, in sampling order). `default_months` (YYYY-MM)
-    are used when the space names none."""
+def trial_of(space: SearchSpace, point: Mapping[str, Any], months: tuple[str, ...]) -> TrialSpec:
+    """The trial of `space` at `point` (dotted names -> values): the base configs with the
+    point's values put in. An invalid combination fails here, naming the field, not inside a
+    trial run."""
+    lgbm = {**LGBMConfig().to_dict(), **space.base_lgbm}
+    strategy = {**asdict(StrategySpec()), **space.base_strategy}
+    walk_forward = {**asdict(WalkForwardConfig()), **space.walk_forward}
+    for name, value in point.items():
+        section, _, key = name.partition(".")
+        (lgbm if section == "lgbm" else strategy)[key] = value
+    spec = TrialSpec(space.name, dict(sorted(point.items())), months, lgbm, strategy, walk_forward)
+    spec.lgbm_config()
+    spec.strategy_spec()
+    return spec
+
+
+def sweep_months(space: SearchSpace, default_months: Sequence[str]) -> tuple[str, ...]:
     months = tuple(space.months or default_months)
     if not months:
         raise ValueError(f"sweep {space.name}: no months to train and backtest")
-    lgbm_base = {**LGBMConfig().to_dict(), **space.base_lgbm}
-    strategy_base = {**asdict(StrategySpec()), **space.base_strategy}
-    walk_forward = {**asdict(WalkForwardConfig()), **space.walk_forward}
+    return months
+
+
+def plan_trials(space: SearchSpace, default_months: Sequence[str]) -> list[TrialSpec]:
+    """The trials of `space` (distinct ids, in sampling order). `default_months` (YYYY-MM)
+    are used when the space names none."""
+    if space.method in ADAPTIVE:
+        raise ValueError(f"sweep {space.name}: method={space.method!r} is planned round by "
+                         "round from results (trials.adaptive.next_round), not up front")
+    months = sweep_months(space, default_months)
     trials: dict[str, TrialSpec] = {}
     for point in space.points():
-        lgbm, strategy = dict(lgbm_base), dict(strategy_base)
-        for name, value in point.items():
-            section, _, key = name.partition(".")
-            (lgbm if section == "lgbm" else strategy)[key] = value
-        spec = TrialSpec(space.name, dict(sorted(point.items())), months, lgbm, strategy,
-                         walk_forward)
-        # an invalid combination fails here, naming the field, not inside a trial run
-        spec.lgbm_config()
-        spec.strategy_spec()
+        spec = trial_of(space, point, months)
         trials.setdefault(spec.trial_id, spec)
     return list(trials.values())
 

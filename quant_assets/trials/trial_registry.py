@@ -94,3 +94,44 @@ def best_trial(registry: pl.DataFrame) -> dict[str, Any]:
     return ranked.drop("_key").row(0, named=True)
 
 
+
+
+def pending_batches(registered: list[str], done: set[str], size: int) -> list[list[str]]:
+    """The registered trials not done, as batches of at most `size` trials that are
+    consecutive in the registration order (a run's partition range covers exactly its
+    batch: a finished trial between two pending ones splits them, so it is never rerun)."""
+    if size < 1:
+        raise ValueError(f"batch size {size} must be >= 1")
+    batches: list[list[str]] = []
+    current: list[str] = []
+    for key in registered:
+        if key in done:
+            if current:
+                batches.append(current)
+            current = []
+            continue
+        current.append(key)
+        if len(current) == size:
+            batches.append(current)
+            current = []
+    if current:
+        batches.append(current)
+    return batches
+
+
+def sweep_results(warehouse: Warehouse, sweep: str) -> dict[str, float]:
+    """Trial id -> Sharpe ratio of the finished trials of `sweep` (what an adaptive sweep's
+    study is told)."""
+    if not warehouse.exists(REGISTRY_TABLE):
+        return {}
+    frame = warehouse.read(REGISTRY_TABLE, columns=["trial_id", "sweep", "sharpe"]).frame
+    frame = frame.filter(pl.col("sweep") == sweep)
+    return dict(zip(frame["trial_id"], frame["sharpe"].cast(pl.Float64), strict=True))
+
+
+def planned_trials_of(warehouse: Warehouse, sweep: str) -> set[str]:
+    """Trial ids planned for `sweep`."""
+    if not warehouse.exists(PLAN_TABLE):
+        return set()
+    frame = warehouse.read(PLAN_TABLE, columns=["trial_id", "sweep"]).frame
+    return set(frame.filter(pl.col("sweep") == sweep)["trial_id"])

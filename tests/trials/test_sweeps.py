@@ -10,6 +10,8 @@ import re
 import polars as pl
 import pytest
 from dagster import DagsterInstance, build_sensor_context
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quant_assets.trials.search import (
     DEFAULT_SEARCH_SPACE,
@@ -18,6 +20,8 @@ from quant_assets.trials.search import (
     TrialSpec,
     plan_trials,
 )
+from quant_assets.trials.trial_registry import pending_batches
+from sensors.trials import trial_run_requests
 
 MONTHS = ["2023-01", "2023-02"]
 
@@ -82,6 +86,23 @@ def test_bad_search_spaces_fail_clearly(data, match):
         plan_trials(SearchSpace.from_dict({"name": "bad", **data}), MONTHS)
 
 
+@given(st.lists(st.booleans(), max_size=40), st.integers(1, 7))
+def test_pending_batches_cover_exactly_the_pending_trials_in_ranges(done_flags, size):
+    """Every pending trial in exactly one batch, in registration order; a batch never spans
+    a finished trial (a range run would rerun it) and holds at most `size` trials."""
+    registered = [f"t{i:03d}" for i in range(len(done_flags))]
+    done = {key for key, flag in zip(registered, done_flags, strict=True) if flag}
+    batches = pending_batches(registered, done, size)
+    assert [key for batch in batches for key in batch] == [k for k in registered if k not in done]
+    for batch in batches:
+        assert 1 <= len(batch) <= size
+        first, last = registered.index(batch[0]), registered.index(batch[-1])
+        assert registered[first : last + 1] == batch  # a contiguous range of pending trials
+    requests = trial_run_requests(registered, done, size)
+    assert [r.run_key for r in requests] == [
+        b[0] if len(b) == 1 else f"{b[0]}..{b[-1]}" for b in batches]
+
+
 def test_log_and_integer_dimensions():
     d = Dimension("lgbm.min_data_in_leaf", low=20, high=400, log=True, integer=True)
     assert d.at(0.0) == 20 and d.at(0.999999) == 400
@@ -139,18 +160,28 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_env):
     space = SearchSpace.from_dict(SPACE)
     ids = [t.trial_id for t in plan_trials(space, MONTHS)]
 
-    first = run_sweep(space, resources, instance, limit=3)  # "interrupted" after 3 trials
+    # "interrupted" after 3 trials, run two per run: a batch of two, then one
+    first = run_sweep(space, resources, instance, limit=3, per_run=2)
     assert first.added_partitions == ids and first.pending == ids
     registry = warehouse.read(["sweep_trials"]).frame
     assert sorted(registry["trial_id"]) == sorted(ids[:3])
     finished = dict(zip(registry["trial_id"], registry["mlflow_run_id"], strict=True))
+    assert finished[ids[0]] == finished[ids[1]] != finished[ids[2]]  # a child run per batch
+    batch = tracking.client().get_run(finished[ids[0]])
+    assert batch.data.tags["quant.trials"] == "2"
+    steps = tracking.client().get_metric_history(batch.info.run_id, "sharpe")
+    rows = registry.sort("trial_id")
+    by_id = dict(zip(rows["trial_id"], rows["sharpe"], strict=True))
+    assert sorted((m.step, m.value) for m in steps) == [(0, by_id[ids[0]]), (1, by_id[ids[1]])]
 
-    # the sensor asks for exactly the registered trials not materialised yet
+    # the sensor asks for exactly the registered trials not materialised yet, one range run
     with build_sensor_context(instance=instance) as ctx:
         requests = list(sweep_trials_sensor(ctx))
-    assert sorted(r.partition_key for r in requests) == sorted(ids[3:])
+    assert [r.run_key for r in requests] == [f"{ids[3]}..{ids[5]}"]
+    assert requests[0].partition_key_range.start == ids[3]
+    assert requests[0].partition_key_range.end == ids[5]
 
-    second = run_sweep(space, resources, instance)  # resume
+    second = run_sweep(space, resources, instance, per_run=2)  # resume
     assert second.added_partitions == [] and sorted(second.pending) == sorted(ids[3:])
     assert instance.get_dynamic_partitions("sweep_trials") == ids
 
@@ -159,7 +190,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_env):
     kept = dict(zip(registry["trial_id"], registry["mlflow_run_id"], strict=True))
     assert {k: kept[k] for k in finished} == finished  # finished trials were not rerun
     children = _child_runs(tracking, space.name)
-    assert len(children) == 6
+    assert len(children) == 4  # batches [0, 1], [2], then [3, 4], [5]
+    assert {r.info.run_id for r in children} == set(kept.values())
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {second.parent_run_id}
     assert first.parent_run_id == second.parent_run_id
 
@@ -216,3 +248,78 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep_env):
         assert hashlib.sha256(text.encode()).hexdigest() == sha
     logged = {a.path for a in tracking.client().list_artifacts(second.parent_run_id, "best_trial")}
     assert {"best_trial/trial.json", "best_trial/lineage.json", "best_trial/models"} <= logged
+
+
+# ------------------------------------------------------------------- adaptive (optuna)
+
+ADAPTIVE_SPACE = {
+    "name": "adaptive-test",
+    "method": "optuna",
+    "n_trials": 6,
+    "seed": 3,
+    "months": MONTHS,
+    "base": {"lgbm": {"num_boost_round": 25, "early_stopping_rounds": 10}},
+    "params": {"lgbm.num_leaves": {"low": 4, "high": 31, "integer": True},
+               "lgbm.learning_rate": {"low": 0.01, "high": 0.3, "log": True},
+               "strategy.quantile": [0.1, 0.2, 0.3]},
+}
+
+
+def test_adaptive_rounds_are_seeded_bounded_and_wait_for_results(tmp_path):
+    """Rounds of Optuna proposals: inside the space, never past n_trials, none while a round
+    waits for its results, and the same results told in the same order give the same
+    proposals in a fresh study (reproducible whichever process asks)."""
+    from quant_assets.trials.adaptive import load_study, next_round
+
+    space = SearchSpace.from_dict({**ADAPTIVE_SPACE, "n_trials": 7})
+
+    def objective(spec: TrialSpec) -> float:  # a deterministic stand-in for a trial's Sharpe
+        return -abs(spec.lgbm["num_leaves"] - 20) / 10 - abs(math.log(spec.lgbm["learning_rate"] / 0.05))
+
+    def sweep(url: str) -> list[list[TrialSpec]]:
+        rounds, results = [], {}
+        while True:
+            trials = next_round(space, url, results, 3, MONTHS)
+            if not trials:
+                return rounds
+            assert next_round(space, url, results, 3, MONTHS) == []  # the round is waiting
+            rounds.append(trials)
+            results.update({t.trial_id: objective(t) for t in trials})
+
+    first = sweep(f"sqlite:///{tmp_path / 'a.db'}")
+    assert [len(r) for r in first] == [3, 3, 1]
+    for spec in (s for r in first for s in r):
+        assert 4 <= spec.lgbm["num_leaves"] <= 31 and isinstance(spec.lgbm["num_leaves"], int)
+        assert 0.01 <= spec.lgbm["learning_rate"] <= 0.3
+        assert spec.strategy["quantile"] in (0.1, 0.2, 0.3)
+    assert sweep(f"sqlite:///{tmp_path / 'b.db'}") == first
+    study = load_study(space, f"sqlite:///{tmp_path / 'a.db'}")
+    assert len(study.trials) == 7 and all(t.value is not None for t in study.trials)
+    with pytest.raises(ValueError, match="planned round by round"):
+        plan_trials(space, MONTHS)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")
+def test_adaptive_sweep_runs_its_rounds_as_registry_trials(sweep_env, tmp_path):
+    """An Optuna sweep through Dagster: each round a batch run, every trial a registry row,
+    and the study told each trial's registry Sharpe; a rerun proposes and runs nothing."""
+    from quant_assets.cli.sweep import register_sweep, run_sweep
+    from quant_assets.trials.adaptive import TRIAL_ID_ATTR, load_study
+
+    settings, resources, instance = sweep_env
+    tracking, warehouse = resources["tracking"], resources["io_manager"].warehouse
+    space = SearchSpace.from_dict(ADAPTIVE_SPACE)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    run_sweep(space, resources, instance, per_run=3, optuna_storage=url)
+    registry = warehouse.read(["sweep_trials"]).frame.filter(pl.col("sweep") == space.name)
+    assert registry.height == 6
+    assert registry["mlflow_run_id"].n_unique() == 2  # a run per round of three
+    assert len(_child_runs(tracking, space.name)) == 2
+    study = load_study(space, url)
+    told = {t.user_attrs[TRIAL_ID_ATTR]: t.value for t in study.trials}
+    assert len(study.trials) == 6
+    assert told == dict(zip(registry["trial_id"], registry["sharpe"], strict=True))
+    again = register_sweep(instance, warehouse, tracking, space, 3, url)
+    assert again.pending == [] and again.added_partitions == []
+    assert len(load_study(space, url).trials) == 6

@@ -1,199 +1,258 @@
-"""Sweep throughput: LightGBM trials on a simulated panel, with and without the pipeline.
+"""Sweep at scale: 1,000 trials through Dagster against the same trials in one plain process.
 
-    .venv/bin/python benchmarks/sweep.py            # 200 trials, 50 instruments, 3 months
-    .venv/bin/python benchmarks/sweep.py --quick    # 20 trials, 30 instruments, 2 months
+    .venv/bin/python benchmarks/sweep.py                 # 1,000 trials; resume test on 200
+    .venv/bin/python benchmarks/sweep.py --quick         # 60 trials; resume test on 40
+    .venv/bin/python benchmarks/sweep.py --per-run 100   # batch size (QUANT_SWEEP_TRIALS_PER_RUN)
 
-Two measurements over one Sobol search space (LightGBM hyper-parameters + strategy quantile):
+One Sobol search space of LightGBM hyper-parameters x strategy parameters, on a simulated
+panel written to a local Delta warehouse. In one invocation, one after another:
 
-1. core: `quant_assets.trials.trial.run_trial` (walk-forward training, out-of-sample scores,
-   backtest) for every trial, spread over --workers processes: wall time and trials per
-   minute; the LightGBM training time is also timed on its own.
-2. pipeline: the first --pipeline-trials trials through Dagster as `run_sweep` runs them (a
-   dynamic partition per trial, a run per trial, Delta reads of the inputs, registry and
-   returns writes, an MLflow child run with the model strings), one after another in this
-   process; the overhead per trial is its wall time minus the core time of the same trial
-   run alone in the same process just before. Warm-up runs (numba compilation, imports) are
-   not timed.
+1. plain: ``quant_assets.trials.trial.run_trial`` for every trial in this process, on the
+   tables in memory (the baseline: what the trials cost with no pipeline);
+2. Dagster: the same trials as ``quant-assets sweep --run`` runs them (``run_sweep``): runs of
+   QUANT_SWEEP_TRIALS_PER_RUN trials against a SQLite Dagster instance, each reading its
+   inputs from Delta, writing registry and returns rows, and one MLflow child run per batch.
+   Overhead per trial, per batch: (the batch's run time - the plain time of its trials) / its
+   trials; quoted as the median over batches, and in total;
+3. kill and resume: ``python -m quant_assets sweep SPACE --run`` in a subprocess over a
+   second sweep, SIGKILLed once half its trials are in the registry, then registered again
+   (the time to know what is left, a process start included) and run to the end; checks that
+   no finished trial was rerun and prints the subprocess's peak RSS.
+
+Warm-up (imports, numba compilation, the MLflow store) is not timed: two trials of another
+sweep run through both paths first.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import multiprocessing
+import json
 import os
+import resource
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-_STATE: dict = {}
+
+ROUNDS = 30  # LightGBM boosting rounds per monthly model (early stopping after 10)
 
 
-def _space(n_trials: int, months: list[str]):
-    from quant_assets.trials.search import DEFAULT_SEARCH_SPACE, SearchSpace
+def _space_data(name: str, n_trials: int, months: list[str]) -> dict:
+    from quant_assets.trials.search import DEFAULT_SEARCH_SPACE
 
-    return SearchSpace.from_dict(
-        {**DEFAULT_SEARCH_SPACE, "name": "bench", "n_trials": n_trials, "months": months,
-         "base": {"lgbm": {"num_boost_round": 100, "early_stopping_rounds": 20}}}
-    )
+    return {**DEFAULT_SEARCH_SPACE, "name": name, "n_trials": n_trials, "months": months,
+            "base": {"lgbm": {"num_boost_round": ROUNDS, "early_stopping_rounds": 10}}}
 
 
-def _init(panel_args: dict) -> None:
-    from quant_assets.features import total_return_index
-    from quant_assets.models.synthetic import simulated_panel
-    from quant_assets.models.walkforward import feature_columns, join_features_labels
+def _space(name: str, n_trials: int, months: list[str]):
+    from quant_assets.trials.search import SearchSpace
 
-    panel = simulated_panel(**panel_args)
-    _STATE["panel"] = panel
-    _STATE["features"] = panel.pit_features
-    _STATE["joined"] = join_features_labels(panel.pit_features, panel.labels)
-    _STATE["cols"] = feature_columns(panel.pit_features)
-    _STATE["prices"] = total_return_index(panel.market_bars, panel.corporate_actions)
+    return SearchSpace.from_dict(_space_data(name, n_trials, months))
 
 
-def _ready(spec_json: str) -> bool:
-    """Warm a worker up: one trial compiles the numba backtest kernels (not timed)."""
-    _core(spec_json)
-    time.sleep(0.5)  # long enough for the pool to hand the calls to different workers
-    return "joined" in _STATE
+def _peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set so far (VmHWM: reset by exec, unlike the rusage
+    of a child, which Linux carries over from the forking parent)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
-def _core(spec_json: str) -> tuple[str, float, float]:
-    """(trial id, core seconds, LightGBM training seconds) of one trial."""
-    from quant_assets.trials.search import TrialSpec
-    from quant_assets.trials.trial import run_trial
+def _registry_rows(warehouse, sweep: str) -> dict[str, str]:
+    """trial id -> MLflow run id of the sweep's registry rows."""
+    import polars as pl
 
-    spec = TrialSpec.from_json(spec_json)
-    t0 = time.perf_counter()
-    result = run_trial(
-        _STATE["joined"], _STATE["cols"], _STATE["features"], _STATE["prices"], spec
-    )
-    return spec.trial_id, time.perf_counter() - t0, result.train_seconds
+    if not warehouse.exists(["sweep_trials"]):
+        return {}
+    frame = warehouse.read(["sweep_trials"], columns=["trial_id", "sweep", "mlflow_run_id"]).frame
+    frame = frame.filter(pl.col("sweep") == sweep)
+    return dict(zip(frame["trial_id"], frame["mlflow_run_id"], strict=True))
+
+
+def _cli(space_file: Path, env: dict, run: bool) -> subprocess.Popen:
+    args = [sys.executable, "-m", "quant_assets", "sweep", str(space_file)] + (["--run"] if run else [])
+    return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _wait(proc: subprocess.Popen, stop=None) -> tuple[int, float, str]:
+    """(exit status, peak RSS MB, output) of a child started by _cli; `stop()` true: SIGKILL
+    its process group."""
+    import threading
+
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
+        if stop is not None and stop():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.5)
+    reader.join()
+    return proc.returncode, peak, "".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20 trials, small panel")
+    parser.add_argument("--quick", action="store_true",
+                        help="60 trials, resume test on 40, 10 trials per run")
     parser.add_argument("--trials", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pipeline-trials", type=int, default=None)
+    parser.add_argument("--resume-trials", type=int, default=None)
+    parser.add_argument("--per-run", type=int, default=None, help="trials per run (default 50)")
+    parser.add_argument("--instruments", type=int, default=30)
     args = parser.parse_args(argv)
-    quick = args.quick
-    n_trials = args.trials or (20 if quick else 200)
-    n_pipeline = args.pipeline_trials if args.pipeline_trials is not None else (4 if quick else 10)
-    if quick:
-        panel_args = {"n_instruments": 30, "start": dt.date(2022, 1, 3), "end": dt.date(2023, 4, 28)}
-        months = ["2023-01", "2023-02"]
-    else:
-        panel_args = {"n_instruments": 50, "start": dt.date(2022, 1, 3), "end": dt.date(2023, 6, 30)}
-        months = ["2023-04", "2023-05", "2023-06"]
+    n_trials = args.trials or (60 if args.quick else 1000)
+    n_resume = args.resume_trials or (40 if args.quick else 200)
+    args.per_run = args.per_run or (10 if args.quick else 50)
+    panel_args = {"n_instruments": args.instruments, "start": dt.date(2022, 1, 3),
+                  "end": dt.date(2023, 5, 31)}
+    months = ["2023-04", "2023-05"]
 
     home = Path(tempfile.mkdtemp(prefix="quant-bench-sweep-"))
-    os.environ.update(
-        QUANT_HOME=str(home), QUANT_START_DATE=panel_args["start"].isoformat(),
+    env = dict(
+        QUANT_HOME=str(home), DAGSTER_HOME=str(home / "dagster"),
+        QUANT_START_DATE=panel_args["start"].isoformat(),
         QUANT_END_DATE=panel_args["end"].isoformat(), QUANT_FIRST_MODEL_MONTH=months[0],
         QUANT_N_INSTRUMENTS=str(panel_args["n_instruments"]), QUANT_ENV="local",
-        MLFLOW_DISABLE_TELEMETRY="true", DAGSTER_DISABLE_TELEMETRY="true",
+        QUANT_SWEEP_TRIALS_PER_RUN=str(args.per_run),
+        MLFLOW_DISABLE_TELEMETRY="true", DAGSTER_DISABLE_TELEMETRY="true", PYTHONWARNINGS="ignore",
     )
-    os.environ.pop("DAGSTER_HOME", None)
+    os.environ.update(env)
     import warnings
 
     warnings.filterwarnings("ignore")
-    from quant_assets.trials.search import plan_trials
-
-    t0 = time.perf_counter()
-    _init(panel_args)
-    t_panel = time.perf_counter() - t0
-    trials = plan_trials(_space(n_trials, months), months)
-    print(f"sweep benchmark: {len(trials)} trials x {len(months)} months, "
-          f"{panel_args['n_instruments']} instruments, {_STATE['joined'].height} labelled rows, "
-          f"{len(_STATE['cols'])} features; panel built in {t_panel:.1f}s; "
-          f"{args.workers} workers on {os.cpu_count()} cores")
-
-    t0 = time.perf_counter()
-    # spawn, not fork: forking a process whose polars/LightGBM thread pools are running
-    # deadlocks the children
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        args.workers, mp_context=ctx, initializer=_init, initargs=(panel_args,)
-    ) as pool:
-        # start every worker (each builds the panel once) before the clock of the trials
-        list(pool.map(_ready, [trials[0].to_json()] * args.workers))
-        warm = time.perf_counter()
-        core = list(pool.map(_core, [t.to_json() for t in trials]))
-    t_core_wall = time.perf_counter() - t0
-    t_core_compute = time.perf_counter() - warm
-
-    # pipeline: the same trials through Dagster + Delta + MLflow, one run per trial
     from dagster import DagsterInstance
 
     from quant_assets.cli.sweep import run_sweep
-    from quant_assets.models.synthetic import write_panel
+    from quant_assets.features import total_return_index
+    from quant_assets.instance import prepare_local_instance
+    from quant_assets.models.synthetic import simulated_panel, write_panel
+    from quant_assets.models.walkforward import feature_columns, join_features_labels
     from quant_assets.settings import Settings
+    from quant_assets.trials.search import plan_trials
+    from quant_assets.trials.trial import run_trial
     from resources import build_resources
 
     settings = Settings.from_env()
+    prepare_local_instance(settings.dagster_home)
     resources = build_resources(settings)
-    write_panel(resources["io_manager"].warehouse, _STATE["panel"])
-    pipe_space = _space(n_trials, months)
-    pipeline_rows = []
-    with DagsterInstance.ephemeral() as instance:
-        run_sweep(pipe_space, resources, instance, limit=0)  # register: plan, partitions, parent
-        from dagster import materialize
+    warehouse, tracking = resources["io_manager"].warehouse, resources["tracking"]
+    t0 = time.perf_counter()
+    panel = simulated_panel(**panel_args)
+    write_panel(warehouse, panel)
+    joined = join_features_labels(panel.pit_features, panel.labels)
+    cols = feature_columns(panel.pit_features)
+    prices = total_return_index(panel.market_bars, panel.corporate_actions)
+    space = _space("bench", n_trials, months)
+    trials = plan_trials(space, months)
+    print(f"sweep benchmark: {len(trials)} trials x {len(months)} months, "
+          f"{panel_args['n_instruments']} instruments, {joined.height} labelled rows, "
+          f"{len(cols)} features, {args.per_run} trials per run; panel built and written in "
+          f"{time.perf_counter() - t0:.1f}s; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+          flush=True)
 
-        from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
-        from quant_assets.features.assets import labels, pit_features
-        from quant_assets.trials.assets import sweep_trial
+    with DagsterInstance.get() as instance:
+        # warm-up, not timed: imports, numba, the MLflow store and the Dagster instance
+        warm = _space("warm-up", 2, months)
+        for spec in plan_trials(warm, months):
+            run_trial(joined, cols, panel.pit_features, prices, spec)
+        run_sweep(warm, resources, instance, per_run=2)
 
-        upstream = [universe, corporate_actions, fundamentals, market_bars, pit_features, labels]
+        # 1. plain: every trial in this process on the tables in memory
+        plain: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for spec in trials:
+            started = time.perf_counter()
+            run_trial(joined, cols, panel.pit_features, prices, spec)
+            plain[spec.trial_id] = time.perf_counter() - started
+        t_plain = time.perf_counter() - t0
+        print(f"plain: {len(trials)} trials in {t_plain:.1f}s", flush=True)
 
-        def pipeline(trial_id: str) -> float:
-            t0 = time.perf_counter()
-            materialize([*upstream, sweep_trial], selection=[sweep_trial],
-                        partition_key=trial_id, resources=resources, instance=instance)
-            return time.perf_counter() - t0
+        # 2. Dagster: the same trials, a run per batch
+        t0 = time.perf_counter()
+        run_sweep(space, resources, instance, per_run=args.per_run)
+        t_dagster = time.perf_counter() - t0
+        from dagster import RunsFilter
 
-        pipeline(trials[-1].trial_id)  # warm-up: imports, numba, MLflow store (not timed)
-        for spec in trials[:n_pipeline]:
-            # the same trial's core alone, in this process, right before its pipeline run
-            _, core_alone, _ = _core(spec.to_json())
-            pipeline_rows.append((spec.trial_id, pipeline(spec.trial_id), core_alone))
+        from quant_assets.trials.trial_registry import pending_batches
 
-    core_s = [c for _, c, _ in core]
-    train_s = [t for _, _, t in core]
-    pipe_s = [p for _, p, _ in pipeline_rows]
-    overhead = [p - c for _, p, c in pipeline_rows]
+        records = instance.get_run_records(RunsFilter(tags={}), limit=10_000)
+        ids = [t.trial_id for t in trials]
+        batches = pending_batches(ids, set(), args.per_run)
+        by_start = {}
+        for record in records:
+            tags = record.dagster_run.tags
+            first = tags.get("dagster/asset_partition_range_start") or tags.get("dagster/partition")
+            if first in ids and record.start_time and record.end_time:
+                by_start[first] = record.end_time - record.start_time
+        per_batch = [(by_start[b[0]] - sum(plain[k] for k in b)) / len(b) for b in batches if b[0] in by_start]
+        rel = [(by_start[b[0]] - sum(plain[k] for k in b)) / sum(plain[k] for k in b)
+               for b in batches if b[0] in by_start]
+        runs = tracking.client().search_runs([tracking.experiment_id()],
+                                             filter_string="tags.`quant.sweep` = 'bench'", max_results=5000)
+        print(f"Dagster: {len(trials)} trials in {t_dagster:.1f}s, {len(batches)} runs", flush=True)
+
+    # 3. kill half way, register again, resume (a subprocess: the CLI a researcher runs)
+    resume = _space("bench-resume", n_resume, months)
+    space_file = home / "resume.json"
+    space_file.write_text(json.dumps(_space_data(resume.name, n_resume, months)))
+    child_env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    _, rss_killed, _ = _wait(_cli(space_file, child_env, run=True),
+                             stop=lambda: len(_registry_rows(warehouse, resume.name)) >= n_resume // 2)
+    t_killed = time.perf_counter() - t0
+    done_before = _registry_rows(warehouse, resume.name)
+    t0 = time.perf_counter()
+    status, _, out = _wait(_cli(space_file, child_env, run=False))
+    t_register = time.perf_counter() - t0
+    assert status == 0, out
+    pending_line = next(line for line in out.splitlines() if line.startswith("sweep "))
+    t0 = time.perf_counter()
+    status, rss_resumed, out = _wait(_cli(space_file, child_env, run=True))
+    pending_line = pending_line.split(" trials, ", 1)[-1]
+    t_resume = time.perf_counter() - t0
+    assert status == 0, out[-4000:]
+    after = _registry_rows(warehouse, resume.name)
+    rerun = [k for k, run_id in done_before.items() if after.get(k) != run_id]
+
+    n = len(trials)
     rows = [
-        ("trials (core, parallel)", f"{len(core)}", ""),
-        ("core wall time incl. worker start", f"{t_core_wall:.1f} s", ""),
-        ("core trials per minute", f"{60 * len(core) / t_core_compute:.1f}",
-         f"{args.workers} workers"),
-        ("core time per trial (median)", f"{statistics.median(core_s):.2f} s",
-         "train + predict + backtest"),
-        ("LightGBM training per trial (median)", f"{statistics.median(train_s):.2f} s",
-         f"{len(months)} models"),
+        ("trials", f"{n}", f"{len(months)} monthly models of <= {ROUNDS} rounds each"),
+        ("plain: one process, tables in memory", f"{t_plain:.1f} s", f"{60 * n / t_plain:.0f} trials/min"),
+        ("Dagster: run_sweep, batches of " + str(args.per_run), f"{t_dagster:.1f} s",
+         f"{60 * n / t_dagster:.0f} trials/min, {len(batches)} runs"),
+        ("overhead per trial (median over runs)", f"{1000 * statistics.median(per_batch):.1f} ms",
+         f"{100 * statistics.median(rel):.1f}% of the plain time"),
+        ("overhead in total", f"{t_dagster - t_plain:.1f} s", f"{100 * (t_dagster / t_plain - 1):.1f}%"),
+        ("MLflow runs of the sweep", f"{len(runs)}", "1 parent + 1 child per run"),
+        (f"resume test ({n_resume} trials): killed after", f"{t_killed:.1f} s",
+         f"{len(done_before)} trials in the registry"),
+        ("  register again (what is left)", f"{t_register:.1f} s", pending_line[:70]),
+        ("  resume to the end", f"{t_resume:.1f} s", f"{len(after)} trials, {len(rerun)} finished ones rerun"),
+        ("  peak RSS of the sweep process", f"{max(rss_killed, rss_resumed):.0f} MB",
+         f"this one (both paths): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"),
     ]
-    if pipeline_rows:
-        rows += [
-            ("pipeline trials (sequential)", f"{len(pipeline_rows)}", "Dagster+Delta+MLflow"),
-            ("pipeline time per trial (median)", f"{statistics.median(pipe_s):.2f} s", ""),
-            ("core alone, same trials (median)",
-             f"{statistics.median(c for _, _, c in pipeline_rows):.2f} s", "1 process"),
-            ("pipeline overhead per trial (median)", f"{statistics.median(overhead):.2f} s",
-             "pipeline - core alone of the same trial"),
-            ("pipeline trials per minute (1 process)", f"{60 / statistics.median(pipe_s):.1f}", ""),
-        ]
     width = max(len(r[0]) for r in rows)
     print()
     for name, value, note in rows:
         print(f"  {name:<{width}}  {value:>10}  {note}")
     print(f"\n(load average at the end: {os.getloadavg()[0]:.1f}; state under {home})")
+    assert len(after) == n_resume and not rerun, (len(after), rerun)
     return 0
 
 

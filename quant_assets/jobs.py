@@ -74,8 +74,9 @@ sweep_trials_job = define_asset_job(
     "sweep_trials_job",
     selection=AssetSelection.assets("sweep_trials", "trial_returns"),
     partitions_def=sweep_trial_partitions,
-    description="One sweep trial (a sweep_trials dynamic partition): walk-forward models, "
-    "out-of-sample predictions, backtest, a trial registry row and its daily returns.",
+    description="A batch of sweep trials (a range of sweep_trials dynamic partitions, up to "
+    "QUANT_SWEEP_TRIALS_PER_RUN): per trial walk-forward models, out-of-sample predictions, "
+    "backtest, a trial registry row and its daily returns; one MLflow child run per batch.",
 )
 serving_job = define_asset_job(
     "serving_job",

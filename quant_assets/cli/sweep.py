@@ -133,6 +133,8 @@ def run_sweep(
                                           ASSET_PARTITION_RANGE_END_TAG: batch[-1]},
                 resources=resources,
                 instance=instance,
+                # a line per step event is noise at a thousand trials; the run keeps its logs
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                 raise_on_error=True,
             )
             assert result.success

@@ -113,6 +113,33 @@ def test_the_validation_report_shows_its_summary_and_the_gate_verdict(flow, page
     expect(page.get_by_text("Not evaluated")).to_have_count(0)
 
 
+def _show_markdown_image(page, key: str, alt: str):
+    """Opens the [Show Markdown] dialog of the metadata entry ``key`` and returns its image."""
+    row = page.locator("tr", has=page.get_by_text(key, exact=True)).first
+    expect(row).to_be_visible()
+    row.get_by_text("[Show Markdown]").click()
+    image = page.get_by_role("dialog").locator(f'img[alt="{alt}"]')
+    expect(image).to_be_visible()
+    wait_until(lambda: image.evaluate("i => i.complete && i.naturalWidth > 0"), 30, f"{key}: image loaded")
+    return image
+
+
+def test_the_key_plots_render_in_the_asset_metadata(flow, page):
+    """The tear sheet's key plots in validation_report's metadata and the equity curve in
+    backtest's, as images in the UI (Markdown metadata with a data URI)."""
+    from quant_assets.validation.tearsheet import KEY_PLOTS
+
+    page.goto(f"{flow.dagster_url}/assets/validation_report")
+    for name in KEY_PLOTS:
+        expect(page.get_by_text(f"plot_{name}", exact=True).first).to_be_visible()
+    image = _show_markdown_image(page, "plot_equity", "equity")
+    assert image.evaluate("i => i.naturalWidth") >= 300
+    page.keyboard.press("Escape")
+    page.goto(f"{flow.dagster_url}/assets/backtest")
+    _show_markdown_image(page, "plot_equity", "equity")  # left open for the screenshot
+    assert page.console_errors == [], page.console_errors
+
+
 def test_the_tear_sheet_renders_every_section_without_console_errors(flow, page):
     import mlflow
 

@@ -98,6 +98,32 @@ def test_pit_features_shows_its_columns_and_materialised_partitions(flow, page):
     expect(page.get_by_text(f"Materialized ({built})")).to_be_visible()
 
 
+def test_labels_say_their_calendar_and_are_fully_materialised(flow, page):
+    """The description names the exchange holidays and the end that Dagster's partitions
+    line hides; every label partition is built (labels end the horizon before the bars)."""
+    import dataclasses
+    import datetime as dt
+    import sys
+
+    from dagster import AssetKey
+
+    from quant_assets.partitions import build_label_partitions
+    from quant_assets.settings import load_settings
+
+    flow_env = sys.modules[type(flow).__module__].FLOW_ENV  # the browser conftest's demo range
+    settings = dataclasses.replace(load_settings(), end_date=dt.date.fromisoformat(flow_env["QUANT_END_DATE"]))
+    keys = build_label_partitions(settings).get_partition_keys()
+    with _instance(flow) as instance:
+        built = instance.get_materialized_partitions(AssetKey("labels"))
+    assert built == set(keys), (len(built), len(keys), sorted(set(keys) - built)[-5:], sorted(built - set(keys)))
+    page.goto(f"{flow.dagster_url}/assets/labels")
+    expect(page.get_by_text(re.compile(r"less \d+ exchange holidays")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(f"to {keys[-1]} \\({len(keys)} days\\)")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"have no label partition")).first).to_be_visible()
+    page.goto(f"{flow.dagster_url}/assets/labels?view=partitions")
+    expect(page.get_by_text(f"Materialized ({len(keys)})")).to_be_visible()
+
+
 def test_the_validation_report_shows_its_summary_and_the_gate_verdict(flow, page):
     page.goto(f"{flow.dagster_url}/assets/validation_report")
     for key in ("summary", "sharpe", "dsr", "gate_passed"):

@@ -120,8 +120,10 @@ def test_labels_say_their_calendar_and_are_fully_materialised(flow, page):
     expect(page.get_by_text(re.compile(r"less \d+ exchange holidays")).first).to_be_visible()
     expect(page.get_by_text(re.compile(f"to {keys[-1]} \\({len(keys)} days\\)")).first).to_be_visible()
     expect(page.get_by_text(re.compile(r"have no label partition")).first).to_be_visible()
+    _screenshot(flow, page, "labels_description")
     page.goto(f"{flow.dagster_url}/assets/labels?view=partitions")
     expect(page.get_by_text(f"Materialized ({len(keys)})")).to_be_visible()
+    expect(page.get_by_text("Missing (0)")).to_be_visible()  # 100% filled
 
 
 def test_the_validation_report_shows_its_summary_and_the_gate_verdict(flow, page):
@@ -137,6 +139,15 @@ def test_the_validation_report_shows_its_summary_and_the_gate_verdict(flow, page
     expect(page.get_by_text("validation_gate").first).to_be_visible()
     expect(page.get_by_text("Passed" if passed else "Failed", exact=True).first).to_be_visible()
     expect(page.get_by_text("Not evaluated")).to_have_count(0)
+
+
+def _screenshot(flow, page, name: str) -> None:
+    """A screenshot besides the one taken when the test ends (test-artifacts/browser/)."""
+    import sys
+
+    shot = sys.modules[type(flow).__module__].ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(shot), full_page=False)
+    flow.shots.append(shot)
 
 
 def _show_markdown_image(page, key: str, alt: str):
@@ -160,6 +171,7 @@ def test_the_key_plots_render_in_the_asset_metadata(flow, page):
         expect(page.get_by_text(f"plot_{name}", exact=True).first).to_be_visible()
     image = _show_markdown_image(page, "plot_equity", "equity")
     assert image.evaluate("i => i.naturalWidth") >= 300
+    _screenshot(flow, page, "validation_report_plot_equity")
     page.keyboard.press("Escape")
     page.goto(f"{flow.dagster_url}/assets/backtest")
     _show_markdown_image(page, "plot_equity", "equity")  # left open for the screenshot

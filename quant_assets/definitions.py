@@ -14,6 +14,7 @@ from quant_assets.backtest import assets as backtest_assets
 from quant_assets.data import assets as data_assets
 from quant_assets.features import assets as feature_assets
 from quant_assets.models import assets as model_assets
+from quant_assets.partitions import describe_partitions
 from quant_assets.placement.apply import apply_placement, executor_for
 from quant_assets.placement.policy import load_policy
 from quant_assets.serving import assets as serving_assets
@@ -38,7 +39,8 @@ STAGES = [
 
 defs = Definitions(
     # placement (pool + dagster-k8s/config per asset) comes from deploy/pools.yaml only
-    assets=apply_placement(load_assets_from_modules(STAGES), load_policy()),
+    # partitioned assets say their calendar, holidays and end (the UI's partitions line does not)
+    assets=describe_partitions(apply_placement(load_assets_from_modules(STAGES), load_policy())),
     asset_checks=[*load_asset_checks_from_modules(STAGES), *validation_checks.CHECKS],
     jobs=jobs.ALL_JOBS,
     schedules=SCHEDULES,

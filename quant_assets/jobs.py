@@ -82,7 +82,8 @@ serving_job = define_asset_job(
     "serving_job",
     selection=AssetSelection.assets("daily_scores", "drift_report", "signal_health", "target_weights"),
     description="A trading day: champion scores, drift report, realised-vs-backtest health, "
-    "target weights (what the automation builds after each day's features).",
+    "target weights (what the automation builds after each day's features). One day a run, "
+    "as the monitors judge one day each: a range of daily_scores alone runs 100 days a run.",
 )
 
 ALL_JOBS = [

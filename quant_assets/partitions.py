@@ -86,6 +86,93 @@ monthly_partitions = build_monthly_partitions(load_settings())
 sweep_trial_partitions = DynamicPartitionsDefinition(name="sweep_trials")
 
 
+# --------------------------------------------------------------------------------------------
+# What the UI says about the partitions. Dagster's partitions line is the cron and the start
+# ("0 0 * * 1-5, starting 2022-01-03 UTC"): it hides the exchange holidays excluded from the
+# weekdays and the range's end. Each partitioned asset's description says them, and its
+# definition metadata lists the holidays (``describe_partitions``).
+# --------------------------------------------------------------------------------------------
+CALENDAR_METADATA = "trading_calendar"
+MONTHS_METADATA = "model_months"
+
+
+def trading_days_note(settings: Settings, partitions: TimeWindowPartitionsDefinition, lag: int = 0) -> tuple[str, str]:
+    """(a sentence for the description, Markdown for the metadata) of a trading-day
+    partitioning: the exchange calendar, the first and last day, the excluded holidays and,
+    for labels (``lag``), why the last days of the bars have no partition."""
+    cal = settings.calendar_name
+    first = partitions.get_first_partition_key()
+    if settings.end_date is not None:
+        keys = partitions.get_partition_keys()
+        last = keys[-1]
+        span = f"{first} to {last} ({len(keys)} days)"
+        through = dt.date.fromisoformat(last)
+    else:
+        span = f"from {first}, open-ended (a day's partition exists from the day's start)"
+        through = dt.date.today()
+    holidays = calendar.closed_weekdays(dt.date.fromisoformat(first), through, cal)
+    sentence = (f"Partitions: {cal} trading days {span}: the weekdays of the cron shown by "
+                f"Dagster less {len(holidays)} exchange holidays (listed in the "
+                f"{CALENDAR_METADATA} metadata).")
+    if lag:
+        if settings.end_date is not None:
+            tail = calendar.trading_days(calendar.shift_trading_days(dt.date.fromisoformat(last), 1, cal),
+                                         settings.end_date, cal)
+            sentence += (f" The last {lag} trading days of the bars ({tail[0]} to {tail[-1]}) have no "
+                         f"label partition: a label needs the bars of the {lag} sessions after its day.")
+        else:
+            sentence += (f" A day's label partition appears {lag} sessions after the day, once its "
+                         "horizon can have bars.")
+    md = (f"**{cal}** trading days {span}, {partitions.timezone}.\n\n"
+          f"Excluded weekdays (exchange holidays, {len(holidays)}): "
+          + (", ".join(d.isoformat() for d in holidays) or "none"))
+    if settings.end_date is not None:
+        md += f"\n\nThe bars end on {settings.end_date} (QUANT_END_DATE)."
+        if lag:
+            md += f" Labels end {lag} sessions earlier, on {last} (label horizon {lag})."
+    return sentence, md
+
+
+def months_note(settings: Settings, partitions: MonthlyPartitionsDefinition) -> tuple[str, str]:
+    """(sentence, Markdown) of the monthly partitioning: the model months and the end."""
+    first = partitions.get_first_partition_key()[:7]
+    if settings.end_date is not None:
+        keys = partitions.get_partition_keys()
+        span = f"{first} to {keys[-1][:7]} ({len(keys)} months)"
+    else:
+        span = f"from {first}, open-ended"
+    sentence = f"Partitions: model months {span}, from QUANT_FIRST_MODEL_MONTH to the bars' last month."
+    md = f"Model months {span}" + (f"; the bars end on {settings.end_date}." if settings.end_date else ".")
+    return sentence, md
+
+
+def describe_partitions(assets: list, settings: Settings | None = None) -> list:
+    """Each asset partitioned by trading days, label days or months with its calendar in its
+    description and its definition metadata (what the UI's partitions line leaves out)."""
+    from dagster import AssetsDefinition, MetadataValue
+
+    settings = settings or load_settings()
+    notes = {}
+    for pdef, note in ((trading_day_partitions, lambda: trading_days_note(settings, trading_day_partitions)),
+                       (label_partitions, lambda: trading_days_note(settings, label_partitions, settings.label_horizon)),
+                       (monthly_partitions, lambda: months_note(settings, monthly_partitions))):
+        notes[id(pdef)] = (CALENDAR_METADATA if pdef is not monthly_partitions else MONTHS_METADATA, pdef, note)
+    cache: dict[int, tuple[str, str]] = {}
+
+    def described(spec):
+        entry = next(((key, note) for key, pdef, note in notes.values()
+                      if spec.partitions_def is not None and spec.partitions_def == pdef), None)
+        if entry is None:
+            return spec
+        key, note = entry
+        sentence, md = cache.setdefault(id(note), note())
+        description = f"{spec.description.rstrip()}\n\n{sentence}" if spec.description else sentence
+        return spec.replace_attributes(description=description).merge_attributes(
+            metadata={key: MetadataValue.md(md)})
+
+    return [a.map_asset_specs(described) if isinstance(a, AssetsDefinition) else a for a in assets]
+
+
 def daily_backfill_policy() -> BackfillPolicy:
     """How a range of trading days is cut into runs, the same for every daily asset that a
     job builds together (market bars, features, labels): a job's assets must agree, or the

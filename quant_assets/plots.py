@@ -49,3 +49,15 @@ def equity_png(dates, curves: dict[str, object], title: str) -> bytes:
         ax.legend(loc="upper left", fontsize=8)
         ax.set_title(title)
         return png(fig)
+
+
+def markdown_image(png_bytes: bytes, alt: str) -> str:
+    """A PNG as a Markdown image with a base64 data URI: how a plot travels in Dagster's
+    Markdown metadata (``MetadataValue.md``), which the UI renders as an image with no file
+    or server behind it. Keep it small: it is stored in the event log with each run."""
+    import base64
+
+    if not png_bytes.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError(f"{alt}: not a PNG")
+    data = base64.b64encode(png_bytes).decode("ascii")
+    return f"![{alt}](data:image/png;base64,{data})"

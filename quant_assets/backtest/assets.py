@@ -41,7 +41,7 @@ from quant_assets.lineage import file_sha256
 from quant_assets.models.monthly import FAMILIES, ModelFamily
 from quant_assets.partitions import monthly_partitions, months_of, up_to_month_end
 from quant_assets.performance import performance_summary
-from quant_assets.plots import equity_png
+from quant_assets.plots import equity_png, markdown_image
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 from quant_assets.run_costs import measured
 from quant_assets.warehouse import VersionedFrame
@@ -189,9 +189,10 @@ def _run_backtest(context, config, tracking, family: ModelFamily, predictions: V
         tracking.log_metrics(summary)
         # the daily returns (not positions: those stay in Delta) and their equity curve
         tracking.log_table(frame.select(RETURN_COLUMNS), "returns.csv")
-        tracking.log_image(equity_png(frame["date"].to_list(), {
+        equity = equity_png(frame["date"].to_list(), {
             "net of costs": frame["net_return"].to_numpy(), "gross": frame["gross_return"].to_numpy(),
-        }, f"{family.backtest} {key_range.start}..{key_range.end}"), "equity.png")
+        }, f"{family.backtest} {key_range.start}..{key_range.end}")
+        tracking.log_image(equity, "equity.png")
     return Output(
         frame,
         metadata={
@@ -200,6 +201,8 @@ def _run_backtest(context, config, tracking, family: ModelFamily, predictions: V
             "sharpe": float(summary.get("sharpe", float("nan"))),
             "max_drawdown": float(summary.get("max_drawdown", float("nan"))),
             "end_equity": float(frame["equity"][-1]),
+            # the run's equity curve (equity.png in MLflow), shown in the UI
+            "plot_equity": MetadataValue.md(markdown_image(equity, "equity")),
             **lineage_metadata(lineage, [run.info.run_id]),
         },
     )

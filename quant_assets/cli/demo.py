@@ -85,19 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         ASSET_PARTITION_RANGE_START_TAG,
     )
 
-    from quant_assets import calendar
     from quant_assets.definitions import defs
     from quant_assets.jobs import promotion_gate_job
-    from quant_assets.partitions import monthly_partitions, trading_day_partitions
+    from quant_assets.partitions import label_partitions, monthly_partitions, trading_day_partitions
 
     # pool limits of deploy/pools.yaml on the local instance, before opening it
     configure_local_instance(settings.dagster_home, load_policy())
     instance = DagsterInstance.get()
     days = trading_day_partitions.get_partition_keys()
-    last_label_day = calendar.shift_trading_days(
-        calendar.trading_days(settings.start_date, settings.end_date)[-1], -settings.label_horizon
-    ).isoformat()
-    label_days = [d for d in days if d <= last_label_day]
+    # every label partition (the days whose horizon has bars): labels end 100% materialised
+    label_days = label_partitions.get_partition_keys()
     months = monthly_partitions.get_partition_keys()
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     stages = [

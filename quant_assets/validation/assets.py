@@ -53,7 +53,12 @@ from quant_assets.validation.compare import (
 )
 from quant_assets.validation.gate import PASS_METRIC, GateThresholds, evaluate_gate
 from quant_assets.validation.report import render_data_section, render_markdown, summarise
-from quant_assets.validation.tearsheet import TearSheetInputs, monthly_ic, render_tearsheet
+from quant_assets.validation.tearsheet import (
+    TearSheetInputs,
+    key_plots_markdown,
+    monthly_ic,
+    render_tearsheet,
+)
 from quant_assets.validation.trials import build_trial_set, strategy_variants
 from quant_assets.warehouse import VersionedFrame, Warehouse
 from resources import model_registry
@@ -319,6 +324,8 @@ def _validation_report(
             "gate_passed": bool(gate.passed),
             "benchmark": benchmark.name,
             "data_caveats": MetadataValue.json(caveats),
+            # the tear sheet's key plots, the same PNGs, shown in the UI (report.html in MLflow)
+            **{k: MetadataValue.md(v) for k, v in key_plots_markdown(page).items()},
             **lineage_metadata(lineage, [run.info.run_id]),
         },
     )

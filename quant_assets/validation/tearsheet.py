@@ -32,7 +32,7 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from quant_assets.plots import RC, png
+from quant_assets.plots import RC, markdown_image, png
 from quant_assets.validation import analysis, stats
 from quant_assets.validation.analysis import drawdown, wealth
 from quant_assets.validation.benchmark import Benchmark
@@ -74,6 +74,9 @@ FIGURES = (
     "ic_by_month", "ic_decay", "quantile_returns", "turnover", "gross_net", "legs",
     "bootstrap_max_drawdown", "regimes", "stress",
 )
+# The figures a reader wants without opening the tear sheet: they also go into the report
+# asset's Dagster metadata (key_plots), as Markdown images of the same PNG bytes.
+KEY_PLOTS = ("equity", "underwater", "rolling", "ic_by_month")
 _REGIME_COLORS = {"volatility": "C0", "direction": "C1", "dispersion": "C4"}
 _REGIME_LEGEND = {  # what each bar group conditions on (regimes.regime_labels)
     "volatility": f"volatility ({REGIME_WINDOW}d), terciles",
@@ -789,3 +792,13 @@ _IMG_RE = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"/>'
 def embedded_images(page: str) -> dict[str, bytes]:
     """name -> PNG bytes of every image embedded in a tear sheet."""
     return {name: base64.b64decode(data) for name, data in _IMG_RE.findall(page)}
+
+
+def key_plots_markdown(page: str) -> dict[str, str]:
+    """plot_<name> -> a Markdown image of each of the tear sheet's ``KEY_PLOTS`` (the PNG
+    embedded in ``page``, byte for byte): the plots a report asset shows in its metadata."""
+    images = embedded_images(page)
+    missing = [n for n in KEY_PLOTS if n not in images]
+    if missing:
+        raise ValueError(f"tear sheet without the key plots {missing}")
+    return {f"plot_{name}": markdown_image(images[name], name) for name in KEY_PLOTS}

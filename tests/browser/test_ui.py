@@ -98,6 +98,37 @@ def test_pit_features_shows_its_columns_and_materialised_partitions(flow, page):
     expect(page.get_by_text(f"Materialized ({built})")).to_be_visible()
 
 
+def test_labels_say_their_calendar_and_are_fully_materialised(flow, page):
+    """The description names the exchange holidays and the end that Dagster's partitions
+    line hides; every label partition is built (labels end the horizon before the bars)."""
+    import dataclasses
+    import datetime as dt
+    import sys
+
+    from dagster import AssetKey
+
+    from quant_assets.partitions import build_label_partitions
+    from quant_assets.settings import load_settings
+
+    flow_env = sys.modules[type(flow).__module__].FLOW_ENV  # the browser conftest's demo range
+    settings = dataclasses.replace(load_settings(), end_date=dt.date.fromisoformat(flow_env["QUANT_END_DATE"]))
+    keys = build_label_partitions(settings).get_partition_keys()
+    with _instance(flow) as instance:
+        built = instance.get_materialized_partitions(AssetKey("labels"))
+    assert built == set(keys), (len(built), len(keys), sorted(set(keys) - built)[-5:], sorted(built - set(keys)))
+    page.goto(f"{flow.dagster_url}/assets/labels")
+    expect(page.get_by_text(re.compile(r"less \d+ exchange holidays")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(f"to {keys[-1]} \\({len(keys)} days\\)")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"have no label partition")).first).to_be_visible()
+    _screenshot(flow, page, "labels_description")
+    page.goto(f"{flow.dagster_url}/assets/labels?view=partitions")
+    # 100% filled: none missing (the backfill launched first may be rebuilding a few of them,
+    # counted as materializing, so the materialised count is not checked here)
+    expect(page.get_by_text(f"{len(keys)} Partitions Selected")).to_be_visible()
+    expect(page.get_by_text("Missing (0)")).to_be_visible()
+    expect(page.get_by_text("Failed (0)")).to_be_visible()
+
+
 def test_the_validation_report_shows_its_summary_and_the_gate_verdict(flow, page):
     page.goto(f"{flow.dagster_url}/assets/validation_report")
     for key in ("summary", "sharpe", "dsr", "gate_passed"):
@@ -111,6 +142,42 @@ def test_the_validation_report_shows_its_summary_and_the_gate_verdict(flow, page
     expect(page.get_by_text("validation_gate").first).to_be_visible()
     expect(page.get_by_text("Passed" if passed else "Failed", exact=True).first).to_be_visible()
     expect(page.get_by_text("Not evaluated")).to_have_count(0)
+
+
+def _screenshot(flow, page, name: str) -> None:
+    """A screenshot besides the one taken when the test ends (test-artifacts/browser/)."""
+    import sys
+
+    shot = sys.modules[type(flow).__module__].ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(shot), full_page=False)
+    flow.shots.append(shot)
+
+
+def _show_markdown_image(page, key: str, alt: str):
+    """Opens the [Show Markdown] dialog of the metadata entry ``key`` and returns its image."""
+    row = page.locator("tr", has=page.get_by_text(key, exact=True)).first
+    expect(row).to_be_visible()
+    row.get_by_text("[Show Markdown]").click()
+    image = page.get_by_role("dialog").locator(f'img[alt="{alt}"]')
+    expect(image).to_be_visible()
+    wait_until(lambda: image.evaluate("i => i.complete && i.naturalWidth > 0"), 30, f"{key}: image loaded")
+    return image
+
+
+def test_the_key_plots_render_in_the_asset_metadata(flow, page):
+    """The tear sheet's key plots in validation_report's metadata and the equity curve in
+    backtest's, as images in the UI (Markdown metadata with a data URI)."""
+    from quant_assets.validation.tearsheet import KEY_PLOTS
+
+    page.goto(f"{flow.dagster_url}/assets/validation_report")
+    for name in KEY_PLOTS:
+        expect(page.get_by_text(f"plot_{name}", exact=True).first).to_be_visible()
+    image = _show_markdown_image(page, "plot_equity", "equity")
+    assert image.evaluate("i => i.naturalWidth") >= 300
+    _screenshot(flow, page, "validation_report_plot_equity")
+    page.keyboard.press("Escape")
+    page.goto(f"{flow.dagster_url}/assets/backtest")
+    _show_markdown_image(page, "plot_equity", "equity")  # left open for the screenshot
 
 
 def test_the_tear_sheet_renders_every_section_without_console_errors(flow, page):

@@ -436,3 +436,32 @@ def test_unnamed_benchmark_column_still_renders():
     page = render_tearsheet(TearSheetInputs(**{**inputs.__dict__, "daily": daily}))
     assert "vs benchmark (unnamed)" in page and "pass a named Benchmark" in page
     assert math.isfinite(stats.beta(inputs.daily["return"].to_numpy(), daily["benchmark"].to_numpy()))
+
+
+def test_key_plots_are_markdown_images_of_the_tear_sheets_pngs(rendered):
+    """What the report asset puts in its Dagster metadata (issue 18: the key plots appear in
+    the asset's metadata as well as in the tear sheet): Markdown images with a base64 data
+    URI, byte for byte the tear sheet's PNGs, small enough for the event log."""
+    import base64
+
+    from quant_assets.validation.tearsheet import KEY_PLOTS, key_plots_markdown
+
+    _, _, page = rendered
+    images = embedded_images(page)
+    plots = key_plots_markdown(page)
+    assert list(plots) == [f"plot_{n}" for n in KEY_PLOTS]
+    for name in KEY_PLOTS:
+        match = re.fullmatch(r"!\[(\w+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", plots[f"plot_{name}"])
+        assert match and match[1] == name
+        assert base64.b64decode(match[2]) == images[name]
+        assert len(images[name]) < 80_000, (name, len(images[name]))
+    with pytest.raises(ValueError, match="key plots"):
+        key_plots_markdown("<html></html>")
+
+
+def test_markdown_image_refuses_what_is_not_a_png():
+    from quant_assets.plots import markdown_image
+
+    assert markdown_image(b"\x89PNG\r\n\x1a\n", "x") == "![x](data:image/png;base64,iVBORw0KGgo=)"
+    with pytest.raises(ValueError, match="not a PNG"):
+        markdown_image(b"GIF89a", "x")

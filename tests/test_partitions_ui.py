@@ -83,16 +83,6 @@ def test_every_partitioned_asset_of_the_code_location_says_its_calendar():
     assert "Forward total return" in labels.description  # the asset's own description stays first
 
 
-def test_the_demo_builds_every_label_partition():
-    """The demo's label range is the label partitions (none left missing: 100% filled)."""
-    import inspect
-
-    from quant_assets.cli import demo
-
-    source = inspect.getsource(demo.main)
-    assert "label_days = label_partitions.get_partition_keys()" in source
-
-
 def _policies_by_job() -> dict[str, set]:
     from quant_assets.definitions import defs
     from quant_assets.jobs import ALL_JOBS

@@ -44,6 +44,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class FakeClock:
     def __init__(self, path: Path):
         self.path = path
         self.offset = 0.0
+        self.started = False
         self._write(0.0)
 
     def _write(self, offset: float) -> None:
@@ -85,9 +87,10 @@ class FakeClock:
         self.offset = round(offset)
 
     def set(self, when: dt.datetime) -> None:
-        if when < self.now():
+        if self.started and when < self.now():
             raise ValueError(f"the clock only moves forward: {when} < {self.now()}")
         self._write(when.timestamp() - time.time())
+        self.started = True
         time.sleep(1.2)  # FAKETIME_CACHE_DURATION=1: every process reads the file again
 
     def nudge(self, seconds: float) -> None:
@@ -260,7 +263,7 @@ class Watch:
 def settle(clock: FakeClock, watch: Watch, since: float, *, schedule_tick: float | None,
            deadline: dt.datetime, daemon, server, timeout: float = 1800) -> None:
     """Wait until the daemon is done with the evaluation time ``since`` (module doc)."""
-    from dagster import TickStatus
+    from dagster._core.scheduler.instigation import TickStatus
 
     started = time.monotonic()
     while True:
@@ -323,6 +326,7 @@ def main(argv: list[str]) -> None:
            "PYTHONWARNINGS": "ignore", "DAGSTER_DISABLE_TELEMETRY": "true"}
     env.setdefault("QUANT_LOCAL_EXECUTOR", "in_process")
     os.environ.update(env)  # this process reads the same settings and instance
+    warnings.filterwarnings("ignore")
 
     from dagster import DagsterInstance
 
@@ -355,6 +359,10 @@ def main(argv: list[str]) -> None:
         stack.callback(daemon.stop)
         instance = stack.enter_context(DagsterInstance.get())
         watch = Watch(instance)
+        # the daemon starts before the first day's schedule time: its scheduler counts ticks
+        # from its first look at a schedule, then catches every tick the clock jumps over
+        settle(clock, watch, clock.now().timestamp(), schedule_tick=None,
+               deadline=dt.datetime.combine(first, dt.time(12), tzinfo=dt.UTC), daemon=daemon, server=server)
         day = first
         while day <= last:
             if day.weekday() >= 5:  # no schedule tick, nothing lands: the clock jumps over
@@ -369,14 +377,15 @@ def main(argv: list[str]) -> None:
                 at = max(cutoff + dt.timedelta(minutes=5), clock.now())
                 clock.set(at)
                 drop_restated_file(settings, restated, at)
-                settle(clock, watch, at.timestamp(), schedule_tick=None, deadline=deadline - dt.timedelta(hours=1),
+                # a landing tick that started after the file was there
+                settle(clock, watch, clock.now().timestamp() + 1, schedule_tick=None, deadline=deadline - dt.timedelta(hours=1),
                        daemon=daemon, server=server)
                 what.append(f"{restated} restated")
             if args.bad_landing == day.isoformat():
                 at = max(cutoff + dt.timedelta(minutes=10), clock.now())
                 clock.set(at)
                 path, rule = drop_bad_file(settings, day.isoformat())
-                settle(clock, watch, at.timestamp(), schedule_tick=None, deadline=deadline - dt.timedelta(hours=1),
+                settle(clock, watch, clock.now().timestamp() + 1, schedule_tick=None, deadline=deadline - dt.timedelta(hours=1),
                        daemon=daemon, server=server)
                 rejected = path.parent / "rejected" / path.name
                 reason = rejected.with_name(rejected.name + ".reason.txt")

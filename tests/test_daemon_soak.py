@@ -46,7 +46,7 @@ LONG = ta.Case("2023-04-03", "2023-10", D("2023-10-25"), D("2023-12-08"),
 CASE = LONG if os.environ.get("QUANT_SOAK") == "1" else SHORT
 
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("QUANT_SOAK_DAEMON") != "1",
+    pytest.mark.skipif(os.environ.get("QUANT_SOAK_DAEMON") != "1" and not os.environ.get("QUANT_SOAK_DAEMON_RECORD"),
                        reason="the real daemon on a fake clock: ~15 min (QUANT_SOAK_DAEMON=1, make soak-daemon-short)"),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libfaketime is Linux only"),
 ]
@@ -54,8 +54,13 @@ pytestmark = [
 DAEMON_ORIGINS = {"schedule:daily_features_schedule", "sensor:landing_files_sensor", "sensor:automation_sensor"}
 
 
+RECORD = os.environ.get("QUANT_SOAK_DAEMON_RECORD")  # check the record of an earlier run again
+
+
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory):
+    if RECORD:
+        return json.loads(Path(RECORD).read_text())
     tmp = tmp_path_factory.mktemp("daemon-soak")
     env = {**os.environ, "QUANT_HOME": str(tmp / "home"), "DAGSTER_HOME": str(tmp / "dagster"),
            "QUANT_START_DATE": CASE.execute_start, "QUANT_END_DATE": "",
@@ -78,36 +83,22 @@ def expected(monkeypatch):
     monkeypatch.setattr(ta, "CASE", CASE)
 
 
-def test_each_day_is_served_once_and_once_more_per_restatement(soak, expected):
-    ta.test_each_day_is_served_once_and_once_more_per_restatement(soak)
+# tests/test_automation.py's checks, the execute mode's included (the record has its format)
+AUTOMATION_CHECKS = [
+    ta.test_each_day_is_served_once_and_once_more_per_restatement,
+    ta.test_labels_wait_for_their_horizon_and_follow_restated_bars,
+    ta.test_each_month_is_built_once_its_last_label_exists_and_once_per_restatement,
+    ta.test_days_without_a_session_build_no_day,
+    ta.test_nothing_is_built_that_no_rule_asks_for,
+    ta.test_execute_a_person_promotes_after_the_first_months_models,
+    ta.test_execute_each_day_is_scored_by_the_champion_of_its_evaluation,
+    ta.test_execute_a_malformed_landing_file_is_rejected_and_starts_nothing,
+]
 
 
-def test_labels_wait_for_their_horizon_and_follow_restated_bars(soak, expected):
-    ta.test_labels_wait_for_their_horizon_and_follow_restated_bars(soak)
-
-
-def test_each_month_is_built_once_its_last_label_exists_and_once_per_restatement(soak, expected):
-    ta.test_each_month_is_built_once_its_last_label_exists_and_once_per_restatement(soak)
-
-
-def test_days_without_a_session_build_no_day(soak, expected):
-    ta.test_days_without_a_session_build_no_day(soak)
-
-
-def test_nothing_is_built_that_no_rule_asks_for(soak, expected):
-    ta.test_nothing_is_built_that_no_rule_asks_for(soak)
-
-
-def test_a_person_promotes_once_after_the_first_months_models(soak, expected):
-    ta.test_execute_a_person_promotes_after_the_first_months_models(soak)
-
-
-def test_each_day_is_scored_by_the_champion_of_its_run(soak, expected):
-    ta.test_execute_each_day_is_scored_by_the_champion_of_its_evaluation(soak)
-
-
-def test_the_malformed_landing_file_is_rejected_and_starts_nothing(soak, expected):
-    ta.test_execute_a_malformed_landing_file_is_rejected_and_starts_nothing(soak)
+@pytest.mark.parametrize("check", AUTOMATION_CHECKS, ids=lambda f: f.__name__.removeprefix("test_"))
+def test_as_the_automation_scenario_expects(soak, expected, check):
+    check(soak)
 
 
 def test_every_run_is_the_daemons_and_succeeded(soak):

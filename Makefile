@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-real test venv lint lock clean ui mlflow-ui reliability-nightly soak soak-execute
+.PHONY: demo demo-real test venv lint lock clean ui mlflow-ui reliability-nightly soak soak-execute soak-daemon soak-daemon-short
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,16 @@ soak: $(STAMP)
 # month's models, a rejected landing file; prints the figures (a few minutes)
 soak-execute: $(STAMP)
 	QUANT_SOAK_EXECUTE=1 $(PY) -m pytest -p no:cacheprovider -q -s tests/test_automation.py -k execute
+
+# the real dagster-daemon and a gRPC code server on a fake clock (libfaketime), fed by the
+# daily schedule, landing files and the automation sensor (tests/daemon_soak.py); prints fake
+# days, runs, materialisations and wall time. soak-daemon: 32 trading days, two month ends
+# (about an hour); soak-daemon-short: 12 trading days, one month end (about 15 minutes)
+soak-daemon: $(STAMP)
+	QUANT_SOAK=1 QUANT_SOAK_DAEMON=1 $(PY) -m pytest -p no:cacheprovider -q -s tests/test_daemon_soak.py
+
+soak-daemon-short: $(STAMP)
+	QUANT_SOAK_DAEMON=1 $(PY) -m pytest -p no:cacheprovider -q -s tests/test_daemon_soak.py
 
 # ruff, and the layout's import contracts ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)

@@ -46,5 +46,5 @@ defs = Definitions(
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources=build_resources(SETTINGS),
-    executor=executor_for(SETTINGS.env),
+    executor=executor_for(SETTINGS.env, local=SETTINGS.local_executor),
 )

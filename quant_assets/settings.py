@@ -32,6 +32,8 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | QUANT_FEATURE_DAYS_PER_RUN | 1040 | trading days per run of a pit_features range backfill (its BackfillPolicy) |
 | QUANT_OPTUNA_STORAGE | sqlite:///$QUANT_HOME/optuna.db | the studies of adaptive sweeps (method: optuna); in a deployment a Postgres URL of its own schema (Optuna's tables would clash with MLflow's) |
 | QUANT_SWEEP_TRIALS_PER_RUN | 50 | sweep trials per run (sweep_trials' BackfillPolicy, the sweep sensor's batches, `sweep --run`) |
+| QUANT_LOCAL_EXECUTOR | multiprocess | local runs' executor: multiprocess (a process per step, the pools' limits) or in_process (the steps in the run's process: no import per step, no step parallelism) |
+| QUANT_SIMULATOR_END | "" | last day the simulator draws when QUANT_END_DATE is empty ("" = today); fixes the simulated market while live partitions grow with a clock (tests/daemon_soak.py) |
 
 The cutoff rule: with the defaults a regular XNYS session's cutoff is its 16:00 New York close,
 21:00 UTC in winter and 20:00 UTC in summer; a half day's is earlier (2022-11-25: 18:00 UTC).
@@ -94,6 +96,7 @@ def parse_feature_modules(value: str, name: str = "QUANT_FEATURE_MODULES") -> tu
 _DURATION = re.compile(r"^([+-])?(?:(\d+)h)?(?:(\d+)min)?$")
 SOURCES = ("simulated", "files")
 AUTO_PROMOTE = ("wait", "promote")
+LOCAL_EXECUTORS = ("multiprocess", "in_process")
 
 
 def parse_duration(name: str, value: str) -> dt.timedelta:
@@ -159,6 +162,10 @@ class Settings:
     optuna_storage: str = ""
     # where researchers open MLflow (`make mlflow-ui`): assets link each run there
     mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # the executor of local runs: "multiprocess" or "in_process"
+    local_executor: str = "multiprocess"
+    # the simulator's last day with live partitions (QUANT_END_DATE empty); None = today
+    simulator_end: dt.date | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -194,6 +201,11 @@ class Settings:
         auto_promote = _env("QUANT_AUTO_PROMOTE", "wait").strip().lower()
         if auto_promote not in AUTO_PROMOTE:
             raise ValueError(f"QUANT_AUTO_PROMOTE={auto_promote!r} must be one of {AUTO_PROMOTE}")
+        local_executor = _env("QUANT_LOCAL_EXECUTOR", "multiprocess").strip().lower()
+        if local_executor not in LOCAL_EXECUTORS:
+            raise ValueError(f"QUANT_LOCAL_EXECUTOR={local_executor!r} must be one of {LOCAL_EXECUTORS}")
+        sim_end_raw = _env("QUANT_SIMULATOR_END", "")
+        simulator_end = _parse_date("QUANT_SIMULATOR_END", sim_end_raw) if sim_end_raw else None
         warehouse = _env("QUANT_WAREHOUSE_URI", str(home / "warehouse"))
         return cls(
             quant_home=home,
@@ -224,6 +236,8 @@ class Settings:
             sweep_trials_per_run=_parse_int("QUANT_SWEEP_TRIALS_PER_RUN",
                                             _env("QUANT_SWEEP_TRIALS_PER_RUN", "50"), 1),
             mlflow_ui_url=_env("QUANT_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/"),
+            local_executor=local_executor,
+            simulator_end=simulator_end,
         )
 
     def as_dict(self) -> dict[str, str]:

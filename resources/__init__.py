@@ -18,7 +18,9 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     from resources.market_source import MarketSource
     from resources.tracking import MlflowTracking
 
-    end = settings.end_date.isoformat() if settings.end_date else ""
+    # live partitions (no end date): the simulator draws up to QUANT_SIMULATOR_END, or today
+    last = settings.end_date or settings.simulator_end
+    end = last.isoformat() if last else ""
     return {
         "io_manager": DeltaIOManager(root=settings.warehouse_uri),
         "tracking": MlflowTracking(

@@ -32,7 +32,7 @@ import shutil
 from pathlib import Path
 
 import polars as pl
-from dagster import RunRequest, SensorEvaluationContext, SkipReason, sensor
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
 from quant_assets.data import quality, sources
 from quant_assets.data.files import LandingFileError, list_landing_files
@@ -187,13 +187,17 @@ def evaluate_data_dir(
     bars_files = {str(p.relative_to(root)) for p in sources.table_files(root, "market_bars")}
     bars_key = _state_key("data-dir-bars:", [s for s in state if s[0] in bars_files])
     ref_key = _state_key("data-dir-reference:", [s for s in state if s[0] not in bars_files])
-    if bars_key in seen and ref_key in seen:
+    # a rejected state of the whole directory: remembered on its own, so that the state
+    # that fixes it is judged afresh (marking the reference key seen on a rejection would
+    # lose the reference run of a directory rejected before its first accepted state)
+    rejected_key = _state_key("data-dir-rejected:", state)
+    if (bars_key in seen and ref_key in seen) or rejected_key in seen:
         return [], [], seen
     try:
         loaded = file_source(root)
     except (sources.SourceFileError, sources.SourceRejected) as exc:
         # the whole directory is rejected until it is fixed: nothing starts; logged once
-        seen |= {bars_key, ref_key}
+        seen.add(rejected_key)
         return [], [f"data directory rejected, no run started: {exc}"], seen
     requests, logs = [], []
     if ref_key not in seen:
@@ -222,7 +226,14 @@ def evaluate_data_dir(
     return requests, logs, seen
 
 
-@sensor(jobs=[daily_features_job, reference_data_job], minimum_interval_seconds=60, description=__doc__)
+@sensor(
+    jobs=[daily_features_job, reference_data_job],
+    minimum_interval_seconds=60,
+    description=__doc__,
+    # a deployment (QUANT_AUTOMATION=on) watches its landing folder from the start, as the
+    # daily schedule and the automation sensor run by themselves
+    default_status=DefaultSensorStatus.RUNNING if SETTINGS.automation else DefaultSensorStatus.STOPPED,
+)
 def landing_files_sensor(context: SensorEvaluationContext):
     landing = Path(SETTINGS.landing_dir)
     files_source = SETTINGS.source == "files" and SETTINGS.data_dir is not None

@@ -31,6 +31,7 @@ from dagster import (
     OpDefinition,
     Out,
     SourceAsset,
+    in_process_executor,
     multiprocess_executor,
 )
 from dagster._core.storage.tags import GLOBAL_CONCURRENCY_TAG
@@ -219,13 +220,17 @@ def configure_local_instance(dagster_home: str | Path, policy: PlacementPolicy) 
         return apply_pool_limits(instance, policy)
 
 
-def executor_for(env: str, *, max_concurrent: int | None = 2) -> ExecutorDefinition:
+def executor_for(env: str, *, max_concurrent: int | None = 2, local: str = "multiprocess") -> ExecutorDefinition:
     """``local``: the multiprocess executor (``max_concurrent`` processes; pool limits from the
-    instance). ``k8s``: dagster-k8s ``k8s_job_executor``, one Job per step whose resources,
+    instance), or with ``local="in_process"`` (QUANT_LOCAL_EXECUTOR) the in-process executor:
+    the steps run in the run's own process, which has imported the code location once (a
+    process per step imports it again: seconds a step). ``k8s``: dagster-k8s ``k8s_job_executor``, one Job per step whose resources,
     nodeSelector, tolerations and image (where the pool sets one) come from the step's
     ``dagster-k8s/config`` tag; namespace, service account and env come from the Helm
     chart's run launcher or the run config."""
     if env == "local":
+        if local == "in_process":
+            return in_process_executor
         if max_concurrent is None:
             return multiprocess_executor
         return multiprocess_executor.configured({"max_concurrent": max_concurrent})

@@ -175,6 +175,22 @@ def test_a_bad_new_file_in_the_data_directory_starts_nothing_and_names_file_row_
     assert evaluate_data_dir(data, seen, warehouse=None) == ([], [], seen)  # logged once
 
 
+def test_a_directory_rejected_before_its_first_bars_file_requests_its_reference_run_once_fixed(tmp_path):
+    # the first look at the directory finds a bad bars file: nothing starts, logged once
+    data = _data_dir(tmp_path)
+    bad = data / "bars" / "late.csv"
+    bad.write_text("date,instrument_id,close\n2022-07-01,AAPL,-1.0\n")
+    requests, logs, seen = evaluate_data_dir(data, set(), warehouse=None)
+    assert requests == [] and "price_positive_finite" in logs[0]
+    assert evaluate_data_dir(data, seen, warehouse=None) == ([], [], seen)
+    # fixed (the bad file removed; the reference files never changed): the reference run the
+    # directory never had is requested now, then nothing more
+    bad.unlink()
+    requests, logs, seen = evaluate_data_dir(data, seen, warehouse=None)
+    assert [r.job_name for r in requests] == ["reference_data_job"], logs
+    assert [r.job_name for r in evaluate_data_dir(data, seen, warehouse=None)[0]] == []
+
+
 def test_a_landing_file_may_use_the_data_directory_layout(tmp_path):
     from quant_assets.data.sources import read_layout
 

@@ -13,7 +13,7 @@ at once and no real time is slept on them. Non-trading weekdays (an exchange hol
 visited too: the schedule's tick skips them.
 
 Files: ``--restate ON:DAY`` drops a restated bars file of the already built DAY (its stored
-bars, every close 0.2 % higher, known at ON's cutoff) into the landing folder on ON, before
+bars, every price 0.2 % higher, with the day's own knowledge times) into the landing folder on ON, before
 ON's schedule, and waits for the landing sensor's run of it; ``--bad-landing DAY`` drops a
 malformed bars file (a NaN close, tests/data/bad_inputs) on DAY, which the landing sensor
 rejects. A person promotes the latest LightGBM version the morning after the first month's
@@ -175,14 +175,17 @@ def _stored_bars(settings, day: str):
 
 
 def drop_restated_file(settings, day: str, known: dt.datetime) -> Path:
-    """The stored bars of ``day``, every price 0.2 % higher, known at ``known``: a vendor's
-    correction (newer knowledge time, a small move, so every landing rule passes)."""
+    """The stored bars of ``day``, every price 0.2 % higher: a vendor's re-delivery that
+    corrects the record of the day (a small move, so every landing rule passes), with the
+    day's own knowledge times, as the platform's restatement policy rebuilds the day's
+    features with the corrected bars. (A correction stamped with its later arrival time
+    ``known`` replaces the day's bars with rows its own cutoff cannot see, and empties that
+    day's point-in-time features: the bars table keeps one version per day; open, README.)"""
     import polars as pl
 
     bars = _stored_bars(settings, day)
     prices = [c for c in ("open", "high", "low", "close", "vwap") if c in bars.columns]
-    bars = bars.with_columns(*(pl.col(c) * RESTATE_FACTOR for c in prices),
-                             pl.lit(known).cast(bars.schema["knowledge_time"]).alias("knowledge_time"))
+    bars = bars.with_columns(*(pl.col(c) * RESTATE_FACTOR for c in prices))
     landing = Path(settings.landing_dir)
     landing.mkdir(parents=True, exist_ok=True)
     tmp = landing / f"_restated_{day}.parquet"  # in-progress names are skipped by the sensor

@@ -78,7 +78,9 @@ def _wide(returns: pl.DataFrame, prefix: str, name: str) -> pl.DataFrame:
     dup = named.filter(pl.struct("date", "trial_id").is_duplicated())
     if dup.height:
         raise ValueError(f"{name} has several returns for one (date, trial_id): {dup.head(3).rows()}")
-    return named.pivot(on="trial_id", index="date", values="net_return", sort_columns=True)
+    # sorted by date: the pivot keeps the order rows arrived in (a Delta read's file order),
+    # and a trial's Sharpe summed in another order differs in the last bit between reruns
+    return named.pivot(on="trial_id", index="date", values="net_return", sort_columns=True).sort("date")
 
 
 def build_trial_set(

@@ -101,21 +101,26 @@ def trading_days_note(settings: Settings, partitions: TimeWindowPartitionsDefini
     partitioning: the exchange calendar, the first and last day, the excluded holidays and,
     for labels (``lag``), why the last days of the bars have no partition."""
     cal = settings.calendar_name
-    first = partitions.get_first_partition_key()
-    if settings.end_date is not None:
-        keys = partitions.get_partition_keys()
-        last = keys[-1]
+    # from the settings, not the partition keys: a live range (or a clock before its first
+    # day) may have none yet, and the code location must load all the same
+    first = settings.start_date.isoformat()
+    keys = partitions.get_partition_keys() if settings.end_date is not None else []
+    last = keys[-1] if keys else None
+    if settings.end_date is not None and last is not None:
         span = f"{first} to {last} ({len(keys)} days)"
         through = dt.date.fromisoformat(last)
+    elif settings.end_date is not None:
+        span = f"from {first} (none yet before {settings.end_date})"
+        through = settings.end_date
     else:
         span = f"from {first}, open-ended (a day's partition exists from the day's start)"
-        through = dt.date.today()
+        through = max(dt.date.today(), settings.start_date)
     holidays = calendar.closed_weekdays(dt.date.fromisoformat(first), through, cal)
     sentence = (f"Partitions: {cal} trading days {span}: the weekdays of the cron shown by "
                 f"Dagster less {len(holidays)} exchange holidays (listed in the "
                 f"{CALENDAR_METADATA} metadata).")
     if lag:
-        if settings.end_date is not None:
+        if last is not None:
             tail = calendar.trading_days(calendar.shift_trading_days(dt.date.fromisoformat(last), 1, cal),
                                          settings.end_date, cal)
             sentence += (f" The last {lag} trading days of the bars ({tail[0]} to {tail[-1]}) have no "
@@ -128,17 +133,19 @@ def trading_days_note(settings: Settings, partitions: TimeWindowPartitionsDefini
           + (", ".join(d.isoformat() for d in holidays) or "none"))
     if settings.end_date is not None:
         md += f"\n\nThe bars end on {settings.end_date} (QUANT_END_DATE)."
-        if lag:
+        if lag and last is not None:
             md += f" Labels end {lag} sessions earlier, on {last} (label horizon {lag})."
     return sentence, md
 
 
 def months_note(settings: Settings, partitions: MonthlyPartitionsDefinition) -> tuple[str, str]:
     """(sentence, Markdown) of the monthly partitioning: the model months and the end."""
-    first = partitions.get_first_partition_key()[:7]
-    if settings.end_date is not None:
-        keys = partitions.get_partition_keys()
+    first = settings.first_model_month.isoformat()[:7]  # the settings: there may be no key yet
+    keys = partitions.get_partition_keys() if settings.end_date is not None else []
+    if keys:
         span = f"{first} to {keys[-1][:7]} ({len(keys)} months)"
+    elif settings.end_date is not None:
+        span = f"from {first} (none yet)"
     else:
         span = f"from {first}, open-ended"
     sentence = f"Partitions: model months {span}, from QUANT_FIRST_MODEL_MONTH to the bars' last month."
@@ -165,7 +172,9 @@ def describe_partitions(assets: list, settings: Settings | None = None) -> list:
         if entry is None:
             return spec
         key, note = entry
-        sentence, md = cache.setdefault(id(note), note())
+        if id(note) not in cache:  # once per partitioning, not per asset
+            cache[id(note)] = note()
+        sentence, md = cache[id(note)]
         description = f"{spec.description.rstrip()}\n\n{sentence}" if spec.description else sentence
         return spec.replace_attributes(description=description).merge_attributes(
             metadata={key: MetadataValue.md(md)})

@@ -109,3 +109,20 @@ def test_the_daily_job_runs_the_chunks_its_assets_dialog_offers():
     assert daily.max_partitions_per_run == load_settings().feature_days_per_run
     (labels,) = policies["labels_job"]
     assert labels == daily
+
+
+def test_the_notes_need_no_partition_key_yet():
+    """A live range whose clock is before its first day (or a fixed one too short for a
+    label) has no keys: the notes still load, so the code location does (the daemon soak's
+    fake clock found describe_partitions failing on an empty monthly partitioning)."""
+    future = dataclasses.replace(SETTINGS, start_date=dt.date(2034, 1, 9), end_date=None,
+                                 first_model_month=dt.date(2034, 3, 1))
+    assert build_monthly_partitions(future).get_partition_keys() == []
+    sentence, _ = months_note(future, build_monthly_partitions(future))
+    assert "from 2034-03, open-ended" in sentence
+    sentence, _ = trading_days_note(future, build_label_partitions(future), lag=5)
+    assert "from 2034-01-09, open-ended" in sentence
+    short = dataclasses.replace(SETTINGS, end_date=dt.date(2022, 1, 5))  # 3 sessions, horizon 5
+    assert build_label_partitions(short).get_partition_keys() == []
+    sentence, md = trading_days_note(short, build_label_partitions(short), lag=5)
+    assert "none yet before 2022-01-05" in sentence and "Labels end" not in md

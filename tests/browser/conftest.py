@@ -63,6 +63,10 @@ class Flow:
     dagster: ServerProcess
     mlflow: ServerProcess
     demo_output: str
+    # the demo's range and where screenshots go: on the object, since `import conftest` (or
+    # the class's module) may name another conftest.py when the whole suite runs
+    env: dict[str, str] = field(default_factory=lambda: dict(FLOW_ENV))
+    artifacts: Path = ARTIFACTS
     shots: list[Path] = field(default_factory=list)
 
     @property

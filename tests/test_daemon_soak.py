@@ -22,7 +22,7 @@ Not in ``make test``: a fake trading day costs about a minute of real time (each
 process that imports the code location), the short variant about 25 minutes (1,436 s measured).
 
 Not passing yet: through the real daemon the automation misses builds that Dagster's own
-evaluation makes over the same days (README, "Unattended operation")."""
+evaluation makes over the same days (README, "Automation: what runs by itself")."""
 
 from __future__ import annotations
 

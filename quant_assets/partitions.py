@@ -86,6 +86,20 @@ monthly_partitions = build_monthly_partitions(load_settings())
 sweep_trial_partitions = DynamicPartitionsDefinition(name="sweep_trials")
 
 
+def run_partitions(keys: list[str]) -> tuple[str | None, dict[str, str]]:
+    """(partition_key, tags) of a run of `keys` (consecutive partitions): one key is the
+    run's partition; several are a range, which Dagster reads from its range tags."""
+    # tag names only (no public constants)
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    if len(keys) == 1:
+        return keys[0], {}
+    return None, {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+
+
 # --------------------------------------------------------------------------------------------
 # What the UI says about the partitions. Dagster's partitions line is the cron and the start
 # ("0 0 * * 1-5, starting 2022-01-03 UTC"): it hides the exchange holidays excluded from the

@@ -626,10 +626,7 @@ class MlflowTracking(dg.ConfigurableResource):
         points = [Metric(_truncate(name, MAX_KEY_LENGTH), value, stamp, step)
                   for step, metrics in enumerate(steps)
                   for name, value in finite_metrics(metrics).items()]
-        client = self._store()
-        for start in range(0, len(points), 1000):  # MLflow's batch limit
-            client.log_batch(run.info.run_id, metrics=points[start : start + 1000])
-        return len(points)
+        return self._log_points(run.info.run_id, points)
 
     def log_curves(self, curves: Mapping[str, list[float]], step_offset: int = 1) -> int:
         """Log each curve (a value per boosting round or epoch) as the steps of one metric of
@@ -645,9 +642,12 @@ class MlflowTracking(dg.ConfigurableResource):
         points = [Metric(_truncate(f"curve_{name}", MAX_KEY_LENGTH), float(v), stamp, step + step_offset)
                   for name, values in curves.items() for step, v in enumerate(values)
                   if v is not None and math.isfinite(v)]
+        return self._log_points(run.info.run_id, points)
+
+    def _log_points(self, run_id: str, points: list) -> int:
         client = self._store()
         for start in range(0, len(points), 1000):  # MLflow's batch limit
-            client.log_batch(run.info.run_id, metrics=points[start : start + 1000])
+            client.log_batch(run_id, metrics=points[start : start + 1000])
         return len(points)
 
     def log_table(self, frame: Any, artifact_file: str) -> None:

@@ -5,14 +5,8 @@ from __future__ import annotations
 
 from dagster import AssetKey, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
-# tag names only (no public constants): a range run is tagged with its first and last key
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
-
 from quant_assets.jobs import sweep_trials_job
-from quant_assets.partitions import sweep_trial_partitions
+from quant_assets.partitions import run_partitions, sweep_trial_partitions
 from quant_assets.settings import load_settings
 from quant_assets.trials.trial_registry import pending_batches
 
@@ -23,12 +17,9 @@ def trial_run_requests(registered: list[str], done: set[str], per_run: int) -> l
     batch, so each batch is requested once."""
     requests = []
     for batch in pending_batches(registered, done, per_run):
-        first, last = batch[0], batch[-1]
-        if first == last:
-            requests.append(RunRequest(run_key=first, partition_key=first))
-        else:
-            requests.append(RunRequest(run_key=f"{first}..{last}", tags={
-                ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}))
+        key = batch[0] if len(batch) == 1 else f"{batch[0]}..{batch[-1]}"
+        partition_key, tags = run_partitions(batch)
+        requests.append(RunRequest(run_key=key, partition_key=partition_key, tags=tags))
     return requests
 
 

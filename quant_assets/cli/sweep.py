@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 from dagster import DagsterInstance
 
-from quant_assets.partitions import monthly_partitions, sweep_trial_partitions
+from quant_assets.partitions import monthly_partitions, run_partitions, sweep_trial_partitions
 from quant_assets.trials.assets import find_parent_run, sweep_parent_run
 from quant_assets.trials.search import ADAPTIVE, SearchSpace, plan_trials
 from quant_assets.trials.trial_registry import (
@@ -28,7 +28,7 @@ from quant_assets.trials.trial_registry import (
     best_trial,
     completed_trials,
     pending_batches,
-    planned_trials_of,
+    planned_trials,
     sweep_results,
 )
 from quant_assets.warehouse import Warehouse
@@ -64,28 +64,29 @@ def register_sweep(
     `optuna_storage`, default QUANT_OPTUNA_STORAGE)."""
     from quant_assets.settings import load_settings
 
+    registered = instance.get_dynamic_partitions(sweep_trial_partitions.name)
+    existing = set(registered)
     if space.method in ADAPTIVE:
         from quant_assets.trials.adaptive import next_round
 
         settings = load_settings()
-        new = next_round(space, optuna_storage or settings.optuna_storage,
-                         sweep_results(warehouse, space.name),
+        results = sweep_results(warehouse, space.name)
+        new = next_round(space, optuna_storage or settings.optuna_storage, results,
                          round_size or settings.sweep_trials_per_run, default_months())
         add_to_plan(warehouse, new)
-        planned = planned_trials_of(warehouse, space.name)
-        registered = instance.get_dynamic_partitions(sweep_trial_partitions.name)
-        ids = [k for k in registered if k in planned]
-        ids += [t.trial_id for t in new if t.trial_id not in set(ids)]
+        planned = planned_trials(warehouse, space.name)
+        # registration order, then this round's new trials (planned above)
+        ids = [k for k in registered if k in planned] + [t.trial_id for t in new if t.trial_id not in existing]
+        done = set(results)  # the registry rows of this sweep, already read
     else:
         trials = plan_trials(space, default_months())
         ids = [t.trial_id for t in trials]
         add_to_plan(warehouse, trials)
-    existing = set(instance.get_dynamic_partitions(sweep_trial_partitions.name))
+        done = completed_trials(warehouse, space.name)
     added = [i for i in ids if i not in existing]
     if added:
         instance.add_dynamic_partitions(sweep_trial_partitions.name, added)
     parent = sweep_parent_run(tracking, space)
-    done = completed_trials(warehouse, space.name)
     return SweepRegistration(space.name, ids, added, [i for i in ids if i not in done], parent)
 
 
@@ -103,12 +104,6 @@ def run_sweep(
     ``n_trials``. Returns the first registration (as it was before running)."""
     from dagster import materialize
 
-    # tag names only (no public constants): a range run is tagged with its first and last key
-    from dagster._core.storage.tags import (
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-    )
-
     from quant_assets.data.assets import corporate_actions, fundamentals, market_bars, universe
     from quant_assets.features.assets import labels, pit_features
     from quant_assets.settings import load_settings
@@ -124,13 +119,12 @@ def run_sweep(
         todo = set(registration.pending if budget is None else registration.pending[:budget])
         done = set(registration.trial_ids) - todo
         for batch in pending_batches(registration.trial_ids, done, per_run):
-            single = len(batch) == 1
+            partition_key, tags = run_partitions(batch)
             result = materialize(
                 [*upstream, sweep_trial],
                 selection=[sweep_trial],
-                partition_key=batch[0] if single else None,
-                tags=None if single else {ASSET_PARTITION_RANGE_START_TAG: batch[0],
-                                          ASSET_PARTITION_RANGE_END_TAG: batch[-1]},
+                partition_key=partition_key,
+                tags=tags,
                 resources=resources,
                 instance=instance,
                 # a line per step event is noise at a thousand trials; the run keeps its logs

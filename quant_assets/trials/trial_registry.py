@@ -60,11 +60,14 @@ def load_trial_spec(warehouse: Warehouse, trial_id: str) -> TrialSpec:
     return TrialSpec.from_json(rows.item(0, "spec"))
 
 
-def planned_trials(warehouse: Warehouse) -> set[str]:
-    """Trial ids with a row in the plan."""
+def planned_trials(warehouse: Warehouse, sweep: str | None = None) -> set[str]:
+    """Trial ids with a row in the plan (of `sweep`, or of any sweep)."""
     if not warehouse.exists(PLAN_TABLE):
         return set()
-    return set(warehouse.read(PLAN_TABLE, columns=["trial_id"]).frame["trial_id"])
+    frame = warehouse.read(PLAN_TABLE, columns=["trial_id", "sweep"]).frame
+    if sweep is not None:
+        frame = frame.filter(pl.col("sweep") == sweep)
+    return set(frame["trial_id"])
 
 
 def add_to_plan(warehouse: Warehouse, trials: list[TrialSpec]) -> list[TrialSpec]:
@@ -128,10 +131,3 @@ def sweep_results(warehouse: Warehouse, sweep: str) -> dict[str, float]:
     frame = frame.filter(pl.col("sweep") == sweep)
     return dict(zip(frame["trial_id"], frame["sharpe"].cast(pl.Float64), strict=True))
 
-
-def planned_trials_of(warehouse: Warehouse, sweep: str) -> set[str]:
-    """Trial ids planned for `sweep`."""
-    if not warehouse.exists(PLAN_TABLE):
-        return set()
-    frame = warehouse.read(PLAN_TABLE, columns=["trial_id", "sweep"]).frame
-    return set(frame.filter(pl.col("sweep") == sweep)["trial_id"])

@@ -62,14 +62,26 @@ def _updated(keys: Iterable[str]) -> AC:
     return AC.any_deps_updated().allow(_assets(keys)).with_label(f"{' or '.join(keys)} updated")
 
 
-def _ready(keys: Iterable[str]) -> AC:
-    """None of these inputs is missing or in progress, and nor is this partition."""
-    keys = tuple(keys)
-    return (
+def _ready(keys: Iterable[str], apart: Iterable[str] = ()) -> AC:
+    """None of these inputs is missing or in progress, and nor is this partition; nor is
+    any of ``apart`` requested on this tick.
+
+    ``apart``: inputs partitioned differently from this asset (a month's daily inputs, the
+    reports' monthly backtests). Requested on the same tick they go to a run of their own,
+    and the sensor's runs start side by side, in no order: a month's models were trained on
+    the labels of a restated day while those labels were being rebuilt, then trained again
+    (tests/daemon_soak.py). Inputs of the same partitioning are requested into the same run,
+    which builds them first, so those need no wait."""
+    keys, apart = tuple(keys), tuple(apart)
+    condition = (
         ~AC.any_deps_missing().allow(_assets(keys))
         & ~AC.any_deps_in_progress().allow(_assets(keys))
         & ~AC.in_progress()
-    ).with_label(f"{', '.join(keys)} present, nothing in progress")
+    )
+    if apart:
+        condition = condition & ~AC.any_deps_match(RequestedThisTick()).allow(_assets(apart)).with_label(
+            f"{', '.join(apart)} not requested on this tick")
+    return condition.with_label(f"{', '.join(keys)} present, nothing in progress")
 
 
 def _buildable(recent: dt.timedelta | None) -> AC:
@@ -92,16 +104,41 @@ def after(
     *,
     wait_for: Iterable[str] | None = None,
     recent: dt.timedelta | None = RECENT,
+    apart: Iterable[str] = (),
 ) -> AC:
     """Once ``keys`` updated (or this partition newly appeared), when ``wait_for`` (default:
-    ``keys``) are present and settled: new partitions, and every rebuild their update
-    causes, never history."""
+    ``keys``) are present and settled (and ``apart`` not requested on this tick, ``_ready``):
+    new partitions, and every rebuild their update causes, never history."""
     keys = tuple(keys)
     wait_for = tuple(wait_for) if wait_for is not None else keys
     trigger = (AC.newly_missing() | _updated(keys)).since_last_handled()
-    return (trigger & _buildable(recent) & _ready(wait_for)).with_label(
+    return (trigger & _buildable(recent) & _ready(wait_for, apart)).with_label(
         f"after {', '.join(keys)}"
     )
+
+
+class RequestedThisTick(AC):
+    """Requested on this tick, into whatever run.
+
+    Why not Dagster's ``will_be_requested``: it only counts a request that the same run as
+    the asset evaluated would build (same partitioning), so a month never sees the rebuild
+    of its daily inputs requested on the same tick (``_ready``'s ``apart``). Reads the
+    tick's requests so far (``request_subsets_by_key``; inputs are evaluated before the
+    assets that read them); tests/test_automation.py fails without it."""
+
+    @property
+    def name(self) -> str:
+        return "requested_this_tick"
+
+    @property
+    def description(self) -> str:
+        return "requested on this tick (in any run)"
+
+    def evaluate(self, context: AutomationContext) -> AutomationResult:
+        requested = context.request_subsets_by_key.get(context.key)
+        true_subset = (context.candidate_subset.compute_intersection(requested)
+                       if requested is not None else context.get_empty_subset())
+        return AutomationResult(context=context, true_subset=true_subset)
 
 
 class MonthLabelled(AC):
@@ -149,7 +186,8 @@ def month_closed(
     window is in: for the models, the last session's features and labels (``labels``: the
     label asset whose last-session partition must exist first; None when none is read)."""
     inputs = tuple(inputs)
-    condition = after(inputs, wait_for=wait_for, recent=None)
+    # the month's inputs are daily: requested on the same tick, they run apart from it
+    condition = after(inputs, wait_for=wait_for, recent=None, apart=inputs)
     if labels is not None:
         condition = condition & MonthLabelled(labels)
     return condition.with_label(f"month closed: {', '.join(inputs)} complete")
@@ -164,12 +202,15 @@ def new_month(*, wait_for: Iterable[str] = ()) -> AC:
     ).with_label("new month")
 
 
-def when_updated(keys: Iterable[str], *, wait_for: Iterable[str] | None = None) -> AC:
-    """Unpartitioned: after any of ``keys`` updated, once ``wait_for`` are settled."""
+def when_updated(
+    keys: Iterable[str], *, wait_for: Iterable[str] | None = None, apart: Iterable[str] = (),
+) -> AC:
+    """Unpartitioned: after any of ``keys`` updated, once ``wait_for`` are settled (and
+    ``apart``, partitioned inputs, not requested on this tick: ``_ready``)."""
     keys = tuple(keys)
     wait_for = tuple(wait_for) if wait_for is not None else keys
     return (
-        (AC.newly_missing() | _updated(keys)).since_last_handled() & _ready(wait_for)
+        (AC.newly_missing() | _updated(keys)).since_last_handled() & _ready(wait_for, apart)
     ).with_label(f"after {', '.join(keys)}")
 
 

@@ -218,6 +218,22 @@ def test_each_month_is_built_once_its_last_label_exists_and_once_per_restatement
     assert "champion_model" not in built  # QUANT_AUTO_PROMOTE=wait: a person promotes
 
 
+def test_nothing_is_requested_beside_a_run_that_rebuilds_what_it_reads(scenario):
+    """Requested on one tick, differently partitioned assets go to separate runs, which the
+    sensor starts side by side: a month beside the rebuild of a day it reads (its features
+    or labels), or a report beside the rebuild of a month, would read the old rows and be
+    built again after them (seen through the real daemon, tests/daemon_soak.py)."""
+    for tick in scenario["ticks"]:
+        requested = tick["requested"]
+        days = {k for a in ("pit_features", "labels") for k in requested.get(a, [])}
+        for asset in MONTHLY:
+            for month in requested.get(asset, []):
+                end = (calendar.next_month(D(month)) - dt.timedelta(days=1)).isoformat()
+                assert not {d for d in days if d <= end}, (tick["time"], asset, month, sorted(days))
+        if any(a in requested for a in REPORTS):
+            assert not any(a in requested for a in (*MONTHLY, *GRID)), tick
+
+
 def test_days_without_a_session_build_no_day(scenario):
     for tick in scenario["ticks"]:
         if "not a trading day" in tick["trigger"]:

@@ -136,6 +136,8 @@ def build_report(family: ModelFamily) -> AssetsDefinition:
         automation_condition=when_updated(
             [family.backtest, *MONTHLY_TRIALS.values()],
             wait_for=[family.backtest, family.predictions],
+            # monthly inputs: requested on the same tick, they run apart from the report
+            apart=[family.backtest, family.predictions, *MONTHLY_TRIALS.values()],
         ),
         description=f"Headline statistics of the {family.name} backtest (Sharpe, drawdown, PSR, DSR "
         "and PBO over every trial tried, MinTRL, turnover, IC, bootstrap drawdowns) and the gate "

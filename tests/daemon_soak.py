@@ -12,7 +12,11 @@ nudged forward a minute at a time, so the sensors' minimum intervals (fake secon
 at once and no real time is slept on them. Non-trading weekdays (an exchange holiday) are
 visited too: the schedule's tick skips them.
 
-Files: ``--restate ON:DAY`` drops a restated bars file of the already built DAY (its stored
+Files: ``--daily-files`` drops each session's bars (the seeded simulation's, as a vendor's
+file) into the landing folder two minutes after its cutoff and waits for the landing
+sensor's run of it, before the schedule's time (whose tick then finds the day built);
+``--no-file DAY`` is a session whose file never comes, which the schedule builds.
+``--restate ON:DAY`` drops a restated bars file of the already built DAY (its stored
 bars, every price 0.2 % higher, with the day's own knowledge times) into the landing folder on ON, before
 ON's schedule, and waits for the landing sensor's run of it; ``--bad-landing DAY`` drops a
 malformed bars file (a NaN close, tests/data/bad_inputs) on DAY, which the landing sensor
@@ -193,6 +197,24 @@ def drop_restated_file(settings, day: str, known: dt.datetime) -> Path:
     return tmp.rename(landing / f"restated_{day}.parquet")
 
 
+def drop_day_file(settings, day: str) -> Path:
+    """The vendor's file of ``day``: the day's bars as the configured market source has them
+    (the seeded simulation the schedule would otherwise build from), written under an
+    in-progress name and renamed, as a file producer does."""
+    import polars as pl
+
+    from quant_assets.data.market import simulated_for
+    from resources import build_resources
+
+    source = build_resources(settings)["market_source"]
+    bars = simulated_for(source).market_bars.filter(pl.col("date") == dt.date.fromisoformat(day))
+    landing = Path(settings.landing_dir)
+    landing.mkdir(parents=True, exist_ok=True)
+    tmp = landing / f"_bars_{day}.parquet"
+    bars.sort("date", "instrument_id").write_parquet(tmp)
+    return tmp.rename(landing / f"bars_{day}.parquet")
+
+
 def drop_bad_file(settings, day: str) -> tuple[Path, str]:
     """automation_scenario's malformed file: the day's stored bars with a NaN close."""
     from automation_scenario import BAD_LANDING_KIND
@@ -201,7 +223,11 @@ def drop_bad_file(settings, day: str) -> tuple[Path, str]:
     from bad_inputs.corpus import KINDS, write_kind
 
     kind = next(k for k in KINDS if k.name == BAD_LANDING_KIND)
-    return write_kind(kind, _stored_bars(settings, day), Path(settings.landing_dir)), kind.rule
+    landing = Path(settings.landing_dir)
+    # written under an in-progress name (skipped by the sensor), then renamed: a sensor
+    # tick must judge the whole file, not one half written ("a header but no rows")
+    written = write_kind(kind, _stored_bars(settings, day), landing / "_writing")
+    return written.rename(landing / written.name), kind.rule
 
 
 # ---- reading the instance ----------------------------------------------------------------
@@ -324,6 +350,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--last", required=True, type=dt.date.fromisoformat)
     parser.add_argument("--restate", action="append", default=[], metavar="ON:DAY")
     parser.add_argument("--bad-landing", metavar="DAY", default=None)
+    parser.add_argument("--daily-files", action="store_true",
+                        help="drop each session's bars file in the landing folder after its cutoff")
+    parser.add_argument("--no-file", action="append", default=[], metavar="DAY",
+                        help="with --daily-files: a session whose file never comes (the schedule builds it)")
     parser.add_argument("--max-runs", type=int, default=3, help="the run queue's concurrency")
     parser.add_argument("--work", default=None, help="folder of the instance, logs and clock (default: beside OUT)")
     args = parser.parse_args(argv)
@@ -390,6 +420,17 @@ def main(argv: list[str]) -> None:
                 dt.datetime.combine(day, dt.time(21), tzinfo=dt.UTC)
             deadline = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC) - dt.timedelta(minutes=10)
             what = []
+            if args.daily_files and calendar.is_trading_day(day) and day.isoformat() not in args.no_file:
+                # the day's file arrives after the cutoff, before the schedule's time: the
+                # landing sensor builds the day, and the schedule's tick finds it built
+                clock.set(max(cutoff + dt.timedelta(minutes=2), clock.now()))
+                drop_day_file(settings, day.isoformat())
+                # the clock stays before the schedule's time (21:30) until the file's run is done
+                settle(clock, watch, clock.now().timestamp() + 1, schedule_tick=None,
+                       deadline=dt.datetime.combine(day, dt.time(21, 20), tzinfo=dt.UTC), daemon=daemon, server=server)
+                what.append("its bars file")
+            elif args.daily_files and calendar.is_trading_day(day):
+                what.append("no bars file")
             for restated in restatements.get(day.isoformat(), []):
                 # after ON's cutoff, before its schedule: the correction's run first
                 at = max(cutoff + dt.timedelta(minutes=5), clock.now())

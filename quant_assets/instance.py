@@ -284,14 +284,25 @@ class LocalSqliteEventLogStorage(SqliteEventLogStorage):
                      rows: list[dict[str, Any]]) -> None:
         """What `SqliteEventLogStorage.store_event` writes into the index shard, for each event
         in order: the mirrored event row; for asset events their indexed tags and their asset
-        key's row; for asset check events their check execution rows."""
+        key's row; for asset check events their check execution rows. (Each table gets its rows
+        in the events' order, so its ids are the ones single writes give.)"""
+        mirrored = [
+            (event, row) for event, row in zip(events, rows, strict=True)
+            if event.is_dagster_event and (event.dagster_event_type in ASSET_EVENTS
+                                           or event.dagster_event_type in ASSET_CHECK_EVENTS
+                                           or event.dagster_event_type in EVENT_TYPE_TO_PIPELINE_RUN_STATUS)
+        ]
+        if not mirrored:
+            return
+        # one statement for the batch's event rows, their ids returned in the rows' order
+        inserted = conn.execute(
+            SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True),
+            [row for _, row in mirrored],
+        )
+        event_ids = [event_id for (event_id,) in inserted]
         asset_events: list[tuple[EventLogEntry, int]] = []
-        for event, row in zip(events, rows, strict=True):
-            if not event.is_dagster_event:
-                continue
+        for (event, _), event_id in zip(mirrored, event_ids, strict=True):
             kind = event.dagster_event_type
-            if kind in ASSET_EVENTS or kind in ASSET_CHECK_EVENTS or kind in EVENT_TYPE_TO_PIPELINE_RUN_STATUS:
-                event_id = conn.execute(SqlEventLogStorageTable.insert().values(**row)).inserted_primary_key[0]
             if kind in ASSET_EVENTS:
                 if event_id is None:
                     raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")

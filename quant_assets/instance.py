@@ -14,6 +14,11 @@ spend over half its time in fsync. Dagster already puts these databases in WAL m
 ``synchronous=NORMAL`` keeps them consistent after a crash of the process (only a power
 cut can lose the last commits), so local runs use NORMAL. Only SQLite files under
 QUANT_HOME are touched; deployments use Postgres.
+
+Batches: the local event log turns on Dagster's event batching (DAGSTER_EVENT_BATCH_SIZE) in
+every process that builds it, and writes a batch (a run's planned events, a range run's
+materialisations: one of each per partition) in one transaction per database file, with the
+rows Dagster's single writes give (``LocalSqliteEventLogStorage.store_event_batch``).
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ telemetry:
 nux:
   enabled: false
 # Dagster's SQLite event log, with one SQLAlchemy engine per database file instead of one
-# per operation (quant_assets/instance.py: LocalSqliteEventLogStorage).
+# per operation, writing a batch of events in one transaction per database file
+# (quant_assets/instance.py: LocalSqliteEventLogStorage; DAGSTER_EVENT_BATCH_SIZE).
 event_log_storage:
   module: quant_assets.instance
   class: LocalSqliteEventLogStorage

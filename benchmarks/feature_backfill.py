@@ -20,11 +20,14 @@ resource builds it) and run in the same invocation:
     run and step bookkeeping).
 
 Prints both wall times, the ratio (b) / (a), the number of runs and (b)'s breakdown.
+``--profile FILE`` writes a cProfile of (b)'s timed runs (for finding where the time goes:
+profiling inflates (b), so not for the ratio).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime as dt
 import json
 import os
@@ -71,20 +74,33 @@ class _Timers:
         self.seconds: dict[str, float] = defaultdict(float)
         self.cpu: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.items: dict[str, int] = defaultdict(int)
+        self._depth: dict[str, int] = defaultdict(int)
 
-    def wrap(self, owner, attr: str, name: str) -> None:
+    def wrap(self, owner, attr: str, name: str, items=lambda args: 1) -> None:
+        """Time ``owner.attr`` under ``name``. Several methods may share a name: only the
+        outermost call is counted (a batch write that falls back to single writes counts once),
+        with ``items(args)`` items (events of a batch)."""
         inner = getattr(owner, attr)
 
         def timed(*args, **kwargs):
+            self._depth[name] += 1
             t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return inner(*args, **kwargs)
             finally:
-                self.seconds[name] += time.perf_counter() - t0
-                self.cpu[name] += time.process_time() - c0
-                self.calls[name] += 1
+                self._depth[name] -= 1
+                if not self._depth[name]:
+                    self.seconds[name] += time.perf_counter() - t0
+                    self.cpu[name] += time.process_time() - c0
+                    self.calls[name] += 1
+                    self.items[name] += items(args)
 
         setattr(owner, attr, timed)
+
+    def clear(self) -> None:
+        for counter in (self.seconds, self.cpu, self.calls, self.items):
+            counter.clear()
 
 
 def dagster_child(home: Path) -> dict:
@@ -114,7 +130,10 @@ def dagster_child(home: Path) -> dict:
 
     store = type(instance.event_log_storage)
     print("event log storage:", store.__name__, file=sys.stderr)
+    # single events and batches (DAGSTER_EVENT_BATCH_SIZE: Dagster hands a run's planned events
+    # and a partitioned output's materialisations to store_event_batch)
     timers.wrap(store, "store_event", "dagster_event_store")
+    timers.wrap(store, "store_event_batch", "dagster_event_store", items=lambda args: len(args[1]))
     timers.wrap(feature_assets, "compute_features", "compute_features")
     timers.wrap(feature_assets.guard, "find_leaks", "leak_check")
     timers.wrap(Warehouse, "write", "delta_write")
@@ -135,18 +154,27 @@ def dagster_child(home: Path) -> dict:
         bars = job.execute_in_process(instance=instance, tags=tags(chunk), asset_selection=[AssetKey("market_bars")])
         assert bars.success
     bars_s = time.perf_counter() - b0
-    for counter in (timers.seconds, timers.cpu, timers.calls):
-        counter.clear()
+    timers.clear()
     runs = []
+    profile_to = os.environ.get("FEATURE_BACKFILL_PROFILE")
+    profiler = cProfile.Profile() if profile_to else None
     t0, c0 = time.perf_counter(), time.process_time()
+    if profiler:
+        profiler.enable()
     for chunk in chunks:
         r0 = time.perf_counter()
         result = job.execute_in_process(instance=instance, tags=tags(chunk), asset_selection=[AssetKey("pit_features")])
         if not result.success:
             raise SystemExit(f"run for {chunk[0]}..{chunk[-1]} failed")
-        runs.append({"days": len(chunk), "wall_s": time.perf_counter() - r0,
-                     "events": len(instance.all_logs(result.run_id))})
+        runs.append({"days": len(chunk), "wall_s": time.perf_counter() - r0, "run_id": result.run_id})
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile_to)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # the runs' events counted after the timing: reading a run's log back (~1 ms an event) is
+    # not part of the backfill
+    for run in runs:
+        run["events"] = len(instance.all_logs(run.pop("run_id")))
     features = Warehouse(os.environ["QUANT_WAREHOUSE_URI"]).read(["pit_features"]).frame
     return {
         "wall_s": wall,
@@ -159,10 +187,13 @@ def dagster_child(home: Path) -> dict:
         "seconds": dict(timers.seconds),
         "cpu": dict(timers.cpu),
         "calls": dict(timers.calls),
+        "items": dict(timers.items),
+        "event_batch_size": os.environ.get("DAGSTER_EVENT_BATCH_SIZE"),
     }
 
 
-def run_dagster(n_instruments: int, seed: int, start: dt.date, end: dt.date, tmpdir: str | None = None) -> dict:
+def run_dagster(n_instruments: int, seed: int, start: dt.date, end: dt.date, tmpdir: str | None = None,
+                profile: str | None = None) -> dict:
     """(b): start the child with its own environment and read its JSON answer."""
     with tempfile.TemporaryDirectory(prefix="feature-backfill-", dir=tmpdir) as tmp:
         home = Path(tmp)
@@ -180,6 +211,8 @@ def run_dagster(n_instruments: int, seed: int, start: dt.date, end: dt.date, tmp
             "PYTHONWARNINGS": "ignore",
             "DAGSTER_DISABLE_TELEMETRY": "true",
         })
+        if profile:
+            env["FEATURE_BACKFILL_PROFILE"] = str(Path(profile).resolve())
         out = home / "result.json"
         proc = subprocess.run(
             [sys.executable, __file__, "--child", str(home), "--child-out", str(out)],
@@ -196,7 +229,8 @@ def report(a: dict, b: dict, n_instruments: int, start: dt.date, end: dt.date) -
     parts = ("dagster_event_store", "compute_features", "leak_check", "delta_write", "delta_read")
     rest_wall = b["wall_s"] - sum(s.get(k, 0.0) for k in parts)
     rest_cpu = b["cpu_s"] - sum(c.get(k, 0.0) for k in parts)
-    stored = n.get("dagster_event_store", 0)
+    stored = b["items"].get("dagster_event_store", 0)
+    writes = n.get("dagster_event_store", 0)
 
     def row(label: str, key: str, note: str = "") -> str:
         return f"  {label:<24}{s.get(key, 0):8.1f} s wall {c.get(key, 0):8.1f} s CPU{note}"
@@ -213,7 +247,8 @@ def report(a: dict, b: dict, n_instruments: int, start: dt.date, end: dt.date) -
         f"runs: {len(b['runs'])}; rows written by (b) equal (a)'s: {b['rows'] == a['rows']}",
         "where (b)'s time goes:",
         row("Dagster event storage", "dagster_event_store",
-            f"  ({stored} events stored, {events} in the runs' logs; "
+            f"  ({stored} events stored in {writes} writes (DAGSTER_EVENT_BATCH_SIZE="
+            f"{b.get('event_batch_size')}), {events} in the runs' logs; "
             f"{1000 * s.get('dagster_event_store', 0) / max(1, stored):.1f} ms wall, "
             f"{1000 * c.get('dagster_event_store', 0) / max(1, stored):.1f} ms CPU each)"),
         row("compute_features", "compute_features"),
@@ -236,6 +271,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50 instruments x 1 year")
     parser.add_argument("--tmpdir", help="where (b)'s QUANT_HOME goes (default: the system temp "
                         "folder; /dev/shm shows how much of the event storage time is disk I/O)")
+    parser.add_argument("--profile", help="write a cProfile of (b)'s timed runs to this file "
+                        "(inflates (b)'s figures: for finding where the time goes, not for the ratio)")
     parser.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -247,7 +284,7 @@ def main() -> None:
         args.instruments, args.years = 50, 1.0
     start, end = _range(args.years, dt.date.fromisoformat(args.end))
     a = raw_features(args.instruments, args.seed, start, end)
-    b = run_dagster(args.instruments, args.seed, start, end, args.tmpdir)
+    b = run_dagster(args.instruments, args.seed, start, end, args.tmpdir, args.profile)
     print(report(a, b, args.instruments, start, end))
     if args.json:
         print(json.dumps({"raw": a, "dagster": b}))

@@ -14,22 +14,46 @@ spend over half its time in fsync. Dagster already puts these databases in WAL m
 ``synchronous=NORMAL`` keeps them consistent after a crash of the process (only a power
 cut can lose the last commits), so local runs use NORMAL. Only SQLite files under
 QUANT_HOME are touched; deployments use Postgres.
+
+Batches: the local event log turns on Dagster's event batching (DAGSTER_EVENT_BATCH_SIZE) in
+every process that builds it, and writes a batch (a run's planned events, a range run's
+materialisations: one of each per partition) in one transaction per database file, with the
+rows Dagster's single writes give (``LocalSqliteEventLogStorage.store_event_batch``).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.errors import DagsterInvariantViolationError
+from dagster._core.events import (
+    ASSET_CHECK_EVENTS,
+    ASSET_EVENTS,
+    EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
+    DagsterEventType,
+)
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    AssetKeyTable,
+    SqlEventLogStorageTable,
+)
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SqliteEventLogStorage,
+)
 from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._serdes import serialize_value
 from sqlalchemy.pool import SingletonThreadPool
 
 _LOCAL_INSTANCE_YAML = """\
@@ -39,7 +63,8 @@ telemetry:
 nux:
   enabled: false
 # Dagster's SQLite event log, with one SQLAlchemy engine per database file instead of one
-# per operation (quant_assets/instance.py: LocalSqliteEventLogStorage).
+# per operation, writing a batch of events in one transaction per database file
+# (quant_assets/instance.py: LocalSqliteEventLogStorage; DAGSTER_EVENT_BATCH_SIZE).
 event_log_storage:
   module: quant_assets.instance
   class: LocalSqliteEventLogStorage
@@ -56,6 +81,15 @@ _KEEPERS: OrderedDict[str, sqlite3.Connection] = OrderedDict()
 # Dagster shards its SQLite event log per run (a file per run): keep the most recently used
 # files only, so a long-lived process does not pile up open files.
 _MAX_KEEPERS = 32
+
+# Dagster hands events to the event log storage's `store_event_batch` only when this is set
+# (> 0) in the process that writes them: then a run's planned events (one per partition of each
+# asset, and the asset checks') and a partitioned output's materialisations (one per partition)
+# reach the storage as batches of at most this many, which LocalSqliteEventLogStorage writes in
+# one transaction per shard. Set where the local instance's event log is built, so it holds in
+# every process that writes to it: in-process runs, run workers, the daemon, the webserver.
+EVENT_BATCH_ENV = "DAGSTER_EVENT_BATCH_SIZE"
+EVENT_BATCH_SIZE = 1000
 
 
 def _relax_sqlite_sync(dbapi_connection, _record) -> None:
@@ -133,22 +167,37 @@ def prepare_local_instance(dagster_home: Path) -> None:
 
 class LocalSqliteEventLogStorage(SqliteEventLogStorage):
     """Dagster's run-sharded SQLite event log, reusing one engine and one connection per
-    database file and thread.
+    database file and thread, and writing a batch of events in one transaction per shard.
 
-    Why: `SqliteEventLogStorage._connect` builds a new SQLAlchemy engine and opens a new
-    connection for every operation, and a stored event takes two to four operations; that
-    was ~80% of the ~6 ms of CPU an event cost, and a range backfill stores two events per
-    partition (a 10-year feature backfill: ~5,000). Here each shard keeps an engine whose
+    Dagster's own SQLite storage is subclassed (an internal class, but the one Dagster's
+    `event_log_storage` setting is meant to name for SQLite; this keeps its schema, migrations
+    and reads, and changes only how connections are opened and how batches are written).
+
+    Connections: `SqliteEventLogStorage._connect` builds a new SQLAlchemy engine and opens a
+    new connection for every operation, and a stored event takes two to four operations; that
+    was ~80% of the ~6 ms of CPU an event cost. Here each shard keeps an engine whose
     SingletonThreadPool holds one connection per thread between operations (WAL mode: an
     idle connection holds no lock; processes are started with spawn, so no connection
     crosses a fork). Dagster's busy timeout, lock and lazy schema set-up are unchanged;
     only the most recently used shards keep an engine.
+
+    Batches (`store_event_batch`, used when DAGSTER_EVENT_BATCH_SIZE is set: see
+    EVENT_BATCH_ENV): Dagster's default writes a batch as single events, each stored twice
+    (the run's shard, then mirrored into the index shard with its asset tags, asset key row
+    and asset check rows), each write its own transaction. A range run stores two events per
+    partition that way (planned, materialised). Here a batch is one transaction on the run's
+    shard holding one on the index shard, writing the same rows `store_event` writes, in the
+    same order, so reads (materialisations, partition statuses, check executions) are the
+    same; see `store_event_batch`.
     """
 
     _MAX_ENGINES = 64
 
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
         self._engines: OrderedDict[str, sqlalchemy.engine.Engine] = OrderedDict()
+        # the connections store_event_batch holds open in this thread, by shard: Dagster's
+        # methods it calls inside the batch (asset check rows) join its transaction
+        self._batch = threading.local()
         self._relative_to_home: str | None = None
         if not os.path.isabs(base_dir):
             # resolved once the instance registers (its home is known then): relocatable
@@ -162,7 +211,12 @@ class LocalSqliteEventLogStorage(SqliteEventLogStorage):
         # (<home>/history/runs): relax their fsyncs when the instance is built, in every
         # process that opens it (webserver, daemon, run workers), not as an import side effect
         relax_local_sqlite(Path(base_dir).resolve().parent.parent)
+        # and batch the events Dagster can batch, in the same processes (a value set by hand,
+        # 0 included, is kept)
+        os.environ.setdefault(EVENT_BATCH_ENV, str(EVENT_BATCH_SIZE))
         super().__init__(base_dir, inst_data=inst_data)
+        # store_event_batch opens the index shard inside the run shard's transaction
+        self._db_lock = threading.RLock()
 
     def register_instance(self, instance: Any) -> None:
         if self._relative_to_home is not None:
@@ -177,6 +231,11 @@ class LocalSqliteEventLogStorage(SqliteEventLogStorage):
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[sqlalchemy.engine.Connection]:
+        joined = getattr(self._batch, "conns", {}).get(shard)
+        if joined is not None:
+            # inside store_event_batch, in its thread: part of its transaction
+            yield joined
+            return
         with self._db_lock:
             engine = self._engines.get(shard)
             if engine is None:
@@ -196,3 +255,120 @@ class LocalSqliteEventLogStorage(SqliteEventLogStorage):
             with engine.connect() as conn:
                 with conn.begin():
                     yield conn
+
+    @contextmanager
+    def _joined(self, shard: str, conn: sqlalchemy.engine.Connection) -> Iterator[None]:
+        conns = self._batch.__dict__.setdefault("conns", {})
+        conns[shard] = conn
+        try:
+            yield
+        finally:
+            del conns[shard]
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Store the events as `store_event` stores each, in one transaction per shard.
+
+        The index shard's transaction is committed inside the run shard's: if anything fails,
+        both roll back and nothing of the batch is stored; Dagster then stores the batch's
+        events one by one (`handle_new_event`), so an event is never lost nor stored twice.
+        (Only a failure of the run shard's commit itself, after the index committed, could
+        leave the batch's asset rows without their run events.) Events stored before the
+        batch are never touched.
+        """
+        events = list(events)
+        run_ids = {event.run_id for event in events}
+        if len(events) < 2 or len(run_ids) != 1:
+            super().store_event_batch(events)  # one by one, as Dagster does
+            return
+        rows = [self._event_to_row(event) for event in events]  # each event serialised once
+        with self.run_connection(run_ids.pop()) as run_conn:
+            run_conn.execute(SqlEventLogStorageTable.insert(), rows)
+            with self.index_connection() as index_conn, self._joined(INDEX_SHARD_NAME, index_conn):
+                self._index_batch(index_conn, events, rows)
+
+    def _index_batch(self, conn: sqlalchemy.engine.Connection, events: list[EventLogEntry],
+                     rows: list[dict[str, Any]]) -> None:
+        """What `SqliteEventLogStorage.store_event` writes into the index shard, for each event
+        in order: the mirrored event row; for asset events their indexed tags and their asset
+        key's row; for asset check events their check execution rows. (Each table gets its rows
+        in the events' order, so its ids are the ones single writes give.)"""
+        mirrored = [
+            (event, row) for event, row in zip(events, rows, strict=True)
+            if event.is_dagster_event and (event.dagster_event_type in ASSET_EVENTS
+                                           or event.dagster_event_type in ASSET_CHECK_EVENTS
+                                           or event.dagster_event_type in EVENT_TYPE_TO_PIPELINE_RUN_STATUS)
+        ]
+        if not mirrored:
+            return
+        # one statement for the batch's event rows, their ids returned in the rows' order
+        inserted = conn.execute(
+            SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True),
+            [row for _, row in mirrored],
+        )
+        event_ids = [event_id for (event_id,) in inserted]
+        asset_events: list[tuple[EventLogEntry, int]] = []
+        for (event, _), event_id in zip(mirrored, event_ids, strict=True):
+            kind = event.dagster_event_type
+            if kind in ASSET_EVENTS:
+                if event_id is None:
+                    raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
+                asset_events.append((event, event_id))
+            elif kind == DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED:
+                self._store_check_planned(conn, event, event_id)
+            elif kind in ASSET_CHECK_EVENTS:
+                self.store_asset_check_event(event, event_id)  # joins this transaction
+        if asset_events:
+            self._store_asset_event_tags(conn, [e for e, _ in asset_events], [i for _, i in asset_events])
+            self._store_asset_key_rows(conn, asset_events)
+
+    def _store_asset_key_rows(self, conn: sqlalchemy.engine.Connection,
+                              asset_events: list[tuple[EventLogEntry, int]]) -> None:
+        """The asset key rows `_store_asset_event` leaves after each of the events in turn (an
+        insert, or an update of the columns the event sets), written once per asset key: for
+        each column, the value of the last event that sets it. A materialisation sets every
+        column any asset event sets, so events before a key's last materialisation are skipped
+        (Dagster serialises the whole event record for each materialisation's row)."""
+        has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
+        order: dict[str, None] = {}  # keys in the order they first appear (new rows' ids)
+        values: dict[str, dict[str, Any]] = {}
+        complete: set[str] = set()
+        for event, _ in asset_events:
+            asset_key = event.dagster_event.asset_key if event.dagster_event else None
+            if asset_key:
+                order.setdefault(asset_key.to_string())
+        for event, event_id in reversed(asset_events):
+            asset_key = event.dagster_event.asset_key if event.dagster_event else None
+            if not asset_key or asset_key.to_string() in complete:
+                continue
+            key = asset_key.to_string()
+            merged = values.setdefault(key, {})
+            for column, value in self._get_asset_entry_values(event, event_id, has_index_cols).items():
+                merged.setdefault(column, value)
+            if event.dagster_event.is_step_materialization:
+                complete.add(key)
+        for key in order:
+            if not values.get(key):
+                continue  # no event of this key sets a column: store_event writes nothing
+            try:
+                conn.execute(AssetKeyTable.insert().values(asset_key=key, **values[key]))
+            except sqlalchemy.exc.IntegrityError:
+                conn.execute(AssetKeyTable.update().values(**values[key]).where(AssetKeyTable.c.asset_key == key))
+
+    def _store_check_planned(self, conn: sqlalchemy.engine.Connection, event: EventLogEntry, event_id: int) -> None:
+        """`_store_asset_check_evaluation_planned` on this connection, serialising the event once
+        (Dagster serialises it again for each partition's row)."""
+        if not self.supports_asset_checks:
+            # what store_asset_check_event asserts
+            raise RuntimeError("Asset checks require a database schema migration. Run `dagster instance migrate`.")
+        planned = event.get_dagster_event().asset_check_planned_data
+        keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        common = dict(
+            asset_key=planned.asset_key.to_string(),
+            check_name=planned.check_name,
+            run_id=event.run_id,
+            execution_status=AssetCheckExecutionRecordStatus.PLANNED.value,
+            evaluation_event=serialize_value(event),
+            evaluation_event_timestamp=self._event_insert_timestamp(event),
+            evaluation_event_storage_id=event_id,
+        )
+        conn.execute(AssetCheckExecutionsTable.insert().values([dict(common, partition=key) for key in keys]))

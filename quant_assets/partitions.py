@@ -10,11 +10,17 @@ from __future__ import annotations
 import datetime as dt
 
 from dagster import (
+    AssetKey,
     BackfillPolicy,
+    DagsterInvariantViolationError,
     DynamicPartitionsDefinition,
     MonthlyPartitionsDefinition,
     TimeWindowPartitionMapping,
     TimeWindowPartitionsDefinition,
+)
+from dagster._core.execution.context.metadata_logging import (
+    AssetMetadataHandle,
+    OutputMetadataAccumulator,
 )
 
 from quant_assets import calendar
@@ -227,3 +233,40 @@ def up_to_month_end() -> TimeWindowPartitionMapping:
     return TimeWindowPartitionMapping(
         start_offset=-ALL_HISTORY_MONTHS, end_offset=0, allow_nonexistent_upstream_partitions=True
     )
+
+
+def add_partition_metadata(step_context, asset_key, metadata_by_partition: dict[str, dict]) -> None:
+    """``add_asset_metadata(metadata, asset_key, partition_key=key)`` for each partition of a
+    range run, in one update: the same checks (an asset of the step, partitions the run
+    targets) and the same metadata on each partition's materialisation.
+
+    Why: Dagster's ``add_asset_metadata`` recomputes the run's partition keys on each call
+    (~0.5 ms for a 1,040-day range) and copies and re-checks every entry added before
+    (quadratic), which made two calls a day (the row counts of the asset and of the IO
+    manager) ~1.6 s of CPU per 1,040-day run. ``step_context`` is the step's
+    ``StepExecutionContext`` (``context.get_step_execution_context()`` in an asset,
+    ``context.step_context`` in an IO manager). Its metadata accumulator is Dagster's own
+    (internal): where it is not there, each partition goes through ``add_asset_metadata``.
+    """
+    if not metadata_by_partition:
+        return
+    accumulator = getattr(step_context, "_metadata_accumulator", None)
+    if not isinstance(accumulator, OutputMetadataAccumulator):
+        for key, metadata in metadata_by_partition.items():
+            step_context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)
+        return
+    assets_def = step_context.assets_def
+    asset_key = AssetKey.from_coercible(asset_key)
+    if not assets_def or asset_key not in assets_def.keys or not assets_def.partitions_def:
+        raise DagsterInvariantViolationError(f"Attempted to add partition metadata for '{asset_key}', "
+                                             "not a partitioned asset of this step.")
+    targeted = set(assets_def.partitions_def.get_partition_keys_in_range(step_context.partition_key_range))
+    outside = sorted(set(metadata_by_partition) - targeted)
+    if outside:
+        raise DagsterInvariantViolationError(
+            f"Attempted to add metadata for partition key '{outside[0]}' that is not being targeted.")
+    merged = dict(accumulator.per_output_metadata)
+    for key, metadata in metadata_by_partition.items():
+        handle = AssetMetadataHandle(asset_key=asset_key, partition_key=key)
+        merged[handle] = {**merged.get(handle, {}), **metadata}
+    step_context._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)

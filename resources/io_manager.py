@@ -32,6 +32,7 @@ from dagster import (
 
 from quant_assets.asset_catalog import COLUMN_SCHEMA, schema_of
 from quant_assets.asset_lineage import note_read
+from quant_assets.partitions import add_partition_metadata
 from quant_assets.warehouse import (
     PartitionKeys,
     PartitionWindow,
@@ -114,8 +115,8 @@ class DeltaIOManager(ConfigurableIOManager):
             except DagsterInvariantViolationError:  # built outside a step (build_output_context)
                 return
             # overrides the range's total on each partition's materialisation
-            for key, rows in per_partition.items():
-                step.add_asset_metadata({"dagster/row_count": int(rows)}, asset_key=context.asset_key, partition_key=key)
+            add_partition_metadata(step, context.asset_key,
+                                   {key: {"dagster/row_count": int(rows)} for key, rows in per_partition.items()})
 
     def load_input(self, context: InputContext) -> pl.DataFrame | VersionedFrame:
         key = context.asset_key.path

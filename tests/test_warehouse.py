@@ -12,6 +12,7 @@ import datetime as dt
 import polars as pl
 import pytest
 from dagster import (
+    AssetKey,
     BackfillPolicy,
     DagsterInstance,
     DailyPartitionsDefinition,
@@ -23,6 +24,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from quant_assets.partitions import add_partition_metadata
 from quant_assets.warehouse import PartitionWindow, Warehouse, WarehouseError
 from resources.io_manager import DeltaIOManager
 
@@ -136,3 +138,64 @@ def test_unpartitioned_write_overwrites_the_table(tmp_path):
 def test_missing_table_error_names_the_table(tmp_path):
     with pytest.raises(WarehouseError, match="table features/pit does not exist"):
         Warehouse(str(tmp_path)).read(["features", "pit"])
+
+
+@asset(partitions_def=DAYS, metadata={"partition_expr": "date"}, backfill_policy=BackfillPolicy.single_run())
+def rows_by_helper(context) -> pl.DataFrame:
+    """A range run's per-day metadata through add_partition_metadata (one update)."""
+    days = [dt.date.fromisoformat(k) for k in context.partition_keys]
+    frame = pl.DataFrame({"date": [d for d in days for _ in range(d.day)], "v": 1.0})
+    context.add_asset_metadata({"first": "by hand"}, partition_key=context.partition_keys[0])
+    add_partition_metadata(context.get_step_execution_context(), context.asset_key,
+                           {k: {"rows": d.day, "day": k} for k, d in zip(context.partition_keys, days, strict=True)})
+    return frame
+
+
+@asset(partitions_def=DAYS, metadata={"partition_expr": "date"}, backfill_policy=BackfillPolicy.single_run())
+def rows_by_call(context) -> pl.DataFrame:
+    """The same through Dagster's add_asset_metadata, one call a day."""
+    days = [dt.date.fromisoformat(k) for k in context.partition_keys]
+    frame = pl.DataFrame({"date": [d for d in days for _ in range(d.day)], "v": 1.0})
+    context.add_asset_metadata({"first": "by hand"}, partition_key=context.partition_keys[0])
+    for key, day in zip(context.partition_keys, days, strict=True):
+        context.add_asset_metadata({"rows": day.day, "day": key}, partition_key=key)
+    return frame
+
+
+@asset(partitions_def=DAYS, backfill_policy=BackfillPolicy.single_run())
+def rows_outside_the_run(context) -> None:
+    add_partition_metadata(context.get_step_execution_context(), context.asset_key, {"2024-01-09": {"rows": 1}})
+
+
+def _metadata_by_partition(instance, key: str) -> dict:
+    records = instance.fetch_materializations(AssetKey(key), limit=100).records
+    out = {}
+    for r in records:
+        meta = dict(r.asset_materialization.metadata)
+        meta.pop("table_uri")  # each asset's own table
+        out[r.partition_key] = {k: getattr(v, "value", v) for k, v in meta.items()}
+    return out
+
+
+def test_partition_metadata_in_one_update_equals_one_call_a_day(tmp_path):
+    instance = DagsterInstance.ephemeral()
+    result = materialize([rows_by_helper, rows_by_call], instance=instance,
+                         resources={"io_manager": DeltaIOManager(root=str(tmp_path))},
+                         tags={ASSET_PARTITION_RANGE_START_TAG: "2024-01-02", ASSET_PARTITION_RANGE_END_TAG: "2024-01-05"})
+    assert result.success
+    helper, call = _metadata_by_partition(instance, "rows_by_helper"), _metadata_by_partition(instance, "rows_by_call")
+    assert helper == call
+    # each day its own counts: the asset's (rows) and the IO manager's (dagster/row_count,
+    # also through add_partition_metadata), and what was added before kept
+    assert sorted(helper) == ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]
+    assert [(m["rows"], m["dagster/row_count"], m["day"]) for _, m in sorted(helper.items())] == [
+        (d, d, f"2024-01-0{d}") for d in range(2, 6)]
+    assert helper["2024-01-02"]["first"] == "by hand" and "first" not in helper["2024-01-03"]
+
+
+def test_partition_metadata_outside_the_run_is_refused():
+    result = materialize([rows_outside_the_run], instance=DagsterInstance.ephemeral(), raise_on_error=False,
+                         tags={ASSET_PARTITION_RANGE_START_TAG: "2024-01-02", ASSET_PARTITION_RANGE_END_TAG: "2024-01-05"})
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "2024-01-09' that is not being targeted" in failure.step_failure_data.error.message

@@ -47,7 +47,12 @@ from quant_assets.features.availability import availability_metadata
 from quant_assets.features.catalog import active_features
 from quant_assets.features.engine import output_schema
 from quant_assets.features.labels import LABEL_SCHEMA
-from quant_assets.partitions import daily_backfill_policy, label_partitions, trading_day_partitions
+from quant_assets.partitions import (
+    add_partition_metadata,
+    daily_backfill_policy,
+    label_partitions,
+    trading_day_partitions,
+)
 from quant_assets.retries import IO_RETRY, not_retried
 from quant_assets.run_costs import measured
 from quant_assets.settings import load_settings
@@ -82,8 +87,8 @@ def features_column_schema():
 def per_partition_rows(context: AssetExecutionContext, frame: pl.DataFrame) -> None:
     """Each day of a range run gets its own row count, not the run's total."""
     counts = dict(frame.group_by("date").len().iter_rows())
-    for day in _days(context):
-        context.add_asset_metadata({"rows": counts.get(day, 0)}, partition_key=day.isoformat())
+    add_partition_metadata(context.get_step_execution_context(), context.asset_key,
+                           {day.isoformat(): {"rows": counts.get(day, 0)} for day in _days(context)})
 
 
 def build_pit_features(code_version: str) -> AssetsDefinition:

@@ -126,7 +126,7 @@ def _days_names_dropped(prices) -> set:
     """The days on which a name priced the trading day before has no price."""
     days = sorted(prices["date"].unique().to_list())
     names = {d: set(g["instrument_id"]) for (d,), g in prices.group_by(["date"])}
-    return {d for before, d in zip(days, days[1:]) if names[before] - names[d]}
+    return {d for before, d in zip(days, days[1:], strict=False) if names[before] - names[d]}
 
 
 def _sector_nets(run, sectors):

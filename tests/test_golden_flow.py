@@ -30,7 +30,8 @@ def run_demo(home: Path) -> subprocess.CompletedProcess:
     # a clean machine: nothing of this test process's Dagster or MLflow state
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME" and not k.startswith("MLFLOW_")}
     env["QUANT_HOME"] = str(home)
-    env["PYTHONWARNINGS"] = "ignore"
+    # warnings as a user gets them: the demo itself keeps them off the console
+    env.pop("PYTHONWARNINGS", None)
     return subprocess.run(
         [sys.executable, "-m", "quant_assets", "demo"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
@@ -52,6 +53,32 @@ def test_demo_prints_progress_summary_and_time(demo_runs):
     for marker in ("[1/7] reference data", "[6/7] validation reports", "[7/7] promotion gate", "Headline statistics",
                    "Sharpe", "DSR", "Demo wall time"):
         assert marker in out, out
+
+
+# what third-party libraries print unless the demo routes it away (demo.quiet_third_party)
+THIRD_PARTY_NOISE = (
+    "Created version", "Registered model", "Successfully registered", "BetaWarning",
+    "PreviewWarning", "Warning:", "WARNING", "INFO mlflow", "alembic", "[LightGBM]",
+    "dagster - ", "Traceback",
+)
+
+
+def test_demo_output_off_a_terminal_is_plain_lines_without_third_party_noise(demo_runs):
+    (home, _), (first, _) = demo_runs
+    out, err = first.stdout, first.stderr
+    # plain lines: no progress bar's carriage returns or escape codes
+    assert "\r" not in out and "\x1b[" not in out, out
+    for noise in THIRD_PARTY_NOISE:
+        assert noise not in out and noise not in err, (noise, out, err)
+    assert not err.strip(), err
+    # each stage says its steps as they finish, driven by the run's events
+    lines = out.splitlines()
+    stage_4 = lines.index(next(line for line in lines if line.startswith("[4/7]")))
+    assert lines[stage_4 + 1].startswith("    step 1/6 ") and " done in " in lines[stage_4 + 1]
+    assert any(line.startswith("    step 6/6 ") for line in lines[stage_4:]), out
+    assert "    step 1/1 labels done in " in out
+    # what was kept off the console is in QUANT_HOME
+    assert "Created version" in (home / "demo-third-party.log").read_text()
 
 
 def test_every_stage_wrote_real_tables(demo_runs):

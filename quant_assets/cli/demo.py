@@ -27,8 +27,16 @@ range ends with the last complete month of the bars (a model month reads its who
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
+import sys
 import time
+from collections.abc import Callable
+from typing import Any
+
+# what the demo prints is its own: third-party log records and warnings go to this file under
+# QUANT_HOME instead of the console (MLflow's registry lines, Dagster's beta warnings, ...)
+THIRD_PARTY_LOG = "demo-third-party.log"
 
 
 def _range_from_data() -> None:
@@ -51,11 +59,110 @@ def _range_from_data() -> None:
     os.environ.setdefault("QUANT_FIRST_MODEL_MONTH", f"{month // 12:04d}-{month % 12 + 1:02d}")
 
 
+def quiet_third_party() -> None:
+    """Keep the console to the demo's own lines: Python warnings are routed to logging, and
+    the loggers of the libraries (MLflow, alembic, Dagster's own, ...) keep WARNING and above,
+    written to ``$QUANT_HOME/demo-third-party.log`` once QUANT_HOME exists (``log_to_file``).
+    MLflow's ``eprint`` lines ("Created version '3' of model ...") bypass logging: its stream
+    is sent to a logger of its own, and its log records go through the root handler."""
+    logging.captureWarnings(True)
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # no handlers of its own
+    from mlflow.utils import logging_utils
+
+    # eprint writes to this stream (whatever its `enabled`, which autologging switches back
+    # on): its lines become records of their own logger, into the file with the rest
+    printed = logging.getLogger("mlflow.console")
+    printed.setLevel(logging.INFO)
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    stream.write = lambda text: printed.info(text.rstrip()) if text.strip() else None
+    stream.flush = lambda: None
+    root = logging.getLogger()
+    root.handlers = [logging.NullHandler()]  # until log_to_file: nothing on the console
+    root.setLevel(logging.WARNING)
+    for name in ("mlflow", "alembic", "py.warnings", "lightgbm", "numba", "matplotlib"):
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = [], True
+        logger.setLevel(logging.WARNING)
+
+
+def log_to_file(path) -> None:
+    """The third-party records of ``quiet_third_party`` from now on in ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().handlers = [handler]
+
+
+class StageProgress:
+    """Steps done of total for one stage's run, driven by the events the run stores
+    (``instance.add_event_listener``): a progress bar on a terminal, redrawn in place, and
+    plain lines otherwise (a line per finished step: what CI logs and the tests read). The
+    bar's text follows the running step's own log lines (a model month, ...)."""
+
+    def __init__(self, prefix: str, tty: bool) -> None:
+        self.prefix, self.tty = prefix, tty
+        self.total, self.done, self.note = 0, 0, ""
+        self.t0 = time.perf_counter()
+        self.started: dict[str, float] = {}
+        self.width = 0
+
+    def start(self, step_keys: list[str]) -> None:
+        self.total = len(step_keys)
+        if self.tty:
+            import shutil
+
+            # a terminal that reports no width (0 columns) gets the fallback
+            self.width = min(shutil.get_terminal_size((100, 24)).columns, 120)
+            self._draw()
+
+    def _draw(self) -> None:
+        filled = round(20 * self.done / self.total) if self.total else 0
+        line = (f"    {self.done}/{self.total} steps |{'#' * filled}{' ' * (20 - filled)}| "
+                f"{time.perf_counter() - self.t0:5.1f}s {self.note}")
+        sys.stdout.write("\r" + line[: self.width - 1].ljust(self.width - 1))
+        sys.stdout.flush()
+
+    def __enter__(self) -> StageProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tty and self.width:  # the bar's line is cleared: "done in" follows
+            sys.stdout.write("\r" + " " * (self.width - 1) + "\r")
+            sys.stdout.flush()
+
+    def __call__(self, entry: Any) -> None:
+        event, step = entry.dagster_event, entry.step_key
+        if event is None:  # a step's own log line: the bar shows where the step is
+            if self.tty and step and entry.user_message:
+                self.note = f"{step}: {entry.user_message.splitlines()[0]}"
+                self._draw()
+            return
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            self.started[step] = time.perf_counter()
+            self.note = step
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
+            self.done += 1
+            took = time.perf_counter() - self.started.get(step, time.perf_counter())
+            status = {"STEP_SUCCESS": "done", "STEP_FAILURE": "failed", "STEP_SKIPPED": "skipped"}[kind]
+            if not self.tty:
+                print(f"    step {self.done}/{self.total} {step} {status} in {took:.1f}s", flush=True)
+        else:
+            return
+        if self.tty:
+            self._draw()
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    argparse.ArgumentParser(prog="quant-assets demo", description=__doc__.splitlines()[0]).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="quant-assets demo", description=__doc__.splitlines()[0])
+    # internal: run stage N alone (the stage the demo runs alongside another, in a process
+    # of its own: ALONGSIDE)
+    parser.add_argument("--stage", type=int, default=None, help=argparse.SUPPRESS)
+    only = parser.parse_args(argv).stage
     t_start = time.perf_counter()
+    quiet_third_party()
     from quant_assets.data.sources import SourceFileError, SourceRejected
     from quant_assets.instance import prepare_local_instance
     from quant_assets.placement.apply import configure_local_instance
@@ -70,14 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     prepare_local_instance(settings.dagster_home)
     os.environ.setdefault("QUANT_HOME", str(settings.quant_home))
+    log_to_file(settings.quant_home / THIRD_PARTY_LOG)
 
-    if settings.source == "files":
+    if only is None and settings.source == "files":
         print(f"quant-assets demo: files in {settings.data_dir}, "
               f"{settings.start_date} .. {settings.end_date}, models from {settings.first_model_month:%Y-%m}")
-    else:
+    elif only is None:
         print(f"quant-assets demo: {settings.n_instruments} instruments, "
               f"{settings.start_date} .. {settings.end_date}, seed {settings.seed}")
-    print(f"  QUANT_HOME={settings.quant_home}")
+    if only is None:
+        print(f"  QUANT_HOME={settings.quant_home}")
 
     from dagster import DagsterInstance
     from dagster._core.storage.tags import (
@@ -96,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     # every label partition (the days whose horizon has bars): labels end 100% materialised
     label_days = label_partitions.get_partition_keys()
     months = monthly_partitions.get_partition_keys()
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # the runs' console: errors only (a failed step is also summed up below); the bar or the
+    # step lines say how a run goes, and every event is in the instance (the UI)
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     stages = [
         ("reference data", "reference_data_job", None),
         ("market bars + point-in-time features", "daily_features_job", (days[0], days[-1])),
@@ -106,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         ("validation reports, family comparison", "validation_job", None),
         ("promotion gate (the check only: nothing is promoted)", promotion_gate_job.name, None),
     ]
-    for i, (title, job_name, key_range) in enumerate(stages, 1):
+    tty = sys.stdout.isatty()
+
+    def run_stage(i: int) -> bool:
+        title, job_name, key_range = stages[i - 1]
         span = f" [{key_range[0]} .. {key_range[1]}]" if key_range else ""
         print(f"[{i}/{len(stages)}] {title}{span}", flush=True)
         t0 = time.perf_counter()
@@ -115,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             tags = {ASSET_PARTITION_RANGE_START_TAG: key_range[0], ASSET_PARTITION_RANGE_END_TAG: key_range[1]}
         # a gate that says no fails its run: its verdict is printed below, not Dagster's error
         config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if job_name == promotion_gate_job.name else quiet
-        result = run_in_code_location(instance, defs, job_name, tags=tags, run_config=config)
+        with StageProgress(f"[{i}/{len(stages)}]", tty) as progress:
+            result = run_in_code_location(instance, defs, job_name, tags=tags, run_config=config,
+                                          listener=progress)
         failures = [
             (e.event_specific_data.error.cls_name, f"{e.step_key}: {e.event_specific_data.error.message.strip()}")
             for e in result.all_events
@@ -124,14 +240,58 @@ def main(argv: list[str] | None = None) -> int:
         if job_name == promotion_gate_job.name and failures and all(c == GATE_FAILED for c, _ in failures):
             # the verdict, not a broken demo: the check's result (and why) is in the UI
             print(f"    gate failed (run {result.run_id[:8]}: the check result says why)", flush=True)
-            continue
+            return True
         if not result.success:
             print(f"    FAILED (run {result.run_id}):\n      " + "\n      ".join(f for _, f in failures))
-            return 1
+            return False
         print(f"    done in {time.perf_counter() - t0:.1f}s (run {result.run_id[:8]})", flush=True)
+        return True
+
+    if only is not None:
+        return 0 if run_stage(only) else 1
+    alongside = ALONGSIDE if os.environ.get("QUANT_DEMO_PARALLEL", "1") != "0" else {}
+    i = 0
+    while i < len(stages):
+        i += 1
+        if i not in alongside:
+            if not run_stage(i):
+                return 1
+            continue
+        # stage i and stage alongside[i] read none of each other's assets: the second runs
+        # in a process of its own meanwhile (the machine's second core), its lines after
+        other = alongside[i]
+        child = _start_stage_process(other)
+        ok = run_stage(i)
+        out, err = child.communicate()
+        if ok:
+            print(out, end="", flush=True)
+        if child.returncode != 0:
+            if ok:
+                print(err[-4000:], end="")
+            return 1
+        if not ok:
+            return 1
+        i = other
 
     print_summary(settings, time.perf_counter() - t_start)
     return 0
+
+
+# stage -> the stage run at the same time in a second process: the month's models (4) and the
+# month's trials (5) both read only features, labels and bars, and write different tables
+# (QUANT_DEMO_PARALLEL=0 runs them one after the other). Each stage's own inputs, config and
+# seeds are what they are either way, so are its outputs.
+ALONGSIDE = {4: 5}
+
+
+def _start_stage_process(stage: int):
+    """``python -m quant_assets demo --stage N`` in the background, its lines piped."""
+    import subprocess
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "quant_assets", "demo", "--stage", str(stage)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )
 
 
 # a blocking check that failed fails its step with this error: the gate's "no"
@@ -139,9 +299,11 @@ GATE_FAILED = "DagsterAssetCheckFailedError"
 LOCATION_NAME = "quant_assets"  # workspace.yaml's code location
 
 
-def run_in_code_location(instance, defs, job_name: str, tags: dict[str, str], run_config: dict):
+def run_in_code_location(instance, defs, job_name: str, tags: dict[str, str], run_config: dict,
+                         listener: Callable[[Any], None] | None = None):
     """Create a run of the code location's ``job_name`` in ``instance`` and execute it in this
-    process; returns its JobExecutionResult.
+    process; returns its JobExecutionResult. ``listener``, if given, is called with each event
+    the run stores as it happens (``StageProgress``), after ``listener.start(step_keys)``.
 
     The run records the job's origin in the code location (``dagster dev -w workspace.yaml``
     loads the same module under the same location name), so the UI lists it under its job
@@ -176,6 +338,9 @@ def run_in_code_location(instance, defs, job_name: str, tags: dict[str, str], ru
         remote_job_origin=RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME).get_job_origin(job_name),
         job_code_origin=recon.get_python_origin(),
     )
+    if listener is not None:
+        listener.start(plan.step_keys_to_execute)
+        instance.add_event_listener(run.run_id, listener)
     return execute_run(here, run, instance)
 
 

@@ -161,7 +161,8 @@ def sweep_trial(
         joined = join_features_labels(pit_features.frame, labels.frame)
         columns = feature_columns(pit_features.frame)
         prices = total_return_index(market_bars.frame, corporate_actions.frame)
-        results = [run_trial(joined, columns, pit_features.frame, prices, spec) for spec in specs]
+        fits: dict = {}  # trials that differ only in strategy parameters share their models
+        results = [run_trial(joined, columns, pit_features.frame, prices, spec, fits) for spec in specs]
         inputs = {
             "pit_features": pit_features,
             "labels": labels,

@@ -79,9 +79,10 @@ def evaluate_month(
     if space.months:
         raise ValueError("the monthly sweep's space names no months: each month is its own")
     parts, metrics = [], {}
+    fits: dict = {}  # trials that differ only in strategy parameters share the month's model
     for spec in month_trials(space, month):
         trial_id = stable_trial_id(spec)
-        result = run_trial(joined, feature_cols, features, prices, spec)
+        result = run_trial(joined, feature_cols, features, prices, spec, fits)
         metrics[trial_id] = result.metrics
         parts.append(result.daily.select(
             "date",

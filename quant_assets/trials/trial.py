@@ -37,18 +37,30 @@ def run_trial(
     features: pl.DataFrame,
     prices: pl.DataFrame,
     spec: TrialSpec,
+    fits: dict | None = None,
 ) -> TrialResult:
     """Walk-forward models over the trial's months (each month purged and embargoed as
     `lgbm_model`), their out-of-sample scores, and the long-short backtest on them from an
-    empty book. `prices` holds date, instrument_id, tr_close (total_return_index)."""
+    empty book. `prices` holds date, instrument_id, tr_close (total_return_index).
+
+    ``fits``: a dict shared by trials of the same inputs (a sweep batch, a month of the
+    monthly sweep): a month's model and scores depend only on the month, the walk-forward and
+    the LightGBM configs, so trials that differ only in their strategy parameters train each
+    model once (training is deterministic: the reused model is the one a fit would give;
+    ``train_seconds`` counts the fits actually made)."""
     wf, lgbm = spec.walk_forward_config(), spec.lgbm_config()
+    fits = {} if fits is None else fits
     models, parts, train_seconds = {}, [], 0.0
     for month in spec.month_starts():
-        started = time.perf_counter()
-        model = fit_lgbm_month(joined, feature_cols, month, wf, lgbm)
-        train_seconds += time.perf_counter() - started
+        key = (month, wf, lgbm)
+        if key not in fits:
+            started = time.perf_counter()
+            model = fit_lgbm_month(joined, feature_cols, month, wf, lgbm)
+            train_seconds += time.perf_counter() - started
+            fits[key] = (model, predict_lgbm_month(model, features, month))
+        model, scores = fits[key]
         models[f"{month:%Y-%m}"] = model
-        parts.append(predict_lgbm_month(model, features, month))
+        parts.append(scores)
     predictions = pl.concat(parts)
     first, end = spec.month_starts()[0], next_month(spec.month_starts()[-1])
     in_range = prices.filter((pl.col("date") >= first) & (pl.col("date") < end))

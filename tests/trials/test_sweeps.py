@@ -323,3 +323,32 @@ def test_adaptive_sweep_runs_its_rounds_as_registry_trials(sweep_env, tmp_path):
     again = register_sweep(instance, warehouse, tracking, space, 3, url)
     assert again.pending == [] and again.added_partitions == []
     assert len(load_study(space, url).trials) == 6
+
+
+def test_trials_differing_only_in_strategy_share_their_models_bit_for_bit():
+    """run_trial's ``fits``: trials of one month that differ only in strategy parameters
+    (the monthly sweep's quantiles) train each model once, and give exactly what separate
+    fits give."""
+    import datetime as dt
+
+    from quant_assets.features import total_return_index
+    from quant_assets.models.synthetic import simulated_panel
+    from quant_assets.models.walkforward import feature_columns, join_features_labels
+    from quant_assets.trials.monthly import MonthlySweepSpace, month_trials
+    from quant_assets.trials.trial import run_trial
+
+    panel = simulated_panel(n_instruments=12, start=dt.date(2022, 6, 1), end=dt.date(2023, 2, 28))
+    joined = join_features_labels(panel.pit_features, panel.labels)
+    cols = feature_columns(panel.pit_features)
+    prices = total_return_index(panel.market_bars, panel.corporate_actions)
+    specs = month_trials(MonthlySweepSpace().space(5, 11), dt.date(2023, 2, 1))
+    assert len(specs) == 4 and len({json.dumps(s.lgbm, sort_keys=True) for s in specs}) == 2
+    fits: dict = {}
+    shared = [run_trial(joined, cols, panel.pit_features, prices, s, fits) for s in specs]
+    assert len(fits) == 2  # one fit per LightGBM config, not per trial
+    for spec, result in zip(specs, shared, strict=True):
+        alone = run_trial(joined, cols, panel.pit_features, prices, spec)
+        assert {m: t.sha256 for m, t in result.models.items()} == {m: t.sha256 for m, t in alone.models.items()}
+        assert result.predictions.equals(alone.predictions)
+        assert result.daily.equals(alone.daily)
+        assert json.dumps(result.metrics, sort_keys=True) == json.dumps(alone.metrics, sort_keys=True)

@@ -181,29 +181,34 @@ def _stored_bars(settings, day: str):
         pl.col("date") == dt.date.fromisoformat(day)).sort("date", "instrument_id")
 
 
-def drop_restated_file(settings, day: str, known: dt.datetime) -> Path:
+def _land(settings, name: str, write) -> Path:
+    """A file producer's drop: ``write(path)`` under an in-progress name (skipped by the
+    sensor), then renamed, so a sensor tick judges the whole file, never one half written."""
+    landing = Path(settings.landing_dir)
+    landing.mkdir(parents=True, exist_ok=True)
+    tmp = landing / f"_{name}"
+    write(tmp)
+    return tmp.rename(landing / name)
+
+
+def drop_restated_file(settings, day: str) -> Path:
     """The stored bars of ``day``, every price 0.2 % higher: a vendor's re-delivery that
     corrects the record of the day (a small move, so every landing rule passes), with the
     day's own knowledge times, as the platform's restatement policy rebuilds the day's
     features with the corrected bars. (A correction stamped with its later arrival time
-    ``known`` replaces the day's bars with rows its own cutoff cannot see, and empties that
-    day's point-in-time features: the bars table keeps one version per day; open, README.)"""
+    replaces the day's bars with rows its own cutoff cannot see, and empties that day's
+    point-in-time features: the bars table keeps one version per day; open, README.)"""
     import polars as pl
 
     bars = _stored_bars(settings, day)
     prices = [c for c in ("open", "high", "low", "close", "vwap") if c in bars.columns]
     bars = bars.with_columns(*(pl.col(c) * RESTATE_FACTOR for c in prices))
-    landing = Path(settings.landing_dir)
-    landing.mkdir(parents=True, exist_ok=True)
-    tmp = landing / f"_restated_{day}.parquet"  # in-progress names are skipped by the sensor
-    bars.write_parquet(tmp)
-    return tmp.rename(landing / f"restated_{day}.parquet")
+    return _land(settings, f"restated_{day}.parquet", bars.write_parquet)
 
 
 def drop_day_file(settings, day: str) -> Path:
     """The vendor's file of ``day``: the day's bars as the configured market source has them
-    (the seeded simulation the schedule would otherwise build from), written under an
-    in-progress name and renamed, as a file producer does."""
+    (the seeded simulation the schedule would otherwise build from)."""
     import polars as pl
 
     from quant_assets.data.market import simulated_for
@@ -211,11 +216,7 @@ def drop_day_file(settings, day: str) -> Path:
 
     source = build_resources(settings)["market_source"]
     bars = simulated_for(source).market_bars.filter(pl.col("date") == dt.date.fromisoformat(day))
-    landing = Path(settings.landing_dir)
-    landing.mkdir(parents=True, exist_ok=True)
-    tmp = landing / f"_bars_{day}.parquet"
-    bars.sort("date", "instrument_id").write_parquet(tmp)
-    return tmp.rename(landing / f"bars_{day}.parquet")
+    return _land(settings, f"bars_{day}.parquet", bars.sort("date", "instrument_id").write_parquet)
 
 
 def drop_bad_file(settings, day: str) -> tuple[Path, str]:
@@ -223,14 +224,11 @@ def drop_bad_file(settings, day: str) -> tuple[Path, str]:
     from automation_scenario import BAD_LANDING_KIND
 
     sys.path.insert(0, str(HERE / "data"))
-    from bad_inputs.corpus import KINDS, write_kind
+    from bad_inputs.corpus import KINDS
 
     kind = next(k for k in KINDS if k.name == BAD_LANDING_KIND)
-    landing = Path(settings.landing_dir)
-    # written under an in-progress name (skipped by the sensor), then renamed: a sensor
-    # tick must judge the whole file, not one half written ("a header but no rows")
-    written = write_kind(kind, _stored_bars(settings, day), landing / "_writing")
-    return written.rename(landing / written.name), kind.rule
+    bars = _stored_bars(settings, day)
+    return _land(settings, f"{kind.name}{kind.suffix}", lambda tmp: kind.make(bars, tmp)), kind.rule
 
 
 # ---- reading the instance ----------------------------------------------------------------
@@ -414,6 +412,16 @@ def main(argv: list[str]) -> None:
         # from its first look at a schedule, then catches every tick the clock jumps over
         settle(clock, watch, clock.now().timestamp(), schedule_tick=None,
                deadline=dt.datetime.combine(first, dt.time(12), tzinfo=dt.UTC), daemon=daemon, server=server)
+
+        def land(at: dt.datetime, deadline: dt.datetime, drop, *args):
+            """At ``at`` (or now, if later) drop a file, then wait for a landing tick that
+            started after it was there and for what it asked for."""
+            clock.set(max(at, clock.now()))
+            dropped = drop(settings, *args)
+            settle(clock, watch, clock.now().timestamp() + 1, schedule_tick=None, deadline=deadline,
+                   daemon=daemon, server=server)
+            return dropped
+
         day = first
         while day <= last:
             if day.weekday() >= 5:  # no schedule tick, nothing lands: the clock jumps over
@@ -426,29 +434,19 @@ def main(argv: list[str]) -> None:
             if args.daily_files and calendar.is_trading_day(day) and day.isoformat() not in args.no_file:
                 # the day's file arrives after the cutoff, before the schedule's time: the
                 # landing sensor builds the day, and the schedule's tick finds it built
-                clock.set(max(cutoff + dt.timedelta(minutes=2), clock.now()))
-                drop_day_file(settings, day.isoformat())
                 # the clock stays before the schedule's time (21:30) until the file's run is done
-                settle(clock, watch, clock.now().timestamp() + 1, schedule_tick=None,
-                       deadline=dt.datetime.combine(day, dt.time(21, 20), tzinfo=dt.UTC), daemon=daemon, server=server)
+                land(cutoff + dt.timedelta(minutes=2), dt.datetime.combine(day, dt.time(21, 20), tzinfo=dt.UTC),
+                     drop_day_file, day.isoformat())
                 what.append("its bars file")
             elif args.daily_files and calendar.is_trading_day(day):
                 what.append("no bars file")
             for restated in restatements.get(day.isoformat(), []):
                 # after ON's cutoff, before its schedule: the correction's run first
-                at = max(cutoff + dt.timedelta(minutes=5), clock.now())
-                clock.set(at)
-                drop_restated_file(settings, restated, at)
-                # a landing tick that started after the file was there
-                settle(clock, watch, clock.now().timestamp() + 1, schedule_tick=None, deadline=deadline - dt.timedelta(hours=1),
-                       daemon=daemon, server=server)
+                land(cutoff + dt.timedelta(minutes=5), deadline - dt.timedelta(hours=1), drop_restated_file, restated)
                 what.append(f"{restated} restated")
             if args.bad_landing == day.isoformat():
-                at = max(cutoff + dt.timedelta(minutes=10), clock.now())
-                clock.set(at)
-                path, rule = drop_bad_file(settings, day.isoformat())
-                settle(clock, watch, clock.now().timestamp() + 1, schedule_tick=None, deadline=deadline - dt.timedelta(hours=1),
-                       daemon=daemon, server=server)
+                path, rule = land(cutoff + dt.timedelta(minutes=10), deadline - dt.timedelta(hours=1),
+                                  drop_bad_file, day.isoformat())
                 rejected = path.parent / "rejected" / path.name
                 reason = rejected.with_name(rejected.name + ".reason.txt")
                 landing = {"day": day.isoformat(), "file": path.name, "rule": rule,

@@ -99,8 +99,8 @@ class StageProgress:
     plain lines otherwise (a line per finished step: what CI logs and the tests read). The
     bar's text follows the running step's own log lines (a model month, ...)."""
 
-    def __init__(self, prefix: str, tty: bool) -> None:
-        self.prefix, self.tty = prefix, tty
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
         self.total, self.done, self.note = 0, 0, ""
         self.t0 = time.perf_counter()
         self.started: dict[str, float] = {}
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             tags = {ASSET_PARTITION_RANGE_START_TAG: key_range[0], ASSET_PARTITION_RANGE_END_TAG: key_range[1]}
         # a gate that says no fails its run: its verdict is printed below, not Dagster's error
         config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if job_name == promotion_gate_job.name else quiet
-        with StageProgress(f"[{i}/{len(stages)}]", tty) as progress:
+        with StageProgress(tty) as progress:
             result = run_in_code_location(instance, defs, job_name, tags=tags, run_config=config,
                                           listener=progress)
         failures = [

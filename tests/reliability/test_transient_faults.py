@@ -107,7 +107,8 @@ ESCAPING = [
 MLFLOW_ONCE = [(_mlflow_put, "reset"), (_mlflow_put, "503")]
 # identifiers of the MLflow run/model version that wrote a row: a retried step logs again
 RUN_IDENTITY = (*RUN_SPECIFIC, "registered_version")
-# what the run worker's clients log when they retry (dagster-postgres, urllib3 under MLflow)
+# what the run worker's clients log when they retry (dagster-postgres, urllib3 under MLflow):
+# library records, which the demo writes to $QUANT_HOME/demo-third-party.log, not its console
 PG_RETRY = "Retrying failed database connection"
 HTTP_RETRY = "Retrying ("
 STAGE_MODELS = "[4/7]"
@@ -129,6 +130,14 @@ def _log(server) -> str:
     return server.log_path.read_text(errors="replace")
 
 
+def _library_log(home: Path) -> str:
+    """What the demo's libraries logged (``cli.demo.THIRD_PARTY_LOG``): their retries."""
+    from quant_assets.cli.demo import THIRD_PARTY_LOG
+
+    path = home / THIRD_PARTY_LOG
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def _pg_connects(port: int) -> bool:
     import psycopg2
 
@@ -140,9 +149,10 @@ def _pg_connects(port: int) -> bool:
         return False
 
 
-def restart_postgres(pg, port: int, demo) -> dict:
-    """Restart Postgres under the running flow; returns what proves the fault happened."""
-    mark = len(_log(demo))
+def restart_postgres(pg, port: int, demo, home: Path) -> dict:
+    """Restart Postgres under the running flow (QUANT_HOME ``home``); returns what proves the
+    fault happened."""
+    mark = len(_library_log(home))
     old_pid = pg.pid
     os.kill(pg.pid, signal.SIGTERM)  # smart shutdown: refuse new connections, let open ones end
     assert _wait(lambda: not pg.alive(), "postgres to shut down", 120), (
@@ -150,22 +160,22 @@ def restart_postgres(pg, port: int, demo) -> dict:
     refused = not _pg_connects(port)  # our own client is refused while it is down
     # the run worker tries to connect (its next event) and is refused; then bring it back
     # while dagster-postgres is still retrying (exponential backoff, ~11 s in all)
-    hit = _wait(lambda: PG_RETRY in _log(demo)[mark:], "the run to hit the outage", 120, demo)
+    hit = _wait(lambda: PG_RETRY in _library_log(home)[mark:], "the run to hit the outage", 120, demo)
     pg.restart()
     wait_for_port(LOCALHOST, port, timeout=60, server=pg)
     assert _wait(lambda: _pg_connects(port), "postgres to accept connections", 60), pg.tail()
     return {"refused": refused, "run_retried": hit, "old_pid": old_pid, "new_pid": pg.pid}
 
 
-def mlflow_outage(ml, uri: str, demo) -> dict:
+def mlflow_outage(ml, uri: str, demo, home: Path) -> dict:
     """Kill the MLflow server as the model stage starts; restart it once the run's client
     has failed to reach it."""
-    mark = len(_log(demo))
+    mark = len(_library_log(home))
     ml.stop()  # SIGKILL to its process group (gunicorn/uvicorn workers included)
     refused = http_status(f"{uri}/health") is None
 
     def client_failed() -> bool:
-        new = _log(demo)[mark:]
+        new = _library_log(home)[mark:]
         return any(HTTP_RETRY in line and "/api/2.0/mlflow" in line for line in new.splitlines())
 
     hit = _wait(client_failed, "the run's MLflow client to fail", 180, demo)
@@ -220,9 +230,9 @@ def faulted(tmp_path_factory):
                             log_path=root / "demo.log", cwd=REPO, env={**base_env, **env})
         stack.callback(demo.stop)
         assert _wait(first_bars.is_set, "the first market_bars write", 600, demo), demo.tail()
-        pg_fault = restart_postgres(pg, pg_port, demo)
+        pg_fault = restart_postgres(pg, pg_port, demo, home)
         assert _wait(lambda: STAGE_MODELS in _log(demo), "the model stage", 600, demo), demo.tail()
-        ml_fault = mlflow_outage(ml, mlflow_uri, demo)
+        ml_fault = mlflow_outage(ml, mlflow_uri, demo, home)
         code = demo.process.wait(timeout=900)
         t_done = time.monotonic()
         proxy.set_plan(FaultPlan())  # the checks read through the proxy: no more faults

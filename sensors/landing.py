@@ -5,7 +5,8 @@ Each file is processed once (the cursor remembers name, size and mtime). A file 
 not parse, or whose rows break a quality rule, is moved to ``<landing>/rejected/`` with a
 ``.reason.txt`` beside it naming the file, the rule and the rows; nothing is launched
 for it, so no partition changes. A good file requests one run per trading day it
-contains, with market_bars reading from the landing folder.
+contains, with market_bars reading from the landing folder (a bar in several files from the
+latest delivery: ``market.latest_deliveries``).
 
 Beyond the rules of ``quality.check_market_bars`` (run here against the stored universe,
 so unknown instruments are caught before a run starts), the landing path applies rules

@@ -65,13 +65,37 @@ def _loaded(data_dir: str, state: tuple) -> FileSourceData:  # state: the cache 
     return load_data_dir(data_dir)
 
 
+BAR_KEY = ("date", "instrument_id")
+
+
 def landing_bars(landing_dir: str, layout: Layout | None = None) -> pl.DataFrame:
     """Every landing file's bars: strict contract files (``files.read_market_bars_file``),
-    or, with a data directory's ``layout`` (file source), files in that layout."""
+    or, with a data directory's ``layout`` (file source), files in that layout. A bar that
+    several files deliver (a vendor's re-delivery of a day beside its first file) is taken
+    from the latest delivery (``latest_deliveries``), files in the order they landed."""
     files = list_landing_files(landing_dir)
     if not files:
         raise ValueError(f"landing folder {landing_dir!r} has no market_bars files")
-    return pl.concat([read_landing_file(f, layout) for f in files], how="vertical")
+    # arrival order: modification time (a producer renames a finished file into place),
+    # then name, so that equal times still give one order
+    files = sorted(files, key=lambda f: (f.stat().st_mtime_ns, f.name))
+    return latest_deliveries([read_landing_file(f, layout) for f in files])
+
+
+def latest_deliveries(deliveries: list[pl.DataFrame]) -> pl.DataFrame:
+    """The bars of ``deliveries`` (contract frames, in arrival order) with each bar, keyed
+    by (date, instrument_id), from one delivery only: the one that knows it latest
+    (``knowledge_time``), and of equal knowledge times the later arrival (a correction
+    re-sent with the day's own times). Rows keep their delivery's order. Duplicates within
+    one delivery are kept, so the table's duplicate_key rule still names them."""
+    if len(deliveries) == 1:
+        return deliveries[0]
+    frame = pl.concat(
+        [d.with_columns(pl.lit(i, pl.Int32).alias("_delivery")) for i, d in enumerate(deliveries)],
+        how="vertical",
+    )
+    winner = pl.col("_delivery").sort_by(["knowledge_time", "_delivery"]).last().over(list(BAR_KEY))
+    return frame.filter(pl.col("_delivery") == winner).drop("_delivery")
 
 
 def read_landing_file(path: str | Path, layout: Layout | None = None) -> pl.DataFrame:

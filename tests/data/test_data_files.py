@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quant_assets.data.files import (
     LandingFileError,
@@ -15,6 +17,7 @@ from quant_assets.data.files import (
     read_market_bars_file,
     write_market_bars_file,
 )
+from quant_assets.data.market import landing_bars, latest_deliveries
 from quant_assets.data.simulator import MARKET_BARS_SCHEMA, SimulatorConfig, simulate_market
 
 HEADER = "date,instrument_id,open,high,low,close,volume,knowledge_time"
@@ -195,3 +198,56 @@ def test_timezone_naive_parquet(tmp_path):
     path = tmp_path / "n.parquet"
     _bars().with_columns(pl.col("knowledge_time").dt.replace_time_zone(None)).write_parquet(path)
     _raises(path, "timezone", "knowledge_time")
+
+
+# ---- a bar delivered more than once: market.latest_deliveries -----------------------------
+
+_KEYS = st.tuples(st.integers(0, 2), st.integers(1, 3))  # (day, instrument)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.dictionaries(_KEYS, st.integers(0, 2), min_size=1, max_size=6), min_size=1, max_size=4))
+def test_each_bar_comes_from_the_delivery_that_knows_it_latest_then_arrived_last(deliveries):
+    """Property: every key delivered appears once, from the delivery with the latest
+    knowledge_time for it, of equal times the later arrival; no other row is dropped."""
+    day0, t0 = dt.date(2024, 1, 1), dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    frames = [
+        pl.DataFrame(
+            {"date": [day0 + dt.timedelta(days=d) for d, _ in rows],
+             "instrument_id": [i for _, i in rows],
+             "delivery": [n] * len(rows),
+             "knowledge_time": [t0 + dt.timedelta(hours=rows[k]) for k in rows]},
+            schema={"date": pl.Date, "instrument_id": pl.Int64, "delivery": pl.Int64,
+                    "knowledge_time": pl.Datetime("us", "UTC")},
+        )
+        for n, rows in enumerate(deliveries)
+    ]
+    got = latest_deliveries(frames)
+    expected = {}
+    for n, rows in enumerate(deliveries):
+        for key, hours in rows.items():
+            if key not in expected or (hours, n) >= expected[key]:
+                expected[key] = (hours, n)
+    keys = [((d - day0).days, i) for d, i in zip(got["date"], got["instrument_id"], strict=True)]
+    assert sorted(keys) == sorted(expected)  # each key once
+    for key, n in zip(keys, got["delivery"], strict=True):
+        assert n == expected[key][1], (key, n, expected[key])
+
+
+def test_duplicates_within_one_delivery_are_kept_for_the_duplicate_key_rule():
+    one = _bars().head(2)
+    twice_in_one = pl.concat([one, one.head(1)])
+    got = latest_deliveries([one, twice_in_one])
+    assert got.equals(twice_in_one)
+
+
+def test_landing_bars_orders_deliveries_by_arrival_not_name(tmp_path):
+    import os
+
+    day = _bars().filter(pl.col("date") == _bars()["date"].min())
+    corrected = day.with_columns(pl.col("open", "high", "low", "close") * 1.002)
+    write_market_bars_file(day, tmp_path / "b_first.parquet")
+    write_market_bars_file(corrected, tmp_path / "a_second.parquet")
+    os.utime(tmp_path / "b_first.parquet", ns=(10**18, 10**18))
+    os.utime(tmp_path / "a_second.parquet", ns=(10**18 + 1, 10**18 + 1))
+    assert landing_bars(str(tmp_path)).equals(corrected)

@@ -126,6 +126,40 @@ def test_landing_sensor_accepts_good_and_newer_restatement(good_state, tmp_path)
     assert len(seen) == 2 and not (landing / REJECTED).exists()
 
 
+@pytest.mark.parametrize("corrected_last", [True, False], ids=["correction-lands-last", "correction-lands-first"])
+def test_a_day_delivered_twice_is_built_from_its_latest_delivery(good_state, tmp_path, corrected_last):
+    """A vendor's corrected file of a day lands beside the day's first file (the landing
+    folder keeps both): the day's run reads each bar from the latest delivery, by arrival,
+    not a duplicate key (market.latest_deliveries). Before, both files' rows were read
+    and the restated day's run failed on duplicate_key (the daemon soak found it)."""
+    _, _, good, _ = good_state
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    corrected = good.with_columns(pl.col("open", "high", "low", "close") * 1.002)
+    first, last = (good, corrected) if corrected_last else (corrected, good)
+    # names sort against arrival in one case, so only the arrival order can decide
+    first.write_parquet(landing / "z_first.parquet")
+    last.write_parquet(landing / "a_last.parquet")
+    now = 1_700_000_000_000_000_000
+    os.utime(landing / "z_first.parquet", ns=(now, now))
+    os.utime(landing / "a_last.parquet", ns=(now + 10**9, now + 10**9))
+    home = tmp_path / "home"
+    settings = settings_for(home)
+    resources = build_resources(settings)
+    resources["market_source"] = MarketSource(
+        **{**resources["market_source"].model_dump(), "landing_dir": str(landing)}
+    )
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize([universe], resources=resources, instance=instance).success
+        result = materialize(
+            [universe, market_bars], selection=[market_bars], resources=resources, instance=instance,
+            partition_key=GOOD_DAY.isoformat(), run_config=LANDING_CONFIG,
+        )
+    assert result.success
+    stored = Warehouse(settings.warehouse_uri).read(["market_bars"]).frame.sort("date", "instrument_id")
+    assert stored.equals(last.select(stored.columns))
+
+
 NIGHTLY = os.environ.get("QUANT_NIGHTLY") == "1"
 # A blocked run is not retried (quality failures and bad landing files are raised with
 # allow_retries=False, see quant_assets/retries.py). By default a representative set (price,

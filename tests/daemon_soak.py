@@ -17,8 +17,9 @@ file) into the landing folder two minutes after its cutoff and waits for the lan
 sensor's run of it, before the schedule's time (whose tick then finds the day built);
 ``--no-file DAY`` is a session whose file never comes, which the schedule builds.
 ``--restate ON:DAY`` drops a restated bars file of the already built DAY (its stored
-bars, every price 0.2 % higher, with the day's own knowledge times) into the landing folder on ON, before
-ON's schedule, and waits for the landing sensor's run of it; ``--bad-landing DAY`` drops a
+bars, every price 0.2 % higher, with the day's own knowledge times) into the landing folder on ON, after
+ON's own file (so ON's features read the restated bar too and are rebuilt: the record's
+``restated_at``) and before ON's schedule, and waits for the landing sensor's run of it; ``--bad-landing DAY`` drops a
 malformed bars file (a NaN close, tests/data/bad_inputs) on DAY, which the landing sensor
 rejects. A person promotes the latest LightGBM version the morning after the first month's
 models (QUANT_AUTO_PROMOTE=wait), as tests/automation_scenario.py --execute does.
@@ -391,6 +392,7 @@ def main(argv: list[str]) -> None:
     promotions: list[dict] = []
     landing: dict = {}
     days_seen: list[dict] = []  # (fake day, what happened)
+    restated_at: dict[str, str] = {}  # ON: the fake time its restated file landed
 
     port = free_port()
     workspace = work / "workspace.yaml"
@@ -442,7 +444,10 @@ def main(argv: list[str]) -> None:
                 what.append("no bars file")
             for restated in restatements.get(day.isoformat(), []):
                 # after ON's cutoff, before its schedule: the correction's run first
-                land(cutoff + dt.timedelta(minutes=5), deadline - dt.timedelta(hours=1), drop_restated_file, restated)
+                at = max(cutoff + dt.timedelta(minutes=5), clock.now())
+                land(at, deadline - dt.timedelta(hours=1), drop_restated_file, restated)
+                # ON's own file came first: its day reads the restated bar too and is rebuilt
+                restated_at[day.isoformat()] = at.isoformat()
                 what.append(f"{restated} restated")
             if args.bad_landing == day.isoformat():
                 path, rule = land(cutoff + dt.timedelta(minutes=10), deadline - dt.timedelta(hours=1),
@@ -476,6 +481,7 @@ def main(argv: list[str]) -> None:
                 promotions.append(json.loads(out.read_text()))
             day += dt.timedelta(days=1)
         record = build_record(watch, settings, first, last, promotions, landing, days_seen)
+        record["restated_at"] = restated_at
         stack.close()
     wall = time.perf_counter() - started
     record["figures"].update({"wall_s": round(wall, 1), "history_s": round(history_s, 1)})

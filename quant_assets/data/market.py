@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from quant_assets.data.files import list_landing_files, read_market_bars_file
+from quant_assets.data.quality import BAR_KEYS
 from quant_assets.data.simulator import MarketData, SimulatorConfig, simulate_market
 from quant_assets.data.sources import FileSourceData, Layout, load_data_dir, read_bars_file
 
@@ -65,9 +66,6 @@ def _loaded(data_dir: str, state: tuple) -> FileSourceData:  # state: the cache 
     return load_data_dir(data_dir)
 
 
-BAR_KEY = ("date", "instrument_id")
-
-
 def landing_bars(landing_dir: str, layout: Layout | None = None) -> pl.DataFrame:
     """Every landing file's bars: strict contract files (``files.read_market_bars_file``),
     or, with a data directory's ``layout`` (file source), files in that layout. A bar that
@@ -94,7 +92,7 @@ def latest_deliveries(deliveries: list[pl.DataFrame]) -> pl.DataFrame:
         [d.with_columns(pl.lit(i, pl.Int32).alias("_delivery")) for i, d in enumerate(deliveries)],
         how="vertical",
     )
-    winner = pl.col("_delivery").sort_by(["knowledge_time", "_delivery"]).last().over(list(BAR_KEY))
+    winner = pl.col("_delivery").sort_by(["knowledge_time", "_delivery"]).last().over(list(BAR_KEYS))
     return frame.filter(pl.col("_delivery") == winner).drop("_delivery")
 
 

@@ -188,6 +188,9 @@ def _midnight_utc(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
 
 
+BAR_KEYS = ("date", "instrument_id")  # one market_bars row per key
+
+
 def check_market_bars(
     df: pl.DataFrame,
     universe: pl.DataFrame | None = None,
@@ -198,7 +201,7 @@ def check_market_bars(
     out = check_schema(df, MARKET_BARS_SCHEMA, table)
     if _schema_blocks(df, MARKET_BARS_SCHEMA):
         return out
-    keys = ["date", "instrument_id"]
+    keys = list(BAR_KEYS)
     out += _nulls(df, table, keys, keys)
     out += _duplicates(df, table, keys)
     prices = ["open", "high", "low", "close"]
@@ -458,7 +461,7 @@ LANDING_RULES: dict[str, str] = {
 # (a misplaced decimal, a currency mix-up), never a market move in this universe: the
 # simulator's largest daily move over 2022-2024 is well under 2x.
 MAX_DAILY_PRICE_RATIO = 4.0
-_KEYS = ["date", "instrument_id"]
+_KEYS = list(BAR_KEYS)
 
 
 def _landing_violation(rule: str, bad: pl.DataFrame, columns: list[str], what: str) -> Violation:

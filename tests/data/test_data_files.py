@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -242,8 +243,6 @@ def test_duplicates_within_one_delivery_are_kept_for_the_duplicate_key_rule():
 
 
 def test_landing_bars_orders_deliveries_by_arrival_not_name(tmp_path):
-    import os
-
     day = _bars().filter(pl.col("date") == _bars()["date"].min())
     corrected = day.with_columns(pl.col("open", "high", "low", "close") * 1.002)
     write_market_bars_file(day, tmp_path / "b_first.parquet")

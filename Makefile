@@ -59,7 +59,7 @@ soak-execute: $(STAMP)
 # daily schedule, landing files and the automation sensor (tests/daemon_soak.py); prints fake
 # days, runs, materialisations and wall time. soak-daemon: 32 trading days, two month ends
 # (about an hour); soak-daemon-short: 12 trading days, one month end (about 25 minutes).
-# Not passing yet: through the real daemon the automation misses builds (README)
+# Both pass (figures in the README, "Automation: what runs by itself").
 soak-daemon: $(STAMP)
 	QUANT_SOAK=1 QUANT_SOAK_DAEMON=1 $(PY) -m pytest -p no:cacheprovider -q -s tests/test_daemon_soak.py
 

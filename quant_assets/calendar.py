@@ -107,14 +107,20 @@ def _build(name: str) -> Sessions:
             f"{CALENDAR_ENV}={name!r} is not an exchange_calendars calendar "
             f"(e.g. XNYS, XNAS, XLON, XTKS, XETR; all: exchange_calendars.get_calendar_names())"
         )
-    kind = type(xcals.get_calendar(name))  # the default span, only to read the class bounds
     start, end = CALENDAR_START, CALENDAR_END
-    bound_min, bound_max = kind.bound_min(), kind.bound_max()
-    if bound_min is not None:
-        start = max(start, bound_min.date())
-    if bound_max is not None:
-        end = min(end, bound_max.date())
-    cal = xcals.get_calendar(name, start=start.isoformat(), end=end.isoformat())
+    try:
+        cal = xcals.get_calendar(name, start=start.isoformat(), end=end.isoformat())
+    except ValueError:
+        # a calendar with class bounds (bound_min/bound_max) refuses a span beyond them: read
+        # them from one built over its default span, then clamp. Only then: that build costs
+        # ~0.3 s, and XNYS and most calendars have no bounds
+        kind = type(xcals.get_calendar(name))
+        bound_min, bound_max = kind.bound_min(), kind.bound_max()
+        if bound_min is not None:
+            start = max(start, bound_min.date())
+        if bound_max is not None:
+            end = min(end, bound_max.date())
+        cal = xcals.get_calendar(name, start=start.isoformat(), end=end.isoformat())
     days = tuple(d.date() for d in cal.sessions)
     closes = {
         d: c.to_pydatetime().astimezone(UTC)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
-from scipy import stats as sps
 
 __all__ = [
     "ICResult",
@@ -214,6 +213,7 @@ def sample_skew(returns) -> float:
     """Sample skewness m3 / m2^1.5 with population moments (``scipy.stats.skew(bias=True)``), the
     estimator in Bailey & Lopez de Prado's reference code. NaN for < 3 points or a constant
     series. (pandas/quantstats report the bias-corrected G1 instead.)"""
+    from scipy import stats as sps
     r = _clean(returns)
     if r.size < 3 or r.max() == r.min():
         return math.nan
@@ -224,6 +224,7 @@ def pearson_kurtosis(returns) -> float:
     """Pearson kurtosis m4 / m2^2 (3 for a normal) with population moments
     (``scipy.stats.kurtosis(fisher=False, bias=True)``), the input PSR/DSR expect. NaN for < 3
     points or a constant series. (pandas/quantstats report bias-corrected *excess* kurtosis.)"""
+    from scipy import stats as sps
     r = _clean(returns)
     if r.size < 3 or r.max() == r.min():
         return math.nan

@@ -5,9 +5,11 @@ output (no software stamp in the PNG), so equal inputs give equal bytes."""
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:  # matplotlib is imported where a chart is drawn, not at every load of the code location
+    from matplotlib.figure import Figure
+
 
 DPI = 80
 RC = {
@@ -23,6 +25,7 @@ PNG_METADATA = {"Software": None}
 
 
 def png(fig: Figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     FigureCanvasAgg(fig)  # attaches the Agg canvas
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata=PNG_METADATA)
@@ -35,6 +38,7 @@ def equity_png(dates, curves: dict[str, object], title: str) -> bytes:
     import matplotlib
     import numpy as np
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.figure import Figure
 
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(8.0, 3.0))

@@ -7,10 +7,7 @@ and the same curves as MLflow metric steps, through the tracking resource.
 
 from __future__ import annotations
 
-import matplotlib
 import polars as pl
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from quant_assets.plots import RC, png
 
@@ -22,6 +19,9 @@ def learning_curve_png(curves: dict[str, list[float]], best: int | None, title: 
     """Each curve against its step (1-based), losses on the left axis and rank IC on the
     right (they differ in scale by orders of magnitude); ``best`` is the step the stored
     model keeps (early stopping)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(8.0, 3.4))
         ax = fig.add_axes((0.09, 0.15, 0.8, 0.64))
@@ -51,6 +51,8 @@ def learning_curve_png(curves: dict[str, list[float]], best: int | None, title: 
 
 def importance_png(importance: pl.DataFrame, title: str, top: int = TOP_FEATURES) -> bytes:
     """Horizontal bars of the ``top`` features by share of total split gain (largest on top)."""
+    import matplotlib
+    from matplotlib.figure import Figure
     head = importance.head(top).reverse()
     with matplotlib.rc_context(RC):
         height = 1.0 + 0.22 * max(head.height, 1)

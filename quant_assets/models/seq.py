@@ -53,15 +53,19 @@ import io
 import json
 import math
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: importing it takes ~1.5 s, and
+    # every process that loads the code location (a run, a step, a code server) imports this
+    import torch
+    from torch import nn
 
 from quant_assets.calendar import shift_trading_days
 from quant_assets.models.lgbm import split_purged
@@ -129,6 +133,7 @@ class SeqConfig:
 
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; 'cuda' without CUDA is a ValueError."""
+    import torch
     if device not in DEVICES:
         raise ValueError(f"device={device!r} must be one of {DEVICES}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -146,32 +151,59 @@ def history_start(first_date: dt.date, seq_len: int) -> dt.date:
     return shift_trading_days(first_date, -(seq_len - 1))
 
 
-class SeqNet(nn.Module):
-    """GRU over (batch, seq_len, n_features + 1) -> linear head on the last step -> (batch,)."""
-
-    def __init__(self, n_features: int, hidden: int, layers: int, dropout: float) -> None:
-        super().__init__()
-        self.gru = nn.GRU(
-            input_size=n_features + 1,  # + presence flag
-            hidden_size=hidden,
-            num_layers=layers,
-            dropout=dropout if layers > 1 else 0.0,
-            batch_first=True,
-        )
-        self.head = nn.Linear(hidden, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.gru(x)
-        return self.head(out[:, -1, :]).squeeze(-1)
+_SEQNET_LOCK = threading.Lock()
 
 
-def _build_net(config: SeqConfig, n_features: int) -> SeqNet:
-    return SeqNet(n_features, config.hidden, config.layers, config.dropout)
+def _seqnet_class() -> type:
+    """The `SeqNet` class, defined on first use (it subclasses torch's nn.Module). It is
+    this module's `SeqNet` attribute from then on, so pickles (MLflow's logged GRU) name
+    and find it as `quant_assets.models.seq.SeqNet`."""
+    with _SEQNET_LOCK:  # one class, even when two threads build their first net at once
+        if "SeqNet" not in globals():
+            globals()["SeqNet"] = _define_seqnet()
+    return globals()["SeqNet"]
+
+
+def _define_seqnet() -> type:
+    from torch import nn
+
+    class SeqNet(nn.Module):
+        """GRU over (batch, seq_len, n_features + 1) -> linear head on the last step -> (batch,)."""
+
+        __qualname__ = "SeqNet"  # as if defined at the top of the module
+
+        def __init__(self, n_features: int, hidden: int, layers: int, dropout: float) -> None:
+            super().__init__()
+            self.gru = nn.GRU(
+                input_size=n_features + 1,  # + presence flag
+                hidden_size=hidden,
+                num_layers=layers,
+                dropout=dropout if layers > 1 else 0.0,
+                batch_first=True,
+            )
+            self.head = nn.Linear(hidden, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, _ = self.gru(x)
+            return self.head(out[:, -1, :]).squeeze(-1)
+
+    return SeqNet
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SeqNet":  # `from quant_assets.models.seq import SeqNet`, unpickling
+        return _seqnet_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _build_net(config: SeqConfig, n_features: int) -> nn.Module:
+    return _seqnet_class()(n_features, config.hidden, config.layers, config.dropout)
 
 
 @contextlib.contextmanager
 def _deterministic(config: SeqConfig, device: torch.device) -> Iterator[None]:
     """Seeded, deterministic, fixed-thread torch for the block; everything restored after."""
+    import torch
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -273,6 +305,7 @@ def _sequence_index(rows: np.ndarray, pos: np.ndarray, seq_len: int, pad_row: in
 def _predict_batches(
     net: nn.Module, inputs: torch.Tensor, index: torch.Tensor, batch: int
 ) -> torch.Tensor:
+    import torch
     net.eval()
     outs = []
     with torch.no_grad():
@@ -284,6 +317,7 @@ def _predict_batches(
 
 
 def _state_bytes(net: nn.Module) -> bytes:
+    import torch
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -313,8 +347,9 @@ class TrainedSeqModel:
         """Rows of history before a scored day that a full-length sequence needs."""
         return self.config.seq_len - 1
 
-    def module(self) -> SeqNet:
+    def module(self) -> nn.Module:
         """A fresh `SeqNet` on the CPU, in eval mode, with the stored weights."""
+        import torch
         net = _build_net(self.config, len(self.feature_cols))
         state = torch.load(io.BytesIO(self.state_bytes), map_location="cpu", weights_only=True)
         net.load_state_dict(state)
@@ -322,7 +357,7 @@ class TrainedSeqModel:
         return net
 
     @cached_property
-    def _module(self) -> SeqNet:
+    def _module(self) -> nn.Module:
         return self.module()
 
     def predict(
@@ -337,6 +372,7 @@ class TrainedSeqModel:
         with less history a sample is left-padded exactly as in training. Runs on the CPU.
         Returns (date, instrument_id, score Float64) sorted by (date, instrument_id).
         """
+        import torch
         schema = {"date": pl.Date, "instrument_id": pl.Utf8, "score": pl.Float64}
         _check_frame(history_frame, self.feature_cols, [], "history frame")
         hist = _history_order(history_frame)
@@ -441,6 +477,8 @@ def train_seq(
     train: pl.DataFrame, feature_cols: list[str], config: SeqConfig | None = None
 ) -> TrainedSeqModel:
     """Fit a `SeqNet` on `train` (features + label columns); see the module docstring."""
+    import torch
+    from torch import nn
     config = config or SeqConfig()
     feature_cols = list(feature_cols)
     _check_frame(train, feature_cols, ["t0", "t1", config.target], "training frame")

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy import stats as sps
 
 DEFAULT_BINS = 10
 SHARE_FLOOR = 1e-4
@@ -82,6 +81,7 @@ class KSResult:
 def ks(reference, current) -> KSResult:
     """Two-sample Kolmogorov-Smirnov statistic and p-value (scipy.stats.ks_2samp, two-sided,
     method 'auto'), missing values dropped."""
+    from scipy import stats as sps
     ref = _finite_sample(reference, "reference")
     cur = _finite_sample(current, "current")
     if ref.size == 0 or cur.size == 0:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-from scipy import stats as sps
 
 from quant_assets.performance import (
     _REL_ZERO_STD,
@@ -126,6 +125,7 @@ def probabilistic_sharpe_ratio(
     PSR = Phi((sr - sr*) sqrt(T-1) / sqrt(1 - skew*sr + (kurtosis-1)/4 * sr^2)).
     ``sr`` and ``sr_benchmark`` are per period; ``kurtosis`` is Pearson (3 for a normal).
     """
+    from scipy import stats as sps
     _check_n_obs(n_obs)
     v = _sr_variance_term(sr, skew, kurtosis)
     z = (sr - sr_benchmark) * math.sqrt(n_obs - 1.0) / math.sqrt(v)
@@ -142,6 +142,7 @@ def expected_max_sharpe(n_trials: float, sr_variance: float) -> float:
     One trial involves no selection, so its expected maximum is the mean, 0 (the formula itself
     diverges to -inf at N = 1). ``n_trials`` may be a non-integer effective number of trials.
     """
+    from scipy import stats as sps
     if not n_trials >= 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     if math.isnan(sr_variance):
@@ -185,6 +186,7 @@ def min_track_record_length(
     MinTRL = 1 + (1 - skew*sr + (kurtosis-1)/4 * sr^2) * (Phi^-1(prob) / (sr - sr*))^2.
     Returns +inf when ``sr <= sr_benchmark`` (no track record is long enough).
     """
+    from scipy import stats as sps
     if not 0.0 < prob < 1.0:
         raise ValueError(f"prob must be in (0, 1), got {prob}")
     v = _sr_variance_term(sr, skew, kurtosis)

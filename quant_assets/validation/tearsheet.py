@@ -24,13 +24,10 @@ import math
 import re
 import textwrap
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
 import polars as pl
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
 from quant_assets.plots import RC, markdown_image, png
 from quant_assets.validation import analysis, stats
@@ -46,6 +43,9 @@ from quant_assets.validation.report import (
     format_metric,
     trial_source,
 )
+
+if TYPE_CHECKING:  # matplotlib is imported where a chart is drawn, not at every load of the code location
+    from matplotlib.figure import Figure
 
 __all__ = [
     "FIGURES",
@@ -185,6 +185,7 @@ def _grid(height: float, rows: int = 1, cols: int = 1, width: float = 8.0, right
           bottom: float = _BOTTOM, sharex: bool = False):
     """A figure of ``rows`` x ``cols`` axes with fixed margins (inches); returns (fig, axes)
     with ``axes`` a single Axes for 1 x 1."""
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(width, height))
     axes = fig.subplots(
         rows, cols, sharex=sharex, squeeze=False,
@@ -205,6 +206,7 @@ def _figure(width: float = 8.0, height: float = 3.0) -> tuple[Figure, object]:
 def _date_axis(ax, dates) -> None:
     """Short date tick labels that do not overlap (no rotation needed); matplotlib's default
     for a single day, where the locator has no interval to pick."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     if len(dates) < 2 or dates[0] == dates[-1]:
         return
     locator = AutoDateLocator(maxticks=8)
@@ -354,6 +356,7 @@ def _ic_decay(decay: pl.DataFrame | None, autocorr: pl.DataFrame | None) -> Figu
 
 
 def _quantiles(qr: pl.DataFrame | None, n_q: int) -> Figure:
+    import matplotlib
     fig, ax = _figure()
     if qr is not None and qr.height:
         wide = qr.pivot(on="quantile", index="date", values="return", sort_columns=True).sort("date")
@@ -441,6 +444,7 @@ def _bootstrap(mdd: np.ndarray, metrics: dict[str, float], threshold: float | No
 
 
 def _regime_bars(regimes: pl.DataFrame) -> Figure:
+    from matplotlib.patches import Patch
     fig, ax = _grid(2.8, right=_LEGEND_RIGHT, bottom=0.6)
     if regimes.height:
         labels = regimes["bucket"].to_list()  # the colour (legend) says which regime
@@ -587,6 +591,7 @@ def _legs_reason(inputs: TearSheetInputs) -> str:
 
 def render_tearsheet(inputs: TearSheetInputs) -> str:
     """The whole tear sheet as one HTML string (images embedded)."""
+    import matplotlib
     ppy = inputs.periods_per_year
     daily = inputs.daily.sort("date")
     dates = daily["date"]

@@ -19,6 +19,10 @@ resource builds it) and run in the same invocation:
     leak check, Delta writes and reads (the rest: market_bars slicing and quality rules,
     run and step bookkeeping).
 
+``--repeats N`` (default 3) runs the pair N times, (a) then (b) each round, so that a change
+of load hits both; the figures printed are medians over the rounds (the breakdown is the
+median round's, by (b)'s wall time), with every round's pair listed below them.
+
 Prints both wall times, the ratio (b) / (a), the number of runs and (b)'s breakdown.
 ``--profile FILE`` writes a cProfile of (b)'s timed runs (for finding where the time goes:
 profiling inflates (b), so not for the ratio).
@@ -31,6 +35,7 @@ import cProfile
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -223,7 +228,24 @@ def run_dagster(n_instruments: int, seed: int, start: dt.date, end: dt.date, tmp
         return json.loads(out.read_text())
 
 
-def report(a: dict, b: dict, n_instruments: int, start: dt.date, end: dt.date) -> str:
+def median_round(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict, dict]:
+    """Medians over rounds of (a, b): (a)'s and (b)'s wall and CPU, their ratios, and the
+    round whose (b) wall time is the median (for the breakdown)."""
+    med = {
+        "a_wall": statistics.median(a["wall_s"] for a, _ in rounds),
+        "a_cpu": statistics.median(a["cpu_s"] for a, _ in rounds),
+        "b_wall": statistics.median(b["wall_s"] for _, b in rounds),
+        "b_cpu": statistics.median(b["cpu_s"] for _, b in rounds),
+        "ratio_wall": statistics.median(b["wall_s"] / a["wall_s"] for a, b in rounds),
+        "ratio_cpu": statistics.median(b["cpu_s"] / a["cpu_s"] for a, b in rounds),
+    }
+    ordered = sorted(rounds, key=lambda r: r[1]["wall_s"])
+    a, b = ordered[(len(ordered) - 1) // 2]
+    return a, b, med
+
+
+def report(a: dict, b: dict, n_instruments: int, start: dt.date, end: dt.date,
+           med: dict | None = None, rounds: list[tuple[dict, dict]] | None = None) -> str:
     events = sum(r["events"] for r in b["runs"])
     s, c, n = b["seconds"], b["cpu"], b["calls"]
     parts = ("dagster_event_store", "compute_features", "leak_check", "delta_write", "delta_read")
@@ -235,17 +257,23 @@ def report(a: dict, b: dict, n_instruments: int, start: dt.date, end: dt.date) -
     def row(label: str, key: str, note: str = "") -> str:
         return f"  {label:<24}{s.get(key, 0):8.1f} s wall {c.get(key, 0):8.1f} s CPU{note}"
 
+    rounds = rounds or [(a, b)]
+    med = med or median_round(rounds)[2]
     lines = [
         f"market: {n_instruments} instruments, {start} .. {end}: {a['days']} trading days, "
         f"{a['bars']:,} bars; {a['features']} features, {a['rows']:,} feature rows",
         "(CPU = process CPU time, all threads: on a shared, loaded machine wall time also counts waiting)",
-        f"(a) raw polars, one process:            {a['wall_s']:8.1f} s wall {a['cpu_s']:8.1f} s CPU",
-        f"(b) Dagster range backfill into Delta:  {b['wall_s']:8.1f} s wall {b['cpu_s']:8.1f} s CPU  "
+        f"medians of {len(rounds)} round(s), (a) then (b) in each; load average before: {rounds[0][0].get('load', '?')}",
+        f"(a) raw polars, one process:            {med['a_wall']:8.1f} s wall {med['a_cpu']:8.1f} s CPU",
+        f"(b) Dagster range backfill into Delta:  {med['b_wall']:8.1f} s wall {med['b_cpu']:8.1f} s CPU  "
         f"({len(b['runs'])} runs of <= {max(r['days'] for r in b['runs'])} days; reference tables "
         f"{b['reference_s']:.1f} s and market_bars {b['bars_s']:.1f} s before it, not counted)",
-        f"ratio (b) / (a):                        {b['wall_s'] / a['wall_s']:8.2f} wall {b['cpu_s'] / a['cpu_s']:8.2f} CPU",
-        f"runs: {len(b['runs'])}; rows written by (b) equal (a)'s: {b['rows'] == a['rows']}",
-        "where (b)'s time goes:",
+        f"ratio (b) / (a):                        {med['ratio_wall']:8.2f} wall {med['ratio_cpu']:8.2f} CPU"
+        "  (median of the rounds' ratios)",
+        "rounds (a / b wall s): " + ", ".join(f"{ra['wall_s']:.1f} / {rb['wall_s']:.1f}" for ra, rb in rounds),
+        f"runs: {len(b['runs'])}; rows written by (b) equal (a)'s: "
+        f"{all(rb['rows'] == ra['rows'] for ra, rb in rounds)}",
+        f"where (b)'s time goes (the median round, (b) {b['wall_s']:.1f} s):",
         row("Dagster event storage", "dagster_event_store",
             f"  ({stored} events stored in {writes} writes (DAGSTER_EVENT_BATCH_SIZE="
             f"{b.get('event_batch_size')}), {events} in the runs' logs; "
@@ -273,6 +301,7 @@ def main() -> None:
                         "folder; /dev/shm shows how much of the event storage time is disk I/O)")
     parser.add_argument("--profile", help="write a cProfile of (b)'s timed runs to this file "
                         "(inflates (b)'s figures: for finding where the time goes, not for the ratio)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of (a) then (b); medians are printed")
     parser.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -283,11 +312,17 @@ def main() -> None:
     if args.quick:
         args.instruments, args.years = 50, 1.0
     start, end = _range(args.years, dt.date.fromisoformat(args.end))
-    a = raw_features(args.instruments, args.seed, start, end)
-    b = run_dagster(args.instruments, args.seed, start, end, args.tmpdir, args.profile)
-    print(report(a, b, args.instruments, start, end))
+    rounds = []
+    for _ in range(max(1, args.repeats)):
+        load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+        a = raw_features(args.instruments, args.seed, start, end)
+        a["load"] = load
+        b = run_dagster(args.instruments, args.seed, start, end, args.tmpdir, args.profile)
+        rounds.append((a, b))
+    a, b, med = median_round(rounds)
+    print(report(a, b, args.instruments, start, end, med, rounds))
     if args.json:
-        print(json.dumps({"raw": a, "dagster": b}))
+        print(json.dumps({"medians": med, "rounds": [{"raw": ra, "dagster": rb} for ra, rb in rounds]}))
 
 
 if __name__ == "__main__":

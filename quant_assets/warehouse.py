@@ -303,9 +303,15 @@ def _writer_properties(frame: pl.DataFrame) -> WriterProperties:
     (82 feature columns) that attempt was ~85% of the write time (7.6 s -> 1.1 s for
     450k rows x 84 columns) and never pays off for continuous values. Keys and categories
     (strings) keep it.
+
+    LZ4_RAW, not delta-rs's default Snappy: on the feature table Snappy saved nothing (289 MB,
+    as uncompressed: continuous floats), while LZ4_RAW wrote 236 MB in 1.01 s against Snappy's
+    1.28 s (457k rows x 84 columns, medians of 5; reads 0.28 s vs 0.25 s). pyarrow, polars,
+    delta-rs, Spark and DuckDB all read LZ4_RAW.
     """
     text = [name for name, dtype in frame.schema.items() if dtype in (pl.String, pl.Categorical)]
     return WriterProperties(
+        compression="LZ4_RAW",
         default_column_properties=ColumnProperties(dictionary_enabled=False),
         column_properties={name: ColumnProperties(dictionary_enabled=True) for name in text} or None,
     )

@@ -247,10 +247,8 @@ def mlflow_server(root: Path, pg_port: int, s3_endpoint: str,
         "--artifacts-destination", f"s3://{BUCKET}/mlflow",
         "--host", LOCALHOST, "--port", str(port), "--workers", "1",
     ]
-    # Not waited for: its database migrations take ~30 s, while the demo's first MLflow call
-    # comes at the model stage, minutes later; the fixture creates the accounts meanwhile
-    # (`provision_accounts`), and the client retries refused connections
-    # (MLFLOW_HTTP_REQUEST_MAX_RETRIES with exponential backoff) should it be earlier.
+    # Not waited for here: its database migrations (~30 s) run while the caller goes on; a
+    # caller that needs the accounts waits for /health and then `provision_accounts`.
     with running_server(args, log_path=root / "mlflow.log", env=env) as server:
         yield server, f"http://{LOCALHOST}:{port}"
 
@@ -332,18 +330,19 @@ def stack():
         for name in ("AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                      "MLFLOW_TRACKING_TOKEN"):
             demo_env.pop(name, None)
-        # output to files: no pipe fills up while the fixture waits for MLflow
+        # The accounts exist before the demo starts. The demo used to be started first, on the
+        # grounds that its first MLflow call came minutes later at the model stage; it no longer
+        # does (the month's trials run beside the models, and the code location loads faster),
+        # and a call before the accounts exist is refused with 401, which no client retries.
+        wait_for_http(f"{mlflow_uri}/health", timeout=300, server=ml)
+        provision_accounts(mlflow_uri, accounts)
+        # output to files: no pipe fills up while the fixture waits for the demo
         with open(root / "demo.out", "w") as out, open(root / "demo.err", "w") as err:
             demo = subprocess.Popen(
                 [sys.executable, "-m", "quant_assets", "demo"], cwd=REPO, env=demo_env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             )
         try:
-            # while the demo computes its features: the server's migrations, then the accounts
-            # (before the demo's first MLflow call, at the model stage)
-            wait_for_http(f"{mlflow_uri}/health", timeout=300, server=ml)
-            assert demo.poll() is None, "the demo ended before the MLflow accounts existed"
-            provision_accounts(mlflow_uri, accounts)
             demo.wait(timeout=900)
         finally:
             if demo.poll() is None:

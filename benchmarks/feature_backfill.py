@@ -244,8 +244,8 @@ def median_round(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict, dict]:
     return a, b, med
 
 
-def report(a: dict, b: dict, n_instruments: int, start: dt.date, end: dt.date,
-           med: dict | None = None, rounds: list[tuple[dict, dict]] | None = None) -> str:
+def report(rounds: list[tuple[dict, dict]], n_instruments: int, start: dt.date, end: dt.date) -> str:
+    a, b, med = median_round(rounds)
     events = sum(r["events"] for r in b["runs"])
     s, c, n = b["seconds"], b["cpu"], b["calls"]
     parts = ("dagster_event_store", "compute_features", "leak_check", "delta_write", "delta_read")
@@ -257,8 +257,6 @@ def report(a: dict, b: dict, n_instruments: int, start: dt.date, end: dt.date,
     def row(label: str, key: str, note: str = "") -> str:
         return f"  {label:<24}{s.get(key, 0):8.1f} s wall {c.get(key, 0):8.1f} s CPU{note}"
 
-    rounds = rounds or [(a, b)]
-    med = med or median_round(rounds)[2]
     lines = [
         f"market: {n_instruments} instruments, {start} .. {end}: {a['days']} trading days, "
         f"{a['bars']:,} bars; {a['features']} features, {a['rows']:,} feature rows",
@@ -319,10 +317,9 @@ def main() -> None:
         a["load"] = load
         b = run_dagster(args.instruments, args.seed, start, end, args.tmpdir, args.profile)
         rounds.append((a, b))
-    a, b, med = median_round(rounds)
-    print(report(a, b, args.instruments, start, end, med, rounds))
+    print(report(rounds, args.instruments, start, end))
     if args.json:
-        print(json.dumps({"medians": med, "rounds": [{"raw": ra, "dagster": rb} for ra, rb in rounds]}))
+        print(json.dumps({"medians": median_round(rounds)[2], "rounds": [{"raw": ra, "dagster": rb} for ra, rb in rounds]}))
 
 
 if __name__ == "__main__":

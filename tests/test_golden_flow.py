@@ -26,10 +26,11 @@ TABLES = [
 RUN_SPECIFIC = ("mlflow_run_id", "model_uri")
 
 
-def run_demo(home: Path) -> subprocess.CompletedProcess:
+def run_demo(home: Path, parallel: str = "auto") -> subprocess.CompletedProcess:
     # a clean machine: nothing of this test process's Dagster or MLflow state
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME" and not k.startswith("MLFLOW_")}
     env["QUANT_HOME"] = str(home)
+    env["QUANT_DEMO_PARALLEL"] = parallel
     # warnings as a user gets them: the demo itself keeps them off the console
     env.pop("PYTHONWARNINGS", None)
     return subprocess.run(
@@ -41,7 +42,9 @@ def run_demo(home: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
     homes = [tmp_path_factory.mktemp("demo-a"), tmp_path_factory.mktemp("demo-b")]
-    results = [run_demo(h) for h in homes]
+    # the first with the model and trial stages side by side (processes of their own), the
+    # second one after the other (what "auto" does on the test's 4 months): the same tables
+    results = [run_demo(homes[0], "1"), run_demo(homes[1], "0")]
     for r in results:
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return homes, results
@@ -50,7 +53,7 @@ def demo_runs(tmp_path_factory):
 def test_demo_prints_progress_summary_and_time(demo_runs):
     _, (first, _) = demo_runs
     out = first.stdout
-    for marker in ("[1/7] reference data", "[6/7] validation reports", "[7/7] promotion gate", "Headline statistics",
+    for marker in ("[1/8] reference data", "[7/8] validation reports", "[8/8] promotion gate", "Headline statistics",
                    "Sharpe", "DSR", "Demo wall time"):
         assert marker in out, out
 
@@ -73,9 +76,12 @@ def test_demo_output_off_a_terminal_is_plain_lines_without_third_party_noise(dem
     assert not err.strip(), err
     # each stage says its steps as they finish, driven by the run's events
     lines = out.splitlines()
-    stage_4 = lines.index(next(line for line in lines if line.startswith("[4/7]")))
-    assert lines[stage_4 + 1].startswith("    step 1/6 ") and " done in " in lines[stage_4 + 1]
-    assert any(line.startswith("    step 6/6 ") for line in lines[stage_4:]), out
+    stage_4 = lines.index(next(line for line in lines if line.startswith("[4/8]")))
+    assert lines[stage_4 + 1].startswith("    step 1/3 lgbm_model done in "), out
+    assert lines[stage_4 + 3].startswith("    step 3/3 backtest done in "), out
+    # the stages run beside it (each in a process of its own): their lines after its own
+    stage_5 = lines.index(next(line for line in lines if line.startswith("[5/8] walk-forward GRU")))
+    assert stage_5 > stage_4 + 4 and lines[stage_5 + 1].startswith("    step 1/3 seq_model done in "), out
     assert "    step 1/1 labels done in " in out
     # what was kept off the console is in QUANT_HOME
     assert "Created version" in (home / "demo-third-party.log").read_text()
@@ -119,7 +125,10 @@ def test_runs_are_in_the_dagster_instance(demo_runs):
 
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 7
+        assert len(runs) == 8  # the monthly job once per model family
+        assert sorted(sorted(k.to_user_string() for k in r.asset_selection)
+                      for r in runs if r.job_name == "monthly_models_job") == [
+            ["backtest", "lgbm_model", "oos_predictions"], ["seq_backtest", "seq_model", "seq_predictions"]]
         assert {r.job_name for r in runs} == {
             "reference_data_job", "daily_features_job", "labels_job",
             "monthly_models_job", "strategy_grid_job", "validation_job", "promotion_gate_job",

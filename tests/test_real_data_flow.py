@@ -49,7 +49,7 @@ def test_the_demo_runs_on_the_folder_with_the_range_of_the_data(real_flow):
     home, out = real_flow
     # 2022-12-28 is not December's last session: the range ends with November
     assert "2021-01-04 .. 2022-11-30, models from 2022-01" in out
-    for marker in ("[6/7] validation reports", "Headline statistics", "Sharpe", "DSR", "Demo wall time",
+    for marker in ("[7/8] validation reports", "Headline statistics", "Sharpe", "DSR", "Demo wall time",
                    "Benchmark              S&P 500 index", "survivors only", "close-only", "adjusted"):
         assert marker in out, out
     wh = Warehouse(str(home / "warehouse"))

@@ -3,16 +3,16 @@ data directory with ``QUANT_SOURCE=files QUANT_DATA_DIR=<dir>`` (``make demo-rea
 real S&P 500 prices of skfolio's wheel written into that layout).
 
 Runs the flow through a real Dagster instance under DAGSTER_HOME (so the runs show up in
-``dagster dev`` afterwards), stage by stage, one run per partitioning:
+``dagster dev`` afterwards), stage by stage, one run per partitioning (and per model family):
 
 1. reference data (universe, corporate actions, fundamentals)
 2. market bars + point-in-time features over the whole trading-day range
 3. labels over the days whose horizon is complete
-4. both model families (walk-forward LightGBM and the GRU), their out-of-sample
-   predictions and backtests, every month
-5. the months' trials (strategy grid, model sweep) that the reports' DSR and PBO count
-6. both validation reports and the family comparison
-7. the promotion gate (the blocking check on the comparison; nothing is promoted)
+4. walk-forward LightGBM models, their out-of-sample predictions and backtest, every month
+5. the same for the GRU (4, 5 and 6 run at the same time, in processes of their own)
+6. the months' trials (strategy grid, model sweep) that the reports' DSR and PBO count
+7. both validation reports and the family comparison
+8. the promotion gate (the blocking check on the comparison; nothing is promoted)
 
 Each run is created against the code location's job (location ``quant_assets``, as
 ``workspace.yaml`` names it), so ``make ui`` lists it under its job, and is executed here,
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from quant_assets.definitions import defs
     from quant_assets.jobs import promotion_gate_job
+    from quant_assets.models.monthly import LGBM, SEQ
     from quant_assets.partitions import label_partitions, monthly_partitions, trading_day_partitions
 
     # pool limits of deploy/pools.yaml on the local instance, before opening it
@@ -208,19 +209,23 @@ def main(argv: list[str] | None = None) -> int:
     # the runs' console: errors only (a failed step is also summed up below); the bar or the
     # step lines say how a run goes, and every event is in the instance (the UI)
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    month_range = (months[0], months[-1])
+    # (title, job, partition range, the job's assets this stage runs: None for all of them)
     stages = [
-        ("reference data", "reference_data_job", None),
-        ("market bars + point-in-time features", "daily_features_job", (days[0], days[-1])),
-        ("labels", "labels_job", (label_days[0], label_days[-1])),
-        ("walk-forward LightGBM and GRU, predictions, backtests", "monthly_models_job", (months[0], months[-1])),
-        ("the months' trials: strategy grid, model sweep", "strategy_grid_job", (months[0], months[-1])),
-        ("validation reports, family comparison", "validation_job", None),
-        ("promotion gate (the check only: nothing is promoted)", promotion_gate_job.name, None),
+        ("reference data", "reference_data_job", None, None),
+        ("market bars + point-in-time features", "daily_features_job", (days[0], days[-1]), None),
+        ("labels", "labels_job", (label_days[0], label_days[-1]), None),
+        # one run per model family of the monthly job: independent chains, run side by side
+        *((f"walk-forward {title}: models, predictions, backtests", "monthly_models_job", month_range,
+           (family.asset, family.predictions, family.backtest)) for title, family in (("LightGBM", LGBM), ("GRU", SEQ))),
+        ("the months' trials: strategy grid, model sweep", "strategy_grid_job", month_range, None),
+        ("validation reports, family comparison", "validation_job", None, None),
+        ("promotion gate (the check only: nothing is promoted)", promotion_gate_job.name, None, None),
     ]
     tty = sys.stdout.isatty()
 
     def run_stage(i: int) -> bool:
-        title, job_name, key_range = stages[i - 1]
+        title, job_name, key_range, assets = stages[i - 1]
         span = f" [{key_range[0]} .. {key_range[1]}]" if key_range else ""
         print(f"[{i}/{len(stages)}] {title}{span}", flush=True)
         t0 = time.perf_counter()
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}} if job_name == promotion_gate_job.name else quiet
         with StageProgress(tty) as progress:
             result = run_in_code_location(instance, defs, job_name, tags=tags, run_config=config,
-                                          listener=progress)
+                                          listener=progress, assets=assets)
         failures = [
             (e.event_specific_data.error.cls_name, f"{e.step_key}: {e.event_specific_data.error.message.strip()}")
             for e in result.all_events
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if only is not None:
         return 0 if run_stage(only) else 1
-    alongside = ALONGSIDE if os.environ.get("QUANT_DEMO_PARALLEL", "1") != "0" else {}
+    alongside = ALONGSIDE if side_by_side(os.environ.get("QUANT_DEMO_PARALLEL", "auto"), len(months)) else {}
     i = 0
     while i < len(stages):
         i += 1
@@ -257,31 +262,44 @@ def main(argv: list[str] | None = None) -> int:
             if not run_stage(i):
                 return 1
             continue
-        # stage i and stage alongside[i] read none of each other's assets: the second runs
-        # in a process of its own meanwhile (the machine's second core), its lines after
-        other = alongside[i]
-        child = _start_stage_process(other)
+        # stage i and the stages alongside[i] read none of each other's assets: those run in
+        # processes of their own meanwhile, their lines after stage i's
+        children = [_start_stage_process(other) for other in alongside[i]]
         ok = run_stage(i)
-        out, err = child.communicate()
-        if ok:
-            print(out, end="", flush=True)
-        if child.returncode != 0:
+        for child in children:
+            out, err = child.communicate()
             if ok:
-                print(err[-4000:], end="")
-            return 1
+                print(out, end="", flush=True)
+            if child.returncode != 0:
+                if ok:
+                    print(err[-4000:], end="")
+                ok = False
         if not ok:
             return 1
-        i = other
+        i = max(alongside[i])
 
     print_summary(settings, time.perf_counter() - t_start)
     return 0
 
 
-# stage -> the stage run at the same time in a second process: the month's models (4) and the
-# month's trials (5) both read only features, labels and bars, and write different tables
-# (QUANT_DEMO_PARALLEL=0 runs them one after the other). Each stage's own inputs, config and
-# seeds are what they are either way, so are its outputs.
-ALONGSIDE = {4: 5}
+# stage -> the stages run at the same time, each in a process of its own: the LightGBM
+# months (4), the GRU months (5) and the month's trials (6) all read only features, labels and
+# bars, and write different tables. Three processes on two cores: the three take about the
+# same CPU time alone, so the cores stay busy until the last one ends. Each stage's own inputs,
+# config and seeds are what they are either way, so are its outputs.
+ALONGSIDE = {4: (5, 6)}
+# QUANT_DEMO_PARALLEL=auto runs them side by side from this many model months: a process of
+# its own costs ~8 s of CPU to start (MLflow, Dagster and the code location imported again),
+# about what 4 model months of a stage take, where side by side was slower (2 cores: 53 s
+# against 45 s one after the other); at 24 months it is 179 s against ~290 s.
+PARALLEL_FROM_MONTHS = 12
+
+
+def side_by_side(setting: str, n_months: int) -> bool:
+    """QUANT_DEMO_PARALLEL: "1" side by side, "0" one after the other, "auto" by the months."""
+    if setting not in ("0", "1", "auto"):
+        raise ValueError(f"QUANT_DEMO_PARALLEL={setting!r}: expected 0, 1 or auto")
+    return setting == "1" or (setting == "auto" and n_months >= PARALLEL_FROM_MONTHS)
 
 
 def _start_stage_process(stage: int):
@@ -300,10 +318,13 @@ LOCATION_NAME = "quant_assets"  # workspace.yaml's code location
 
 
 def run_in_code_location(instance, defs, job_name: str, tags: dict[str, str], run_config: dict,
-                         listener: Callable[[Any], None] | None = None):
+                         listener: Callable[[Any], None] | None = None,
+                         assets: tuple[str, ...] | None = None):
     """Create a run of the code location's ``job_name`` in ``instance`` and execute it in this
     process; returns its JobExecutionResult. ``listener``, if given, is called with each event
     the run stores as it happens (``StageProgress``), after ``listener.start(step_keys)``.
+    ``assets``: run only these assets of the job (the run's asset selection, as a subset
+    launched from the UI records it).
 
     The run records the job's origin in the code location (``dagster dev -w workspace.yaml``
     loads the same module under the same location name), so the UI lists it under its job
@@ -316,7 +337,7 @@ def run_in_code_location(instance, defs, job_name: str, tags: dict[str, str], ru
     """
     import os
 
-    from dagster import in_process_executor
+    from dagster import AssetKey, in_process_executor
     from dagster._core.definitions.job_base import InMemoryJob
     from dagster._core.definitions.reconstruct import ReconstructableRepository
     from dagster._core.definitions.repository_definition.valid_definitions import (
@@ -328,13 +349,15 @@ def run_in_code_location(instance, defs, job_name: str, tags: dict[str, str], ru
 
     module = "quant_assets.definitions"
     job_def = defs.resolve_job_def(job_name)
+    selection = frozenset(AssetKey(name) for name in assets) if assets else None
     here = InMemoryJob(job_def.with_executor_def(in_process_executor))
-    plan = create_execution_plan(here, run_config=run_config, instance_ref=instance.get_ref(), tags=tags)
+    plan = create_execution_plan(here.get_subset(asset_selection=selection) if selection else here,
+                                 run_config=run_config, instance_ref=instance.get_ref(), tags=tags)
     location = ModuleTarget(module_name=module, attribute=None, working_directory=os.getcwd(),
                             location_name=LOCATION_NAME).create_origins()[0]
     recon = ReconstructableRepository.for_module(module, "defs", os.getcwd()).get_reconstructable_job(job_name)
     run = instance.create_run_for_job(
-        job_def, execution_plan=plan, run_config=run_config, tags=tags,
+        job_def, execution_plan=plan, run_config=run_config, tags=tags, asset_selection=selection,
         remote_job_origin=RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME).get_job_origin(job_name),
         job_code_origin=recon.get_python_origin(),
     )

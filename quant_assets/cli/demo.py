@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if only is not None:
         return 0 if run_stage(only) else 1
-    alongside = ALONGSIDE if side_by_side(os.environ.get("QUANT_DEMO_PARALLEL", "auto"), len(months)) else {}
+    alongside = ALONGSIDE if side_by_side(os.environ.get("QUANT_DEMO_PARALLEL", "auto"), len(months),
+                                          remote=_on_network_services(settings)) else {}
     i = 0
     while i < len(stages):
         i += 1
@@ -288,18 +289,29 @@ def main(argv: list[str] | None = None) -> int:
 # same CPU time alone, so the cores stay busy until the last one ends. Each stage's own inputs,
 # config and seeds are what they are either way, so are its outputs.
 ALONGSIDE = {4: (5, 6)}
-# QUANT_DEMO_PARALLEL=auto runs them side by side from this many model months: a process of
-# its own costs ~8 s of CPU to start (MLflow, Dagster and the code location imported again),
-# about what 4 model months of a stage take, where side by side was slower (2 cores: 53 s
-# against 45 s one after the other); at 24 months it is 179 s against ~290 s.
+# QUANT_DEMO_PARALLEL=auto runs them side by side from this many model months, or whenever
+# MLflow or the warehouse is a network service. A process of its own costs ~8 s of CPU to
+# start (MLflow, Dagster and the code location imported again), about what 4 model months of
+# a stage take on the embedded default, where side by side was slower (2 cores: 53 s against
+# 45 s one after the other); at 24 months it is 179 s against ~290 s. On network services
+# the stages wait on requests more than they compute, and side by side one stage's waits
+# overlap the others' work (the production-stack test's 4 months: 107 s side by side, 176 s
+# one after the other).
 PARALLEL_FROM_MONTHS = 12
 
 
-def side_by_side(setting: str, n_months: int) -> bool:
-    """QUANT_DEMO_PARALLEL: "1" side by side, "0" one after the other, "auto" by the months."""
+def side_by_side(setting: str, n_months: int, remote: bool = False) -> bool:
+    """QUANT_DEMO_PARALLEL: "1" side by side, "0" one after the other, "auto" by the months
+    and by whether the stages talk to network services (``remote``)."""
     if setting not in ("0", "1", "auto"):
         raise ValueError(f"QUANT_DEMO_PARALLEL={setting!r}: expected 0, 1 or auto")
-    return setting == "1" or (setting == "auto" and n_months >= PARALLEL_FROM_MONTHS)
+    return setting == "1" or (setting == "auto" and (remote or n_months >= PARALLEL_FROM_MONTHS))
+
+
+def _on_network_services(settings) -> bool:
+    """MLflow over HTTP(S) or the warehouse in an object store (not the embedded default)."""
+    return settings.mlflow_uri.startswith(("http://", "https://")) or "://" in settings.warehouse_uri.replace(
+        "file://", "")
 
 
 def _start_stage_process(stage: int):

@@ -65,7 +65,13 @@ class FaultPlan:
     ``every``-th, ``2*every``-th, ... one, the fault mode cycling through ``modes``; and
     before that, each ``(predicate, mode)`` of ``once`` faults the first request that its
     predicate accepts, then never again. Deterministic in the request order; ``every=0``
-    and no ``once`` inject nothing."""
+    and no ``once`` inject nothing.
+
+    A request (method and target) that got an ``every`` fault gets none again and is not
+    counted: a transient fault does not hit a request's retry. Counted, a step whose attempt
+    makes a multiple of ``every * len(modes)`` requests would meet the same fault at the same
+    request on every attempt, and a retry policy could never get past a fault that a real
+    store would not repeat (seen: a Delta commit dropped on all 4 attempts of a step)."""
 
     every: int = 0
     modes: tuple[str, ...] = MODES
@@ -73,6 +79,7 @@ class FaultPlan:
     once: list[tuple[Callable[[str, str], bool], str]] = field(default_factory=list)
     _matched: int = field(default=0, repr=False)
     _fired: int = field(default=0, repr=False)
+    _faulted: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def decide(self, method: str, target: str) -> str | None:
         for rule in self.once:
@@ -80,13 +87,14 @@ class FaultPlan:
             if predicate(method, target):
                 self.once.remove(rule)
                 return mode
-        if self.every <= 0 or not self.applies(method, target):
+        if self.every <= 0 or not self.applies(method, target) or (method, target) in self._faulted:
             return None
         self._matched += 1
         if self._matched % self.every:
             return None
         mode = self.modes[self._fired % len(self.modes)]
         self._fired += 1
+        self._faulted.add((method, target))
         return mode
 
 

@@ -310,8 +310,10 @@ def side_by_side(setting: str, n_months: int, remote: bool = False) -> bool:
 
 def _on_network_services(settings) -> bool:
     """MLflow over HTTP(S) or the warehouse in an object store (not the embedded default)."""
-    return settings.mlflow_uri.startswith(("http://", "https://")) or "://" in settings.warehouse_uri.replace(
-        "file://", "")
+    from urllib.parse import urlsplit
+
+    return (urlsplit(settings.mlflow_uri).scheme in ("http", "https")
+            or urlsplit(settings.warehouse_uri).scheme not in ("", "file"))
 
 
 def _start_stage_process(stage: int):

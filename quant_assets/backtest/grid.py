@@ -305,7 +305,9 @@ def _zmr_plan(look, ent, ext, stp, n_instruments: int, simd: bool) -> _ZmrPlan:
 def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, return_series,
          simd=True, kernels="lanes", backend="cpu", timings=None):
     """:func:`zmr_grid` (``simd=False``: the plain numba lanes everywhere, for tests;
-    ``kernels="ceiling"``: the benchmark's ceiling kernels, meaningless statistics;
+    ``kernels``: "lanes" (the target CPU's SIMD kernels), "onepass" or "twopass" (either,
+    bit-identical, for tests), "ceiling" (the benchmark's ceiling kernels, meaningless
+    statistics);
     ``timings``: a dict for the GPU's time per step, for benchmarks)."""
     if backend not in ("cpu", "cuda"):
         raise ValueError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
@@ -348,8 +350,8 @@ def _zmr(close, lookback, entry, exit, stop, cost_bps, bars_per_year, start, ret
     else:
         addrs = np.zeros(4, dtype=np.int64)
         if plan.chunk_simd.any():
-            compiled = grid_simd.kernel_addresses()
-            addrs[:] = [compiled[f"{kernels}{k}"] for k in (16, 12, 8, 4)]
+            compiled = grid_simd.kernel_addresses(kernels)
+            addrs[:] = [compiled[k] for k in (16, 12, 8, 4)]
         for i0 in range(0, n, batch):
             with numba.parallel_chunksize(1):  # jobs of unequal size: hand out one at a time
                 grid_nb.zmr_grid_nb(

@@ -1,5 +1,6 @@
-"""The z-score grid's SIMD kernel and its phases: bit-identical to the plain numba lanes, and
-results independent of how the work is cut (pieces, segments, chunks, threads)."""
+"""The z-score grid's SIMD kernels (one-pass and two-pass) and its phases: bit-identical to the
+plain numba lanes, and results independent of how the work is cut (pieces, segments, chunks,
+threads, blocks of bars)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from test_backtest_grid import (
 from quant_assets.backtest import GridResult, grid, grid_nb, param_product, zmr_grid
 
 
-def run(close, g, simd=True, cost_bps=5.0, start=1):
+def run(close, g, simd=True, cost_bps=5.0, start=1, kernels="lanes"):
     return grid._zmr(close, g["lookback"], g["entry"], g["exit"], g["stop"], cost_bps, BPY,
-                     start, False, simd=simd)
+                     start, False, simd=simd, kernels=kernels)
 
 
 def assert_same(a: GridResult, b: GridResult) -> None:
@@ -70,7 +71,11 @@ def test_simd_kernel_is_bit_identical_to_numba_lanes(
     start = min(start, n_bars - 1) if n_bars > 1 else 1
     plan = grid._zmr_plan(*grid._params(g["lookback"], g["entry"], g["exit"], g["stop"]), n_inst, True)
     assert plan.chunk_simd.all()
-    assert_same(run(x, g, True, cost_bps, start), run(x, g, False, cost_bps, start))
+    reference = run(x, g, False, cost_bps, start)
+    # both SIMD kernels, whichever this host runs: the one-pass one (AVX-512 hosts) and the
+    # two-pass one (blocks of 256 bars: up to 700 bars cross block edges, NaN runs included)
+    for kernels in ("onepass", "twopass"):
+        assert_same(run(x, g, True, cost_bps, start, kernels), reference)
 
 
 def test_simd_path_matches_the_reference_across_nan_bars():
@@ -160,12 +165,25 @@ def test_segments_pieces_and_threads_do_not_change_results(monkeypatch):
     assert_same(res, base)
 
 
-def test_ceiling_kernels_run_on_the_same_layout():
-    # the benchmark's ceiling: same phases and lanes, positions only (statistics meaningless)
+@pytest.mark.parametrize("kernels", ["ceiling", "onepass_ceiling", "twopass_ceiling"])
+def test_ceiling_kernels_run_on_the_same_layout(kernels):
+    # the benchmark's ceiling: same phases and lanes, positions only (statistics meaningless);
+    # 3000 bars cross the two-pass layout's blocks
     x = random_walk(2, 3000, vol=3e-3)
     g = param_product(lookback=[5, 20], entry=[1.0, 2.0], exit=[0.0], stop=[3.0])
     res = grid._zmr(x, g["lookback"], g["entry"], g["exit"], g["stop"], 5.0, BPY, 1, False,
-                    kernels="ceiling")
+                    kernels=kernels)
     full = zmr_grid(x, **g)
     assert np.array_equal(res.n_trades, full.n_trades)  # the same positions were decided
     assert (res.total_return == 0).all() and not math.isnan(res.sharpe.sum())
+
+
+def test_the_host_runs_the_kernel_its_registers_suit():
+    # "lanes" is the one-pass kernel on AVX-512 hosts and the two-pass one elsewhere
+    from quant_assets.backtest import grid_simd
+
+    chosen = "onepass" if grid_simd.wide_registers() else "twopass"
+    assert grid_simd.kernel_addresses("lanes") == grid_simd.kernel_addresses(chosen)
+    assert grid_simd.kernel_addresses("ceiling") == grid_simd.kernel_addresses(f"{chosen}_ceiling")
+    with pytest.raises(ValueError, match="unknown kernels"):
+        grid_simd.kernel_addresses("fastest")

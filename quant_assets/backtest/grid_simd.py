@@ -11,6 +11,12 @@ latency. Measured on the benchmark machine (AMD EPYC, AVX-512): 0.54 ns per bar-
 generator (already installed with numba); the IR is compiled once per process for the host
 CPU (the CPU numba targets) and called from numba kernels through its address.
 
+Two layouts of the same arithmetic, chosen by the target CPU (``wide_registers``): the one-pass
+kernel above where AVX-512's 32 registers hold the state of two 8-lane groups, and a two-pass
+kernel elsewhere (``_build_two_pass``: a block's positions first, then their booking), because
+on AVX2's 16 registers of 4 doubles the one-pass state spills on every bar. Measured on an AVX2
+host (znver3): the grid at 1.60-1.67 ns per bar-parameter against 2.04-2.54 ns one-pass.
+
 Semantics (identical, bit for bit, to ``grid_nb._zmr_lanes_nb``, which tests check):
 
 * lane state rows (``STATE_ROWS``): position, equity, sum r, sum r^2, transitions, peak,
@@ -35,7 +41,7 @@ import llvmlite.binding as llvm
 import numba
 from llvmlite import ir
 
-__all__ = ["STATE_ROWS", "WIDTH", "kernel_addresses"]
+__all__ = ["STATE_ROWS", "WIDTH", "kernel_addresses", "wide_registers"]
 
 WIDTH = 8  # doubles per full vector (one AVX-512 register; two AVX2 registers elsewhere)
 _W4 = 4  # the two-pass kernel's vectors: one AVX2 register

@@ -56,6 +56,50 @@ _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
 
+def _kernel_function(name: str) -> tuple[ir.Module, ir.Function]:
+    """``void name(st, ld, m, z, ret, n, entry, exit_lo, stop, cost)``, pointers noalias."""
+    pd = _D.as_pointer()
+    module = ir.Module(name=name)
+    fnty = ir.FunctionType(ir.VoidType(), [pd, _I64, _I64, pd, pd, _I64, pd, pd, pd, _D])
+    fn = ir.Function(module, fnty, name=name)
+    for arg in fn.args:
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    return module, fn
+
+
+def _splat(b: ir.IRBuilder, vt: ir.VectorType, x) -> ir.Value:
+    one = b.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
+    return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count))
+
+
+def _transition(b: ir.IRBuilder, p, h, nz, side, params, zero) -> tuple[ir.Value, ir.Value]:
+    """The grid's rule for one vector of lanes on a bar with a z-score (module docstring):
+    the new position ``q`` and its mask ``hit`` from the position ``p`` and its mask ``h``."""
+    entry, exit_lo, stop = params
+    v = b.select(h, p, side)
+    a = b.fmul(v, nz)
+    lo = b.select(h, exit_lo, entry)
+    hit = b.and_(b.fcmp_ordered(">", a, lo), b.fcmp_ordered("<=", a, stop))
+    return b.select(hit, v, zero), hit
+
+
+def _book(b: ir.IRBuilder, fma: ir.Function, state: list, q, trans, ret, cost, zero, one) -> list:
+    """The state rows after a bar: ``state`` (position p before the bar, equity, s1, s2,
+    transitions, peak, worst trough, worst peak), the new position ``q``, the transition mask,
+    the bar's return and the cost, each a vector of lanes (module docstring)."""
+    p, eq, s1, s2, nt, pk, wt, wp = state
+    nt2 = b.select(trans, b.fadd(nt, one), nt)
+    c = b.select(trans, cost, zero)
+    r = b.call(fma, [p, ret, b.fneg(c)])
+    eq2 = b.call(fma, [eq, r, eq])
+    s1b = b.fadd(s1, r)
+    s2b = b.call(fma, [r, r, s2])
+    pk2 = b.select(b.fcmp_ordered(">", eq2, pk), eq2, pk)
+    worse = b.fcmp_ordered("<", b.fmul(eq2, wp), b.fmul(wt, pk2))
+    return [q, eq2, s1b, s2b, nt2, pk2, b.select(worse, eq2, wt), b.select(worse, pk2, wp)]
+
+
 def _build(name: str, widths: tuple[int, ...], ceiling: bool = False) -> ir.Module:
     """IR of ``void name(st, ld, m, z, ret, n, entry, exit_lo, stop, cost)``.
 
@@ -68,13 +112,7 @@ def _build(name: str, widths: tuple[int, ...], ceiling: bool = False) -> ir.Modu
     step = sum(widths)
     vecs = [ir.VectorType(_D, w) for w in widths]
     masks = [ir.VectorType(_I1, w) for w in widths]
-    pd = _D.as_pointer()
-    module = ir.Module(name=name)
-    fnty = ir.FunctionType(ir.VoidType(), [pd, _I64, _I64, pd, pd, _I64, pd, pd, pd, _D])
-    fn = ir.Function(module, fnty, name=name)
-    for arg in fn.args:
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
+    module, fn = _kernel_function(name)
     st, ld, m, zp, rp, n, entp, xlop, stpp, cost = fn.args
     fmas = {}
     for w in set(widths):
@@ -85,11 +123,7 @@ def _build(name: str, widths: tuple[int, ...], ceiling: bool = False) -> ir.Modu
     b = ir.IRBuilder(bb["entry"])
 
     def splat(x, g):
-        w = widths[g]
-        one = b.insert_element(ir.Constant(vecs[g], ir.Undefined), x, ir.Constant(_I32, 0))
-        return b.shuffle_vector(
-            one, ir.Constant(vecs[g], ir.Undefined), ir.Constant(ir.VectorType(_I32, w), [0] * w)
-        )
+        return _splat(b, vecs[g], x)
 
     def vptr(base, offset, g):
         return b.bitcast(b.gep(base, [offset]), vecs[g].as_pointer())
@@ -141,13 +175,8 @@ def _build(name: str, widths: tuple[int, ...], ceiling: bool = False) -> ir.Modu
     for g in range(groups):
         nz = splat(nzs, g)
         side = splat(sides, g)
-        p, h = state[g][0], in_pos[g]
-        entry, exit_lo, stop = params[g]
-        v = b.select(h, p, side)
-        a = b.fmul(v, nz)
-        lo = b.select(h, exit_lo, entry)
-        hit = b.and_(b.fcmp_ordered(">", a, lo), b.fcmp_ordered("<=", a, stop))
-        fast.append((b.select(hit, v, zero[g]), hit, b.xor(hit, h)))
+        q, hit = _transition(b, state[g][0], in_pos[g], nz, side, params[g], zero[g])
+        fast.append((q, hit, b.xor(hit, in_pos[g])))
     b.branch(bb["book"])
 
     b.position_at_end(bb["nan"])
@@ -170,23 +199,11 @@ def _build(name: str, widths: tuple[int, ...], ceiling: bool = False) -> ir.Modu
     new = []
     for g in range(groups):
         q, hit, trans = merged[g]
-        ret = splat(rets, g)
-        fma = fmas[widths[g]]
-        p, eq, s1, s2, nt, pk, wt, wp = state[g]
-        nt2 = b.select(trans, b.fadd(nt, one[g]), nt)
         if ceiling:
-            new.append(([q, eq, s1, s2, nt2, pk, wt, wp], hit))
+            p, eq, s1, s2, nt, pk, wt, wp = state[g]
+            new.append(([q, eq, s1, s2, b.select(trans, b.fadd(nt, one[g]), nt), pk, wt, wp], hit))
             continue
-        c = b.select(trans, costv[g], zero[g])
-        r = b.call(fma, [p, ret, b.fneg(c)])
-        eq2 = b.call(fma, [eq, r, eq])
-        s1b = b.fadd(s1, r)
-        s2b = b.call(fma, [r, r, s2])
-        pk2 = b.select(b.fcmp_ordered(">", eq2, pk), eq2, pk)
-        worse = b.fcmp_ordered("<", b.fmul(eq2, wp), b.fmul(wt, pk2))
-        wt2 = b.select(worse, eq2, wt)
-        wp2 = b.select(worse, pk2, wp)
-        new.append(([q, eq2, s1b, s2b, nt2, pk2, wt2, wp2], hit))
+        new.append((_book(b, fmas[widths[g]], state[g], q, trans, splat(rets, g), costv[g], zero[g], one[g]), hit))
     t.add_incoming(b.add(t, ir.Constant(_I64, 1)), bb["book"])
     for g in range(groups):
         for r in range(STATE_ROWS):
@@ -224,13 +241,7 @@ def _build_two_pass(name: str, lanes: int, block: int = TWO_PASS_BLOCK, ceiling:
     groups = lanes // _W4
     vt = ir.VectorType(_D, _W4)
     mt = ir.VectorType(_I1, _W4)
-    pd = _D.as_pointer()
-    module = ir.Module(name=name)
-    fnty = ir.FunctionType(ir.VoidType(), [pd, _I64, _I64, pd, pd, _I64, pd, pd, pd, _D])
-    fn = ir.Function(module, fnty, name=name)
-    for arg in fn.args:
-        if isinstance(arg.type, ir.PointerType):
-            arg.add_attribute("noalias")
+    module, fn = _kernel_function(name)
     st, ld, m, zp, rp, n, entp, xlop, stpp, cost = fn.args
     fma = ir.Function(module, ir.FunctionType(vt, [vt, vt, vt]), name="llvm.fma.v4f64")
     blocks = {k: fn.append_basic_block(k) for k in (
@@ -243,8 +254,7 @@ def _build_two_pass(name: str, lanes: int, block: int = TWO_PASS_BLOCK, ceiling:
     one = ir.Constant(vt, [1.0] * _W4)
 
     def splat(x):
-        first = b.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
-        return b.shuffle_vector(first, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, _W4), [0] * _W4))
+        return _splat(b, vt, x)
 
     def vptr(base, offset):
         return b.bitcast(b.gep(base, [offset]), vt.as_pointer())
@@ -304,12 +314,7 @@ def _build_two_pass(name: str, lanes: int, block: int = TWO_PASS_BLOCK, ceiling:
     side = splat(b.select(b.fcmp_ordered("<", z, ir.Constant(_D, 0.0)), ir.Constant(_D, 1.0), ir.Constant(_D, -1.0)))
     fast = []
     for g in range(groups):
-        entry, exit_lo, stop = params[g]
-        v = b.select(hs[g], ps[g], side)
-        a = b.fmul(v, nz)
-        lo = b.select(hs[g], exit_lo, entry)
-        hit = b.and_(b.fcmp_ordered(">", a, lo), b.fcmp_ordered("<=", a, stop))
-        fast.append((b.select(hit, v, zero), hit))
+        fast.append(_transition(b, ps[g], hs[g], nz, side, params[g], zero))
     b.branch(blocks["a_join"])
 
     b.position_at_end(blocks["a_nan"])  # a NaN z changes no position
@@ -358,19 +363,9 @@ def _build_two_pass(name: str, lanes: int, block: int = TWO_PASS_BLOCK, ceiling:
         b.cbranch(b.icmp_signed("<", tb, nb), blocks[f"b{g}_bar"], blocks[f"b{g}_done"])
 
         b.position_at_end(blocks[f"b{g}_bar"])
-        p, eq, s1, s2, nt, pk, wt, wp = state
         q = b.load(vptr(qbuf, b.add(b.mul(tb, ir.Constant(_I64, lanes)), ir.Constant(_I64, _W4 * g))), align=8)
         ret = splat(b.load(b.gep(rp, [b.add(t0, tb)])))
-        trans = b.fcmp_unordered("!=", q, p)
-        nt2 = b.select(trans, b.fadd(nt, one), nt)
-        c = b.select(trans, costv, zero)
-        r = b.call(fma, [p, ret, b.fneg(c)])
-        eq2 = b.call(fma, [eq, r, eq])
-        s1b = b.fadd(s1, r)
-        s2b = b.call(fma, [r, r, s2])
-        pk2 = b.select(b.fcmp_ordered(">", eq2, pk), eq2, pk)
-        worse = b.fcmp_ordered("<", b.fmul(eq2, wp), b.fmul(wt, pk2))
-        new = [q, eq2, s1b, s2b, nt2, pk2, b.select(worse, eq2, wt), b.select(worse, pk2, wp)]
+        new = _book(b, fma, state, q, b.fcmp_unordered("!=", q, state[0]), ret, costv, zero, one)
         tb.add_incoming(b.add(tb, ir.Constant(_I64, 1)), blocks[f"b{g}_bar"])
         for k in range(STATE_ROWS):
             state[k].add_incoming(new[k], blocks[f"b{g}_bar"])

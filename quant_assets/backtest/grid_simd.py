@@ -394,29 +394,29 @@ def _build_two_pass(name: str, lanes: int, block: int = TWO_PASS_BLOCK, ceiling:
 
 
 _lock = threading.Lock()
-_compiled: dict[str, object] = {}
+_compiled: dict[str, dict[int, int]] = {}  # kernel set -> lanes per call -> address
 _engines: list = []  # keep the machine code alive
 # lanes per call -> the one-pass kernel's interleaved vectors
 _SHAPES = {16: (8, 8), 12: (8, 4), 8: (8,), 4: (4,)}
 
 
-def _target_machine():
-    # The CPU numba compiles for (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when set, else the host).
-    cpu = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+def _target_features() -> str:
+    # The CPU numba compiles for (NUMBA_CPU_FEATURES when set, else the host's), "+f,-g,...":
+    # the kernels are built for it and the layout is chosen by it
     features = numba.config.CPU_FEATURES
-    if features is None:
-        features = llvm.get_host_cpu_features().flatten()
+    return llvm.get_host_cpu_features().flatten() if features is None else features
+
+
+def _target_machine():
+    cpu = numba.config.CPU_NAME or llvm.get_host_cpu_name()
     target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=cpu, features=features, opt=3)
+    return target.create_target_machine(cpu=cpu, features=_target_features(), opt=3)
 
 
 def wide_registers() -> bool:
     """Whether the target CPU has AVX-512 (32 registers of 8 doubles): the one-pass kernel's
     state fits there; elsewhere the two-pass kernel is faster."""
-    features = numba.config.CPU_FEATURES
-    if features is None:
-        return bool(llvm.get_host_cpu_features().get("avx512f"))
-    return "+avx512f" in features.split(",")
+    return "+avx512f" in _target_features().split(",")
 
 
 def _specs(kernels: str) -> dict[int, ir.Module]:

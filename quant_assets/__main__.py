@@ -1,8 +1,6 @@
 """``python -m quant_assets``: the command line of ``quant_assets.cli``."""
 
-import sys
-
-from quant_assets.cli import main
+from quant_assets.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

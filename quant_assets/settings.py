@@ -13,9 +13,9 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | DAGSTER_HOME | $QUANT_HOME/dagster | Dagster instance directory |
 | QUANT_ENV | local | local (multiprocess executor) or k8s (k8s_job_executor) |
 | QUANT_START_DATE | 2022-01-03 | first trading day of market data and daily partitions |
-| QUANT_END_DATE | 2024-12-31 | last day of the range ("" = open-ended, up to today) |
+| QUANT_END_DATE | 2023-04-28 | last day of the range ("" = open-ended, up to today) |
 | QUANT_FIRST_MODEL_MONTH | 2023-01 | first monthly partition (models, predictions, backtests) |
-| QUANT_N_INSTRUMENTS | 100 | simulated universe size |
+| QUANT_N_INSTRUMENTS | 30 | simulated universe size |
 | QUANT_SEED | 7 | market simulator seed |
 | QUANT_MODEL_SEED | 11 | model training seed |
 | QUANT_CALENDAR | XNYS | exchange calendar (exchange_calendars name): sessions, partitions, horizons |
@@ -173,7 +173,7 @@ class Settings:
         env = _env("QUANT_ENV", "local")
         if env not in ("local", "k8s"):
             raise ValueError(f"QUANT_ENV={env!r} must be 'local' or 'k8s'")
-        end_raw = _env("QUANT_END_DATE", "2024-12-31")
+        end_raw = _env("QUANT_END_DATE", "2023-04-28")
         start = _parse_date("QUANT_START_DATE", _env("QUANT_START_DATE", "2022-01-03"))
         end = _parse_date("QUANT_END_DATE", end_raw) if end_raw else None
         if end is not None and end < start:
@@ -217,7 +217,7 @@ class Settings:
             start_date=start,
             end_date=end,
             first_model_month=first_model_month,
-            n_instruments=_parse_int("QUANT_N_INSTRUMENTS", _env("QUANT_N_INSTRUMENTS", "100"), 2),
+            n_instruments=_parse_int("QUANT_N_INSTRUMENTS", _env("QUANT_N_INSTRUMENTS", "30"), 2),
             seed=_parse_int("QUANT_SEED", _env("QUANT_SEED", "7")),
             model_seed=_parse_int("QUANT_MODEL_SEED", _env("QUANT_MODEL_SEED", "11")),
             cutoff_time=cutoff_time,

@@ -12,6 +12,7 @@ import atexit
 import importlib
 import os
 import sys
+import threading
 
 # command -> (module, function taking the remaining arguments, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -67,6 +68,11 @@ def run() -> None:
     and writes nothing: it took ~3 s of a 40-s ``make demo``. By then a command has committed
     what it writes (Delta, SQLite, MLflow); the exit handlers flush and close the logs."""
     code = main()
+    # what the interpreter does first at exit, in its order: wait for the non-daemon threads,
+    # then run the exit handlers
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
     atexit._run_exitfuncs()  # an internal of CPython's atexit: the one way to run them before os._exit
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,9 +1,13 @@
 """How much of the simulator's planted edge the walk-forward LightGBM models learn.
 
     .venv/bin/python benchmarks/lgbm_edge.py --home "$QUANT_HOME"          # the defaults
+    # after `make demo-full` (the README's 0.058): its home, with its range and universe
+    QUANT_START_DATE=2022-01-03 QUANT_END_DATE=2024-12-31 QUANT_FIRST_MODEL_MONTH=2023-01 \
+      QUANT_N_INSTRUMENTS=100 .venv/bin/python benchmarks/lgbm_edge.py --home .quant/full
     .venv/bin/python benchmarks/lgbm_edge.py --home ... --set learning_rate=0.02 --set num_leaves=7
 
-Reads the features and labels of a finished `make demo` (its warehouse under ``--home``), fits
+Reads the features and labels of a finished `make demo` or `make demo-full` (its warehouse under
+``--home``; the environment gives its range), fits
 every model month of the demo's range with ``LGBMConfig`` (the defaults, or ``--set`` overrides),
 and prints, over the months' out-of-sample days:
 

@@ -23,6 +23,7 @@ rows Dagster's single writes give (``LocalSqliteEventLogStorage.store_event_batc
 
 from __future__ import annotations
 
+import atexit
 import os
 import sqlite3
 import threading
@@ -120,6 +121,22 @@ def _relax_sqlite_sync(dbapi_connection, _record) -> None:
                     _KEEPERS.popitem(last=False)[1].close()
     finally:
         cursor.close()
+
+
+@atexit.register
+def _checkpoint_keepers() -> None:
+    """At exit, move each kept database's WAL into the database file and close the keeper.
+    A process that ends without the interpreter's teardown (``quant_assets.cli.run``) closes
+    no connection, so no close would checkpoint: the last commits would stay in the ``-wal``
+    file, and a copy of the ``.db`` alone would lack them."""
+    while _KEEPERS:
+        keeper = _KEEPERS.popitem(last=False)[1]
+        try:
+            keeper.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass  # busy: another connection of the file checkpoints or replays it later
+        finally:
+            keeper.close()
 
 
 def relax_local_sqlite(root: Path) -> None:

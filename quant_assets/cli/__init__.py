@@ -68,12 +68,12 @@ def run() -> None:
     and writes nothing: it took ~3 s of a 40-s ``make demo``. By then a command has committed
     what it writes (Delta, SQLite, MLflow); the exit handlers flush and close the logs."""
     code = main()
-    # what the interpreter does first at exit, in its order: wait for the non-daemon threads,
-    # then run the exit handlers
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # an internal of CPython's atexit: the one way to run them before os._exit
+    # what the interpreter does first at exit, in its order (internals of CPython's threading
+    # and atexit: the one way to run these steps before os._exit): threading's own exit hooks
+    # (concurrent.futures' pools tell their idle workers to stop) and the wait for non-daemon
+    # threads, then the exit handlers
+    threading._shutdown()
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -25,7 +25,8 @@ demo: $(STAMP)
 FULL_DEMO_ENV = QUANT_START_DATE=2022-01-03 QUANT_END_DATE=2024-12-31 QUANT_FIRST_MODEL_MONTH=2023-01 \
 	QUANT_N_INSTRUMENTS=100
 demo-full: $(STAMP)
-	QUANT_HOME=$${QUANT_HOME:-$$PWD/.quant}/full $(FULL_DEMO_ENV) $(PY) -m quant_assets demo
+	home=$${QUANT_HOME:-$$PWD/.quant}/full; QUANT_HOME=$$home DAGSTER_HOME=$$home/dagster $(FULL_DEMO_ENV) \
+	  $(PY) -m quant_assets demo
 
 # The golden flow on real prices: skfolio's wheel's S&P 500 closes (20 survivors, adjusted,
 # close-only; the S&P 500 index as benchmark) written into the documented file layout under

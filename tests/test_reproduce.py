@@ -152,7 +152,7 @@ def test_every_run_kind_reproduces_bit_identically(flow, asset, partitions, hash
 
 def test_reproduce_cli_exit_codes_and_time_travel(flow, monkeypatch, capsys):
     home, settings, warehouse = flow
-    from quant_assets.cli import main  # what `python -m quant_assets` runs
+    from quant_assets.cli import main  # what `python -m quant_assets` runs (through cli.run)
 
     record = warehouse.read(["lgbm_model"]).frame.sort("date").row(2, named=True)  # 2023-03
     monkeypatch.setenv("QUANT_HOME", str(home))

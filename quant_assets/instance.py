@@ -132,9 +132,11 @@ def _checkpoint_keepers() -> None:
     while _KEEPERS:
         keeper = _KEEPERS.popitem(last=False)[1]
         try:
-            keeper.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            # PASSIVE: what no other process is reading or writing now, without waiting for
+            # them (a daemon writing the same file would hold an exit for its busy timeout)
+            keeper.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error:
-            pass  # busy: another connection of the file checkpoints or replays it later
+            pass  # the file's next connection replays what is left in the WAL
         finally:
             keeper.close()
 

@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # The demo at the size of its published figures (README): 100 instruments, 2022-01..2024-12,
 # 24 model months (~2.5 min on 2 cores), with its own state under $QUANT_HOME/full. `make
-# demo` runs the embedded default: 30 instruments, 4 model months (~37 s).
+# demo` runs the embedded default: 30 instruments, 4 model months (~35 s).
 FULL_DEMO_ENV = QUANT_START_DATE=2022-01-03 QUANT_END_DATE=2024-12-31 QUANT_FIRST_MODEL_MONTH=2023-01 \
 	QUANT_N_INSTRUMENTS=100
 demo-full: $(STAMP)

@@ -65,9 +65,13 @@ def _rows_per_partition(context: OutputContext, frame: pl.DataFrame, column: str
     if not isinstance(pdef, TimeWindowPartitionsDefinition) or frame.schema.get(column) != pl.Date:
         return {}
     dates = frame.get_column(column).sort()
+    # one walk of the schedule for all the keys (a window per key costs ~0.2 ms: 0.5 s of a
+    # 10-year range backfill); windows come back in time order, matched to keys by their start
+    windows = {w.start.strftime(pdef.fmt): w
+               for w in pdef.time_windows_for_partition_keys(frozenset(keys), validate=False)}
     out = {}
     for key in keys:
-        window = pdef.time_window_for_partition_key(key)
+        window = windows.get(key) or pdef.time_window_for_partition_key(key)
         out[key] = dates.search_sorted(window.end.date(), "left") - dates.search_sorted(window.start.date(), "left")
     return out
 

@@ -22,11 +22,11 @@ demo: $(STAMP)
 # The demo at the size of its published figures (README): 100 instruments, 2022-01..2024-12,
 # 24 model months (~2.5 min on 2 cores), with its own state under $QUANT_HOME/full. `make
 # demo` runs the embedded default: 30 instruments, 4 model months (~35 s).
-FULL_DEMO_ENV = QUANT_START_DATE=2022-01-03 QUANT_END_DATE=2024-12-31 QUANT_FIRST_MODEL_MONTH=2023-01 \
-	QUANT_N_INSTRUMENTS=100
+# (bash expands a command's assignments left to right: DAGSTER_HOME sees the new QUANT_HOME)
+FULL_DEMO_ENV = QUANT_HOME=$${QUANT_HOME:-$$PWD/.quant}/full DAGSTER_HOME=$$QUANT_HOME/dagster \
+	QUANT_START_DATE=2022-01-03 QUANT_END_DATE=2024-12-31 QUANT_FIRST_MODEL_MONTH=2023-01 QUANT_N_INSTRUMENTS=100
 demo-full: $(STAMP)
-	home=$${QUANT_HOME:-$$PWD/.quant}/full; QUANT_HOME=$$home DAGSTER_HOME=$$home/dagster $(FULL_DEMO_ENV) \
-	  $(PY) -m quant_assets demo
+	$(FULL_DEMO_ENV) $(PY) -m quant_assets demo
 
 # The golden flow on real prices: skfolio's wheel's S&P 500 closes (20 survivors, adjusted,
 # close-only; the S&P 500 index as benchmark) written into the documented file layout under
@@ -85,8 +85,7 @@ ui: $(STAMP)
 
 # the UI over what `make demo-full` built (its range and universe, its state)
 ui-full: $(STAMP)
-	home=$${QUANT_HOME:-$$PWD/.quant}/full; QUANT_HOME=$$home DAGSTER_HOME=$$home/dagster $(FULL_DEMO_ENV) \
-	  $(VENV)/bin/dagster dev -w workspace.yaml
+	$(FULL_DEMO_ENV) $(VENV)/bin/dagster dev -w workspace.yaml
 
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $${QUANT_MLFLOW_URI:-sqlite:///$$PWD/.quant/mlflow.db} --host 127.0.0.1 --port 5000

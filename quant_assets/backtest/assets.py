@@ -259,6 +259,10 @@ GRID_OUTPUTS = ("strategy_grid", "strategy_grid_returns")
     # warm-up (monthly_grid), and a restated day rebuilds the months that read it, while a
     # new day of a later month does not
     ins={"market_bars": AssetIn(partition_mapping=up_to_month_end())},
+    # its Delta commits and MLflow run fail transiently like any other I/O step's: a dropped
+    # commit (which object_store does not resend) must not fail the run. A retry repeats the
+    # grid's compute (seconds per month) and resumes the attempt's MLflow run (run key).
+    retry_policy=IO_RETRY,
 )
 def strategy_grid(
     context: AssetExecutionContext,

@@ -13,7 +13,7 @@ Dagster run per stage) runs against it in a subprocess while the test injects, i
    forwarding it; the clients retry those themselves, except a dropped Delta commit (a
    conditional put is not resent). A few chosen requests get a fault that the client never
    retries (``ESCAPING``: a ``400 RequestTimeout`` on a labels and an oos_predictions data
-   file, a dropped connection on lgbm_model's commit): the step fails and the asset's
+   file, a dropped connection on lgbm_model's and strategy_grid's commits): the step fails and the asset's
    RetryPolicy (quant_assets/retries.py) has to run it again.
 2. A Postgres restart while the daily stage's run is in progress: as soon as the run writes
    its first market_bars file, the postmaster gets SIGTERM (smart shutdown: new connections
@@ -102,6 +102,9 @@ ESCAPING = [
     # a dropped connection on a Delta commit (a conditional put, which object_store does not
     # resend), after lgbm_model has logged its MLflow run and registered its model
     ("monthly_models_job", "lgbm_model", _put("lgbm_model", "commit"), "reset"),
+    # the same on the CPU-bound grid's commit: it once failed the run here when the periodic
+    # faults happened to drop it (the grid had no RetryPolicy), so it is injected every time
+    ("strategy_grid_job", "strategy_grid", _put("strategy_grid", "commit"), "reset"),
 ]
 # and on the first two MLflow artifact uploads, which the MLflow server's boto3 retries
 MLFLOW_ONCE = [(_mlflow_put, "reset"), (_mlflow_put, "503")]

@@ -34,6 +34,19 @@ LOCALHOST = "127.0.0.1"
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE)
 
 
+# tests/daemon_tick/sitecustomize.py: the backfill daemon's tick for the tests (daemon_env)
+DAEMON_TICK = Path(__file__).resolve().parent / "daemon_tick"
+
+
+def daemon_env(env: Mapping[str, str], interval: float = 2.0) -> dict[str, str]:
+    """``env`` for a process that is (or starts) a Dagster daemon, whose backfill daemon then
+    ticks every ``interval`` seconds instead of Dagster's fixed 30 (daemon_tick/)."""
+    out = dict(env)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(DAEMON_TICK), out.get("PYTHONPATH")) if p)
+    out["QUANT_TEST_DAEMON_INTERVAL"] = str(interval)
+    return out
+
+
 class ServerError(RuntimeError):
     """A server did not start, exited early, or did not answer in time."""
 

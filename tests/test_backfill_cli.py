@@ -25,7 +25,7 @@ from shutil import which
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from servers import ServerProcess, start_server
+from servers import ServerProcess, daemon_env, start_server
 
 from quant_assets.cli import backfill
 from quant_assets.instance import local_instance_yaml
@@ -114,11 +114,12 @@ def test_daemon_backfill_equals_in_process(tmp_path: Path) -> None:
         waiting = _start(["pit_features", *span, "--wait"], env_a, tmp_path / "wait.log")
         started.append(waiting)
         _wait_for(waiting, "submitted backfill")
-        # The backfill daemon ticks every 30 s, the first time as it starts: started after
-        # the submission it takes the backfill at once, not up to 30 s later.
+        # The backfill daemon ticks as it starts, so started after the submission it takes
+        # the backfill at once; then every 2 s, not Dagster's 30 (servers.daemon_env), so
+        # the backfill is marked done soon after its last run.
         daemon = start_server([str(daemon_exe if daemon_exe.exists() else which("dagster-daemon")),
                                "run", "-w", str(REPO / "workspace.yaml")],
-                              log_path=tmp_path / "daemon.log", env=env_a, cwd=REPO)
+                              log_path=tmp_path / "daemon.log", env=daemon_env(env_a), cwd=REPO)
         started.append(daemon)
         code, out = _finish(waiting, f"--- daemon ---\n{daemon.tail()}")
         assert code == 0, f"{out}\n--- daemon ---\n{daemon.tail()}"

@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 import pytest
 import requests
-from servers import LOCALHOST, ServerProcess, free_port, running_server
+from servers import LOCALHOST, ServerProcess, daemon_env, free_port, running_server
 
 # The same instance settings as ``make demo`` writes (telemetry and nux off, SQLite storage).
 from quant_assets.instance import local_instance_yaml
@@ -324,7 +324,7 @@ def dagster_dev(tmp_path: Path) -> Iterator[DagsterDev]:
     with running_server(
         args,
         log_path=tmp_path / "dagster-dev.log",
-        env=_server_env(quant_home, dagster_home),
+        env=daemon_env(_server_env(quant_home, dagster_home)),  # backfill ticks of 2 s
         cwd=REPO_ROOT,
         ready_url=f"http://{LOCALHOST}:{port}/server_info",
         timeout=SERVER_START_TIMEOUT,

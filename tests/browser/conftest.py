@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import LOCALHOST, ServerProcess, free_port, running_server, wait_for_http
+from servers import LOCALHOST, ServerProcess, daemon_env, free_port, running_server, wait_for_http
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -104,7 +104,7 @@ def flow() -> Iterator[Flow]:
                    "--host", LOCALHOST, "--port", str(m_port), "--workers", "1"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with running_server(mlflow_args, log_path=home / "mlflow.log", env=env, cwd=home) as ml, \
-            running_server(dagster_args, log_path=home / "dagster-dev.log", env=env, cwd=REPO,
+            running_server(dagster_args, log_path=home / "dagster-dev.log", env=daemon_env(env), cwd=REPO,
                            ready_url=f"http://{LOCALHOST}:{d_port}/server_info", timeout=START_TIMEOUT) as dg:
         wait_for_http(f"http://{LOCALHOST}:{m_port}/health", timeout=START_TIMEOUT, server=ml)
         flow = Flow(home, f"http://{LOCALHOST}:{d_port}", f"http://{LOCALHOST}:{m_port}", dg, ml, demo.stdout)

@@ -54,6 +54,10 @@ _STORAGE_ENV = (
 
 WRITE_ID_KEY = "quant.write_id"
 WRITE_ATTEMPTS = 5
+# how long a writer may wait for a moment when no other commit lands while it reads which
+# version its own commit got (Warehouse._version_of_write); writers of other partitions of
+# the same table commit back to back during a backfill
+VERSION_LOOKUP_S = 120.0
 
 
 def storage_options_from_env(uri: str) -> dict[str, str]:
@@ -241,18 +245,30 @@ class Warehouse:
         # history() labels commits counting down from the version it loaded, but lists the
         # log as it is when called (deltalake 1.6.6): a commit landing in between shifts
         # every label. Trust a listing only when the table version did not move across it.
-        for attempt in range(50):
+        # Under concurrent writers the log can move across many listings in a row (four
+        # writers of one table on two busy cores did across 50 quick tries), so wait with a
+        # growing, jittered pause for a quiet moment: the writers pause between commits too.
+        # The last 50 commits first; the whole log when more than that landed meanwhile.
+        deadline = time.monotonic() + VERSION_LOOKUP_S
+        attempt, limit = 0, 50
+        while True:
             table = self.table(key)
             loaded = table.version()
-            history = table.history(limit=50)
-            if self.table(key).version() != loaded:
-                time.sleep(0.01 * (1 + random.random()) * min(attempt + 1, 10))
+            history = table.history(limit=limit)
+            if self.table(key).version() == loaded:
+                for entry in history:
+                    if entry.get(WRITE_ID_KEY) == write_id:
+                        return int(entry["version"])
+                if limit is None or len(history) < limit:
+                    raise WarehouseError(f"{'/'.join(key)}: commit {write_id} not found in the Delta log")
+                limit = None
                 continue
-            for entry in history:
-                if entry.get(WRITE_ID_KEY) == write_id:
-                    return int(entry["version"])
-            break
-        raise WarehouseError(f"{'/'.join(key)}: commit {write_id} not found in the Delta log")
+            if time.monotonic() > deadline:
+                raise WarehouseError(
+                    f"{'/'.join(key)}: the Delta log kept moving for {VERSION_LOOKUP_S:.0f} s; the version of "
+                    f"commit {write_id} is unknown (the commit itself succeeded)")
+            attempt += 1
+            time.sleep(min(0.01 * 1.5 ** attempt, 1.0) * (0.5 + random.random()))
 
 
 def _check_inside(name: str, frame: pl.DataFrame, selection: Selection) -> None:

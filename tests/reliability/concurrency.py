@@ -13,8 +13,9 @@ tests/reliability/test_concurrency.py on a local folder:
 - ``WriteResult.version`` can be wrong under concurrency: ``DeltaTable.history()`` labels
   commits by counting down from the version the table object was loaded at, but lists the
   commit files present when it is called (it also ignores ``limit`` then), so a commit
-  landing in between shifts every label and ``Warehouse._version_of_write`` returns
-  another writer's version. ``version_of_commit`` is the fix proposed for it.
+  landing in between shifts every label. ``Warehouse._version_of_write`` trusts a listing
+  only when the version did not move across it; ``version_of_commit`` checks its answer
+  against the commit files.
 
 ``retrying_write`` is the writer-level answer proposed for ``Warehouse.write``: a
 predicate overwrite carries the partition's whole content, so running it again after a
@@ -35,6 +36,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
 from deltalake.exceptions import CommitFailedError
@@ -71,22 +73,17 @@ def day_window(day: dt.date) -> PartitionWindow:
 def version_of_commit(warehouse: Warehouse, key: Sequence[str], meta_key: str, value: str) -> int:
     """The Delta version of the commit whose commit metadata has ``meta_key == value``.
 
-    A history listing is trusted only when the table version did not move across it:
-    ``history()`` numbers entries from the version loaded before the listing, so a commit
-    landing in between would shift every label (deltalake 1.6.6).
+    Read from the commit files themselves (a local table): ``_delta_log/<version>.json`` is
+    written once and never changed, so no concurrent commit can shift what this finds. An
+    independent check of ``Warehouse.write``'s own answer, which goes through ``history()``.
     """
-    for attempt in range(50):
-        table = warehouse.table(key)
-        loaded = table.version()
-        history = table.history(limit=50)
-        if warehouse.table(key).version() != loaded:
-            time.sleep(0.01 * (1 + random.random()) * min(attempt + 1, 10))
-            continue
-        for entry in history:
-            if entry.get(meta_key) == value:
-                return int(entry["version"])
-        break
-    raise WarehouseError(f"{'/'.join(key)}: no commit with {meta_key}={value} in the Delta log")
+    log = Path(warehouse.uri(key)) / "_delta_log"
+    for path in sorted(log.glob("*.json"), reverse=True):
+        for line in path.read_text().splitlines():
+            info = json.loads(line).get("commitInfo")
+            if info is not None and info.get(meta_key) == value:
+                return int(path.stem)
+    raise WarehouseError(f"{'/'.join(key)}: no commit with {meta_key}={value} in {log}")
 
 
 def retrying_write(

@@ -130,3 +130,36 @@ def test_two_writers_same_partition_end_with_one_complete_version(tmp_path, atte
     if attempts > 1:
         assert outcomes["conflict"] == 0, outcomes
     print("outcomes:", dict(outcomes))
+
+
+def test_a_write_finds_its_version_while_other_commits_keep_landing(tmp_path, monkeypatch):
+    """Another writer's commit lands across 60 history listings in a row, more than the 50
+    quick tries after which ``Warehouse.write`` once gave up under four writers ("commit ...
+    not found in the Delta log"): it waits for a listing that nothing moved, looks past the
+    50 latest commits (60 landed after its own), and returns its own commit's version
+    (checked against the commit files, version_of_commit)."""
+    import deltalake
+    from concurrency import version_of_commit
+
+    import quant_assets.warehouse as warehouse_module
+
+    wh = _seed(tmp_path / "wh")
+    uri = wh.uri([TABLE])
+    real_history = deltalake.DeltaTable.history
+    landing = {"left": 60, "day": DAY0 + dt.timedelta(days=200)}
+
+    def history_with_a_commit_landing(self, *args, **kwargs):
+        listed = real_history(self, *args, **kwargs)
+        if landing["left"]:  # a real commit of another partition, between listing and check
+            landing["left"] -= 1
+            landing["day"] += dt.timedelta(days=1)
+            deltalake.write_deltalake(uri, day_frame(landing["day"], 7).to_arrow(), mode="append")
+        return listed
+
+    monkeypatch.setattr(deltalake.DeltaTable, "history", history_with_a_commit_landing)
+    monkeypatch.setattr(warehouse_module.time, "sleep", lambda seconds: None)  # the pauses, not the point
+    marker = "the-write-under-test"
+    result = wh.write([TABLE], day_frame(DAY0, 1), day_window(DAY0), {TEST_ID_KEY: marker})
+    assert landing["left"] == 0  # every listing until the 61st moved
+    assert result.version == version_of_commit(wh, [TABLE], TEST_ID_KEY, marker)
+    assert result.version < wh.table([TABLE]).version()  # 60 commits landed after it

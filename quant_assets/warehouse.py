@@ -131,6 +131,10 @@ class WarehouseError(ValueError):
     pass
 
 
+class MissingTableError(WarehouseError):
+    """The table has no Delta log: it was never materialised (the same on every retry)."""
+
+
 @dataclass(frozen=True)
 class Warehouse:
     """Delta tables under one root. Pure storage: no Dagster in here."""
@@ -153,7 +157,7 @@ class Warehouse:
         try:
             return DeltaTable(uri, version=version, storage_options=self.options())
         except TableNotFoundError as exc:
-            raise WarehouseError(
+            raise MissingTableError(
                 f"table {'/'.join(key)} does not exist at {uri}: materialise it first"
             ) from exc
 

@@ -33,7 +33,9 @@ from dagster import (
 from quant_assets.asset_catalog import COLUMN_SCHEMA, schema_of
 from quant_assets.asset_lineage import note_read
 from quant_assets.partitions import add_partition_metadata
+from quant_assets.retries import not_retried
 from quant_assets.warehouse import (
+    MissingTableError,
     PartitionKeys,
     PartitionWindow,
     Selection,
@@ -136,7 +138,10 @@ class DeltaIOManager(ConfigurableIOManager):
             frame = pl.DataFrame()
             return VersionedFrame(frame, None, self.warehouse.uri(key)) if wants_version else frame
         selection = _selection(context, column)
-        loaded = self.warehouse.read(key, selection)
+        # an upstream table never materialised stays missing however often the step is
+        # retried: fail at once, naming it (quant_assets/retries.py)
+        with not_retried(MissingTableError):
+            loaded = self.warehouse.read(key, selection)
         # the lineage of the step records every table version it read (asset_lineage)
         _note_read(context, "/".join(key), loaded)
         if not context.has_asset_partitions or len(context.asset_partition_keys) == 1:

@@ -254,7 +254,7 @@ class _FakeInstance:
         from types import SimpleNamespace
 
         error = SimpleNamespace(message="Exceeded max_retries of 3\n", cause=SimpleNamespace(
-            message="WarehouseError: table market_bars does not exist\nmore", cause=None))
+            message="OSError: Generic S3 error: connection reset by peer\nmore", cause=None))
         return [SimpleNamespace(dagster_event=SimpleNamespace(
             step_key="pit_features", event_specific_data=SimpleNamespace(error=error)))]
 
@@ -285,7 +285,7 @@ def test_follow_exits_1_when_the_backfill_ends_with_a_failed_run(capsys) -> None
     assert "launched run r1: pit_features 2022-01-03 .. 2022-01-04 (2 partitions)" in out
     assert "FAILURE run r2: pit_features 2022-01-05 .. 2022-01-06 (2 partitions) in 2.5s" in out
     assert ("  pit_features: Exceeded max_retries of 3\n"
-            "    caused by: WarehouseError: table market_bars does not exist\n") in out
+            "    caused by: OSError: Generic S3 error: connection reset by peer\n") in out
     assert "COMPLETED_FAILED; 2 partitions not materialised; failed runs: r2" in out
     # every partition in (the failed run retried): done before the daemon's next tick
     retried = _FakeInstance([(B.REQUESTED, [run(first, S.SUCCESS), run(second, S.FAILURE),

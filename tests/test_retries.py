@@ -131,3 +131,34 @@ def test_blocking_quality_failure_is_not_retried(tmp_path: Path, monkeypatch):
     assert _retries(result) == 0
     errors = [e.event_specific_data.error.message for e in result.get_step_failure_events()]
     assert any("split_ratio_positive_finite" in m for m in errors), errors
+
+
+def test_a_missing_upstream_table_fails_at_once_naming_it(tmp_path: Path):
+    """An input table that was never materialised is missing on every attempt: the Delta
+    IO manager refuses the step at once (no retries), and says which table to build."""
+    import polars as pl
+    from dagster import AssetIn
+
+    from quant_assets.warehouse import Warehouse
+    from resources.io_manager import DeltaIOManager
+
+    calls = {"reader": 0}
+
+    @asset
+    def never_built() -> pl.DataFrame:
+        return pl.DataFrame({"x": [1.0]})
+
+    @asset(retry_policy=IO_RETRY, ins={"never_built": AssetIn()})
+    def reader(never_built: pl.DataFrame) -> pl.DataFrame:
+        calls["reader"] += 1
+        return never_built
+
+    io = DeltaIOManager(root=str(tmp_path / "warehouse"))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize([never_built, reader], selection=[reader], resources={"io_manager": io},
+                             instance=instance, raise_on_error=False)
+    assert not result.success and _retries(result) == 0
+    assert calls["reader"] == 0  # it failed loading its input, once
+    message = result.get_step_failure_events()[0].event_specific_data.error.message
+    assert "table never_built does not exist" in message and "materialise it first" in message, message
+    assert not Warehouse(str(tmp_path / "warehouse")).exists(["reader"])

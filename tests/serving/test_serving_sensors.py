@@ -162,15 +162,18 @@ def test_daemon_runs_the_sensor_and_rolls_back(tmp_path):
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
         log_path=tmp_path / "daemon.log", env=env, cwd=REPO,
     )
+    warehouse = Warehouse(str(home / "warehouse"))
     try:
+        # the tick rolls back first and records the alert at its end: wait for both before
+        # the daemon is killed (stopping it on the rollback alone lost the alert's write)
         deadline = time.monotonic() + 150
-        while registry.alias_version(client, registry.CHAMPION) != 1:
+        while registry.alias_version(client, registry.CHAMPION) != 1 or not warehouse.exists(ALERTS_TABLE):
             daemon.check_alive()
-            assert time.monotonic() < deadline, f"no rollback by the daemon; log:\n{daemon.tail()}"
-            time.sleep(1.0)
+            assert time.monotonic() < deadline, f"no rollback and alert by the daemon; log:\n{daemon.tail()}"
+            time.sleep(0.5)
     finally:
         daemon.stop()
-    alerts = Warehouse(str(home / "warehouse")).read(ALERTS_TABLE).frame
+    alerts = warehouse.read(ALERTS_TABLE).frame
     assert alerts["action"].to_list() == ["rolled back champion v2 -> v1"]
     reason = client.get_model_version(registry.MODEL_NAME, "2").tags[registry.ROLLBACK_REASON_TAG]
     assert reason == "drift: score PSI 0.900 > 0.25"

@@ -2,6 +2,7 @@
 it reaches Dagster's backfill loop in a fresh interpreter, and leaves everything else alone.
 It sets an internal constant, so this fails as soon as a Dagster upgrade moves it."""
 
+import os
 import subprocess
 import sys
 
@@ -24,8 +25,6 @@ def _probe(env) -> str:
 
 
 def test_the_daemon_env_shortens_the_backfill_tick_and_only_there():
-    import os
-
     plain = {k: v for k, v in os.environ.items() if k != "QUANT_TEST_DAEMON_INTERVAL"}
     assert _probe(daemon_env(plain, interval=1.5)) == "1.5"
     assert _probe(plain) == "30"  # Dagster's own tick everywhere else

@@ -20,11 +20,6 @@ from dagster import (
 
 from quant_assets.retries import IO_RETRY, not_retried, refuse
 
-# Assets whose steps do no warehouse/MLflow/source I/O: no retry policy. None today: even
-# the CPU-bound strategy_grid commits to Delta and logs an MLflow run, and a dropped commit
-# there failed the transient-faults run (tests/reliability/test_transient_faults.py).
-NOT_RETRIED: set[str] = set()
-
 
 def _retry_policies() -> dict[str, RetryPolicy | None]:
     from quant_assets.definitions import defs
@@ -50,20 +45,17 @@ def test_io_policy_backs_off_exponentially_with_jitter():
 
 def test_every_io_bound_asset_carries_the_io_policy():
     policies = _retry_policies()
-    assert NOT_RETRIED <= set(policies), sorted(policies)
     for expected in ("universe", "market_bars", "corporate_actions", "fundamentals",
                      "strategy_grid", "strategy_grid_returns",
                      "pit_features", "labels", "lgbm_model", "seq_model", "oos_predictions",
                      "sweep_trials", "trial_returns", "backtest", "validation_report",
                      "champion_model", "daily_scores", "drift_report", "signal_health"):
         assert expected in policies, expected
-    # every asset is classified: a new asset must either take IO_RETRY or be listed above
-    wrong = {
-        key: policy for key, policy in policies.items()
-        if key not in NOT_RETRIED and policy != IO_RETRY
-    }
+    # every asset takes IO_RETRY: each one reads or writes the warehouse, MLflow or a source
+    # (even the CPU-bound strategy_grid commits to Delta and logs an MLflow run, and a
+    # dropped commit there failed the transient-faults run)
+    wrong = {key: policy for key, policy in policies.items() if policy != IO_RETRY}
     assert wrong == {}, wrong
-    assert {k for k in NOT_RETRIED if policies[k] is not None} == set()
 
 
 def _retries(result) -> int:

@@ -72,8 +72,6 @@ from test_production_stack import (
     seaweedfs_s3,
 )
 
-from quant_assets.backtest.assets import GRID_OUTPUTS
-
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("servers")]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,8 +108,6 @@ ESCAPING = [
 ]
 # and on the first two MLflow artifact uploads, which the MLflow server's boto3 retries
 MLFLOW_ONCE = [(_mlflow_put, "reset"), (_mlflow_put, "503")]
-# the steps that write several assets (a retry may write an already committed one again)
-MULTI_OUTPUT_STEPS = {"strategy_grid": GRID_OUTPUTS}
 # identifiers of the MLflow run/model version that wrote a row: a retried step logs again
 RUN_IDENTITY = (*RUN_SPECIFIC, "registered_version")
 # what the run worker's clients log when they retry (dagster-postgres, urllib3 under MLflow):
@@ -308,6 +304,15 @@ def histories(stack_env):
     return _history(stack_env["env"]["DAGSTER_HOME"]), _history(str(stack_env["ref_home"] / "dagster"))
 
 
+def _multi_output_steps() -> dict[str, str]:
+    """Asset -> its step, for the steps of the definitions that write several assets."""
+    from quant_assets.definitions import defs
+
+    return {key.to_user_string(): assets_def.op.name
+            for assets_def in defs.resolve_asset_graph().assets_defs
+            if assets_def.is_executable and len(assets_def.keys) > 1 for key in assets_def.keys}
+
+
 def test_every_fault_fired(faulted):
     proxy = faulted["proxy"]
     s3_faults = proxy.faults()
@@ -363,9 +368,9 @@ def test_every_run_succeeded_and_history_is_complete(histories):
     # records it again, once per such retry (strategy_grid: a dropped commit of its returns)
     assert set(got["materialised"]) == set(want["materialised"])
     extra = got["materialised"] - want["materialised"]
+    steps = _multi_output_steps()
     for (job, asset, partition), n in extra.items():
-        step = next((s for s, outputs in MULTI_OUTPUT_STEPS.items() if asset in outputs), None)
-        assert step is not None and n <= got["retries"][(job, step)], (job, asset, partition, n)
+        assert asset in steps and n <= got["retries"][(job, steps[asset])], (job, asset, partition, n)
 
 
 def test_delta_tables_equal_the_fault_free_reference(stack_env):

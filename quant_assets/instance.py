@@ -375,7 +375,7 @@ class LocalSqliteEventLogStorage(SqliteEventLogStorage):
 
     def _store_check_planned(self, conn: sqlalchemy.engine.Connection, event: EventLogEntry, event_id: int) -> None:
         """`_store_asset_check_evaluation_planned` on this connection, serialising the event once
-        (Dagster serialises it again for each partition's row)."""
+        (Dagster serialises it again for each partition's row), in one executemany."""
         if not self.supports_asset_checks:
             # what store_asset_check_event asserts
             raise RuntimeError("Asset checks require a database schema migration. Run `dagster instance migrate`.")
@@ -390,4 +390,6 @@ class LocalSqliteEventLogStorage(SqliteEventLogStorage):
             evaluation_event_timestamp=self._event_insert_timestamp(event),
             evaluation_event_storage_id=event_id,
         )
-        conn.execute(AssetCheckExecutionsTable.insert().values([dict(common, partition=key) for key in keys]))
+        # executemany, not Dagster's multi-row VALUES: SQLAlchemy compiles one bind parameter per
+        # value of that statement (~0.1 s for a 1,040-day run's rows); the rows are the same
+        conn.execute(AssetCheckExecutionsTable.insert(), [dict(common, partition=key) for key in keys])

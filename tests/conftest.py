@@ -29,7 +29,9 @@ def pytest_collection_modifyitems(session, config, items):
     in their own order. ``make test`` deals whole modules to two workers in collection order
     (``--dist loadfile``): a minutes-long module dealt last ran alone while the other worker
     sat idle; dealt first, the many quick modules fill in around the long ones. A stable
-    sort on the module's rank only: the same order on every worker, as xdist requires."""
+    sort on the module's rank only: the same order on every worker, as xdist requires.
+    xdist keeps this order only with ``--no-loadscope-reorder`` (the Makefile passes it): by
+    default it deals the modules with the most tests first, whatever the collection order."""
     slow_modules = {item.module.__name__ for item in items
                     if getattr(item, "module", None) is not None and item.get_closest_marker("slow")}
     items.sort(key=lambda item: getattr(item, "module", None) is None

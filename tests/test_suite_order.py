@@ -9,15 +9,13 @@ project: one worker, a quick module of many tests collected first, then a module
 
 from __future__ import annotations
 
-import inspect
+import ast
 import re
 import shlex
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-import conftest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,13 +27,23 @@ def make_test_pytest_options() -> list[str]:
     return shlex.split(command.split("-m pytest", 1)[1])
 
 
+def ordering_hook_source() -> str:
+    """tests/conftest.py's `pytest_collection_modifyitems`, as text. Not imported: the name
+    `conftest` may be another folder's conftest, and running this one again would move
+    QUANT_HOME under the other tests of this worker."""
+    source = (REPO / "tests" / "conftest.py").read_text()
+    hook = next(node for node in ast.parse(source).body
+                if isinstance(node, ast.FunctionDef) and node.name == "pytest_collection_modifyitems")
+    return ast.get_source_segment(source, hook) + "\n"
+
+
 def test_make_test_deals_the_end_to_end_modules_first(tmp_path):
     options = make_test_pytest_options()
     assert "-n" in options and "--dist" in options
     options[options.index("-n") + 1] = "1"  # one worker: the dealing order is the running order
     order = tmp_path / "order.txt"
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    slow: end-to-end\n")
-    (tmp_path / "conftest.py").write_text(inspect.getsource(conftest.pytest_collection_modifyitems))
+    (tmp_path / "conftest.py").write_text(ordering_hook_source())
     record = f"open({str(order)!r}, 'a').write(__name__ + '\\n')"
     (tmp_path / "test_a_quick.py").write_text(
         "".join(f"def test_{i}():\n    {record}\n" for i in range(5)))

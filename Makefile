@@ -47,14 +47,15 @@ demo-real: $(STAMP)
 # --no-loadscope-reorder: deal the files in collection order (tests/conftest.py puts the
 # end-to-end ones first); by default xdist deals the files with the most tests first, which
 # left the minutes-long few-test files to the end (tests/test_suite_order.py).
+XDIST_ARGS := -n 2 --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest $(XDIST_ARGS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
 
 # every bad-input kind through a real run; >= 50 SIGKILLs of a range backfill (~30-40 min)
 reliability-nightly: $(STAMP)
 	QUANT_NIGHTLY=1 QUANT_CRASH_KILLS=$${QUANT_CRASH_KILLS:-50} $(PY) -m pytest -p no:cacheprovider \
-	  -n 2 --dist loadfile --no-loadscope-reorder tests/reliability tests/test_security.py tests/test_audit.py
+	  $(XDIST_ARGS) tests/reliability tests/test_security.py tests/test_audit.py
 
 # weeks of unattended operation (tests/test_automation.py over four month ends, two late
 # restatements); prints days, evaluations, runs, materialisations and wall time (~5-10 min)

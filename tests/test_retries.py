@@ -6,8 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+import polars as pl
 from dagster import (
     AssetExecutionContext,
+    AssetIn,
     AssetsDefinition,
     Backoff,
     DagsterEventType,
@@ -19,6 +21,8 @@ from dagster import (
 )
 
 from quant_assets.retries import IO_RETRY, not_retried, refuse
+from quant_assets.warehouse import Warehouse
+from resources.io_manager import DeltaIOManager
 
 
 def _retry_policies() -> dict[str, RetryPolicy | None]:
@@ -128,12 +132,6 @@ def test_blocking_quality_failure_is_not_retried(tmp_path: Path, monkeypatch):
 def test_a_missing_upstream_table_fails_at_once_naming_it(tmp_path: Path):
     """An input table that was never materialised is missing on every attempt: the Delta
     IO manager refuses the step at once (no retries), and says which table to build."""
-    import polars as pl
-    from dagster import AssetIn
-
-    from quant_assets.warehouse import Warehouse
-    from resources.io_manager import DeltaIOManager
-
     calls = {"reader": 0}
 
     @asset

@@ -10,7 +10,6 @@ project: one worker, a quick module of many tests collected first, then a module
 from __future__ import annotations
 
 import ast
-import re
 import shlex
 import subprocess
 import sys
@@ -21,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_test_pytest_options() -> list[str]:
-    """The pytest options of the Makefile's `test` recipe (before $(PYTEST_ARGS))."""
-    recipe = re.search(r"^test: .*\n\t(.*)$", (REPO / "Makefile").read_text(), re.M).group(1)
-    command = recipe.split("$(PYTEST_ARGS)")[0]
-    return shlex.split(command.split("-m pytest", 1)[1])
+    """The pytest options of `make test` (without $(PYTEST_ARGS)), as make expands them."""
+    printed = subprocess.run(["make", "-n", "-s", "--no-print-directory", "-C", str(REPO), "test", "PYTEST_ARGS="],
+                             capture_output=True, text=True, check=True).stdout
+    command = next(line for line in printed.splitlines() if " -m pytest " in line)
+    return shlex.split(command.split(" -m pytest ", 1)[1].split(";", 1)[0])
 
 
 def ordering_hook_source() -> str:

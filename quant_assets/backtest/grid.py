@@ -59,7 +59,7 @@ import numba
 import numpy as np
 
 from quant_assets.backtest import grid_nb, grid_simd
-from quant_assets.backtest.portfolio import CostModel
+from quant_assets.backtest.portfolio import CostModel, kernel_input
 
 __all__ = [
     "GridResult",
@@ -125,7 +125,7 @@ def _close_matrix(close: Any) -> tuple[np.ndarray, bool]:
         raise TypeError(f"close must be a real numeric array, got dtype {array.dtype}")
     one_d = array.ndim == 1
     # No copy when already float64 and C-contiguous: peak memory stays near the input.
-    matrix = np.ascontiguousarray(array.reshape(1, -1) if one_d else array, dtype=np.float64)
+    matrix = kernel_input(array.reshape(1, -1) if one_d else array, np.float64)
     n_instruments, n_bars = matrix.shape
     if n_instruments < 1 or n_bars < 2:
         raise ValueError(f"close needs >= 1 instrument and >= 2 bars, got shape {array.shape}")
@@ -453,16 +453,16 @@ def scenario_backtest(
     price_matrix = np.asarray(prices)
     if price_matrix.ndim != 2 or not np.issubdtype(price_matrix.dtype, np.number):
         raise ValueError(f"prices must be a numeric (T, N) array, got shape {price_matrix.shape}")
-    price_matrix = np.ascontiguousarray(price_matrix, dtype=np.float64)
+    price_matrix = kernel_input(price_matrix, np.float64)
     shape = price_matrix.shape
     bank = np.asarray(weight_bank)
     if bank.ndim != 3 or bank.shape[1:] != shape or not np.issubdtype(bank.dtype, np.number):
         raise ValueError(f"weight_bank must be a numeric (B, T, N) array with (T, N) = {shape}")
-    bank = np.ascontiguousarray(bank, dtype=np.float64)
+    bank = kernel_input(bank, np.float64)
     tradable_matrix = np.asarray(tradable)
     if tradable_matrix.shape != shape or tradable_matrix.dtype != np.bool_:
         raise ValueError(f"tradable must be a boolean array of shape {shape}")
-    tradable_matrix = np.ascontiguousarray(tradable_matrix)
+    tradable_matrix = kernel_input(tradable_matrix)
     index = np.asarray(bank_index)
     if index.ndim != 1 or index.size == 0 or not np.issubdtype(index.dtype, np.integer):
         raise ValueError("bank_index must be a non-empty 1-D integer array")
@@ -483,13 +483,13 @@ def scenario_backtest(
     if (impact > 0).any():
         if volume is None:
             raise ValueError("a CostModel with impact_coef > 0 needs volume (shares, T x N)")
-        volume_matrix = np.ascontiguousarray(np.asarray(volume), dtype=np.float64)
+        volume_matrix = kernel_input(volume, np.float64)
         if volume_matrix.shape != shape:
             raise ValueError(f"volume must have shape {shape}")
         if (tradable_matrix & ~(np.isfinite(volume_matrix) & (volume_matrix > 0))).any():
             raise ValueError("volume must be finite and > 0 on tradable names")
     else:
-        volume_matrix = np.zeros((0, 0))  # unused by step_nb without impact
+        volume_matrix = kernel_input(np.zeros((0, 0)))  # unused by step_nb without impact
 
     n_scenarios = index.shape[0]
     net = np.full((n_scenarios, shape[0]), np.nan)

@@ -317,7 +317,10 @@ def _lanes(values, k0, k1):
     never enter a position: 0 < a <= 0 never holds)."""
     m = k1 - k0
     out = np.zeros((m + LANES - 1) // LANES * LANES)
-    out[:m] = values[k0:k1]
+    # a loop, not ``out[:m] = values[k0:k1]``: numba 0.68 compiles a shape-mismatch message
+    # (str of tuples, f-strings) into every slice assignment, 2-3 s on a cold cache
+    for i in range(m):
+        out[i] = values[k0 + i]
     return out
 
 

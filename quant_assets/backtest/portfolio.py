@@ -197,6 +197,19 @@ class BacktestResult:
         return int(self.equity.shape[0])
 
 
+def kernel_input(values: Any, dtype: Any = None) -> np.ndarray:
+    """A C-contiguous, read-only view of an array that the kernels only read (a copy only
+    when the layout or dtype must change).
+
+    numba types read-only and writable arrays apart, so a kernel that is handed both (a
+    buffer of polars, Arrow or ``np.broadcast_to`` is read-only, a computed array is not)
+    compiles its whole body again in the same process: 4-8 s for each grid kernel on a cold
+    cache. Every input of the kernels, placeholders included, goes through here."""
+    view = np.ascontiguousarray(values, dtype=dtype).view()
+    view.flags.writeable = False
+    return view
+
+
 def _as_matrix(name: str, values: Any, shape: tuple[int, ...] | None) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 2:
@@ -239,19 +252,19 @@ def run_backtest(
     price_matrix = _as_matrix("prices", prices, None)
     if not np.issubdtype(price_matrix.dtype, np.number):
         raise TypeError(f"prices must be numeric, got dtype {price_matrix.dtype}")
-    price_matrix = np.ascontiguousarray(price_matrix, dtype=np.float64)
+    price_matrix = kernel_input(price_matrix, np.float64)
     shape = price_matrix.shape
     n_instruments = shape[1]
 
     weight_matrix = _as_matrix("target_weights", target_weights, shape)
     if not np.issubdtype(weight_matrix.dtype, np.number):
         raise TypeError(f"target_weights must be numeric, got dtype {weight_matrix.dtype}")
-    weight_matrix = np.ascontiguousarray(weight_matrix, dtype=np.float64)
+    weight_matrix = kernel_input(weight_matrix, np.float64)
 
     tradable_matrix = _as_matrix("tradable", tradable, shape)
     if tradable_matrix.dtype != np.bool_:
         raise TypeError(f"tradable must be a boolean array, got dtype {tradable_matrix.dtype}")
-    tradable_matrix = np.ascontiguousarray(tradable_matrix)
+    tradable_matrix = kernel_input(tradable_matrix)
 
     has_price = np.isfinite(price_matrix)
     if np.isinf(price_matrix).any():
@@ -277,7 +290,7 @@ def run_backtest(
         volume_matrix = _as_matrix("volume", volume, shape)
         if not np.issubdtype(volume_matrix.dtype, np.number):
             raise TypeError(f"volume must be numeric, got dtype {volume_matrix.dtype}")
-        volume_matrix = np.ascontiguousarray(volume_matrix, dtype=np.float64)
+        volume_matrix = kernel_input(volume_matrix, np.float64)
         bad_volume = tradable_matrix & ~(np.isfinite(volume_matrix) & (volume_matrix > 0))
         if bad_volume.any():
             raise ValueError(
@@ -288,7 +301,7 @@ def run_backtest(
         if volume is not None:
             _as_matrix("volume", volume, shape)
         # Unused by the kernel without impact; an empty matrix keeps its signature stable.
-        volume_matrix = np.zeros((0, 0))
+        volume_matrix = kernel_input(np.zeros((0, 0)))
 
     borrow_matrix = _borrow_rates(borrow_bps, shape)
     if max_turnover is None:
@@ -340,8 +353,8 @@ def run_backtest(
         float(costs.impact_coef),
         turnover_limit,
         borrow_matrix,
-        np.ascontiguousarray(state.weights),
-        np.ascontiguousarray(state.last_prices),
+        kernel_input(state.weights),
+        kernel_input(state.last_prices),
         float(state.equity),
         bool(contributions),
         bool(positions),
@@ -370,7 +383,7 @@ def _borrow_rates(borrow_bps: Any, shape: tuple[int, int]) -> np.ndarray:
     """Daily borrow rates (T, N) from annual basis points; (0, 0) when nothing is charged
     (the kernel then skips the borrow step)."""
     if borrow_bps is None:
-        return np.zeros((0, 0))
+        return kernel_input(np.zeros((0, 0)))
     bps = np.asarray(borrow_bps)
     if not np.issubdtype(bps.dtype, np.number):
         raise TypeError(f"borrow_bps must be numeric, got dtype {bps.dtype}")
@@ -385,9 +398,9 @@ def _borrow_rates(borrow_bps: Any, shape: tuple[int, int]) -> np.ndarray:
             f"borrow_bps must be finite and >= 0; not so at {np.argwhere(bad)[:5].tolist()}"
         )
     if not (bps > 0).any():
-        return np.zeros((0, 0))
+        return kernel_input(np.zeros((0, 0)))
     daily = bps / 1e4 / TRADING_DAYS_PER_YEAR
-    return np.ascontiguousarray(np.broadcast_to(daily, shape))
+    return kernel_input(np.broadcast_to(daily, shape))
 
 
 def _date_series(dates: Any, name: str = "date") -> pl.Series:

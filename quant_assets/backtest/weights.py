@@ -22,6 +22,7 @@ import numbers
 import numpy as np
 
 from quant_assets.backtest import nb
+from quant_assets.backtest.portfolio import kernel_input
 
 __all__ = [
     "beta_neutral",
@@ -46,7 +47,7 @@ def _row_sums(matrix: np.ndarray) -> np.ndarray:
     # Not ndarray.sum: numpy's pairwise summation groups the terms by their column
     # position, so zero columns of names held at other times would change the rounding and
     # a month-by-month run would differ in the last bits from one run over all months.
-    return nb.row_sums_nb(np.ascontiguousarray(matrix, dtype=np.float64))
+    return nb.row_sums_nb(kernel_input(matrix, np.float64))
 
 
 def _fill_side(raw: np.ndarray, budget: np.ndarray, cap: float | None) -> np.ndarray:
@@ -279,7 +280,7 @@ def equal_weight_market(returns: np.ndarray) -> np.ndarray:
     matrix = np.asarray(returns, dtype=np.float64)
     if matrix.ndim != 2:
         raise ValueError(f"returns must be a 2-D (days x instruments) array, got {matrix.shape}")
-    return nb.equal_weight_market_nb(np.ascontiguousarray(matrix))
+    return nb.equal_weight_market_nb(kernel_input(matrix))
 
 
 def trailing_betas(
@@ -314,7 +315,7 @@ def trailing_betas(
     if np.isinf(matrix).any() or np.isinf(market_vector).any():
         raise ValueError("returns and market must not contain +-inf")
     return nb.trailing_betas_nb(
-        np.ascontiguousarray(matrix), np.ascontiguousarray(market_vector), int(first_row),
+        kernel_input(matrix), kernel_input(market_vector), int(first_row),
         int(window), int(min_obs),
     )
 
@@ -358,6 +359,6 @@ def beta_neutral(
             raise ValueError("beta_neutral: a held name has no sector (code -1)")
         n_groups = int(codes.max()) + 1 if codes.size else 0
     return nb.neutralize_rows_nb(
-        np.ascontiguousarray(matrix), np.ascontiguousarray(np.nan_to_num(beta_matrix)),
-        np.ascontiguousarray(codes), n_groups,
+        kernel_input(matrix), kernel_input(np.nan_to_num(beta_matrix)),
+        kernel_input(codes), n_groups,
     )

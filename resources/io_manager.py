@@ -71,11 +71,13 @@ def _rows_per_partition(context: OutputContext, frame: pl.DataFrame, column: str
     # 10-year range backfill); windows come back in time order, matched to keys by their start
     windows = {w.start.strftime(pdef.fmt): w
                for w in pdef.time_windows_for_partition_keys(frozenset(keys), validate=False)}
-    out = {}
-    for key in keys:
-        window = windows.get(key) or pdef.time_window_for_partition_key(key)
-        out[key] = dates.search_sorted(window.end.date(), "left") - dates.search_sorted(window.start.date(), "left")
-    return out
+    spans = [windows.get(key) or pdef.time_window_for_partition_key(key) for key in keys]
+    # both bounds of every window in one search each (two polars calls per key were 0.1 s
+    # of each 1,040-day run)
+    starts = pl.Series([w.start.date() for w in spans], dtype=pl.Date)
+    ends = pl.Series([w.end.date() for w in spans], dtype=pl.Date)
+    counts = dates.search_sorted(ends, "left") - dates.search_sorted(starts, "left")
+    return dict(zip(keys, counts.to_list(), strict=True))
 
 
 def _note_read(context: InputContext, table: str, loaded: VersionedFrame) -> None:

@@ -204,7 +204,9 @@ def kernel_input(values: Any, dtype: Any = None) -> np.ndarray:
     numba types read-only and writable arrays apart, so a kernel that is handed both (a
     buffer of polars, Arrow or ``np.broadcast_to`` is read-only, a computed array is not)
     compiles its whole body again in the same process: 4-8 s for each grid kernel on a cold
-    cache. Every input of the kernels, placeholders included, goes through here."""
+    cache. Every array a caller hands to a kernel (prices, weights, masks, volumes, borrow
+    rates, state) and every placeholder standing in for one goes through here; arrays the
+    API builds itself (parameter lanes, outputs) are always writable."""
     view = np.ascontiguousarray(values, dtype=dtype).view()
     view.flags.writeable = False
     return view

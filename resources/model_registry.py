@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
+
+if TYPE_CHECKING:  # mlflow is imported where it is used (see resources/tracking.py)
+    from mlflow import MlflowClient
 
 from quant_assets import audit
 
@@ -56,6 +58,7 @@ class VersionInfo:
 
 def alias_version(client: MlflowClient, alias: str = CHAMPION, name: str = MODEL_NAME) -> int | None:
     """The version behind ``alias`` of ``name``, or None if the alias (or model) is unset."""
+    from mlflow.exceptions import MlflowException
     try:
         return int(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
@@ -66,6 +69,7 @@ def alias_version(client: MlflowClient, alias: str = CHAMPION, name: str = MODEL
 
 def version_info(client: MlflowClient, version: int, name: str = MODEL_NAME) -> VersionInfo:
     """The run behind ``name`` version ``version`` and its ``quant.model_sha256`` tag."""
+    from mlflow.exceptions import MlflowException
     try:
         mv = client.get_model_version(name, str(int(version)))
     except MlflowException as exc:
@@ -141,6 +145,7 @@ def promote(
     this family or the other) becomes ``previous_champion``; promoting the current champion
     again changes nothing (and records nothing). ``reason`` and ``dagster_run_id`` go into
     the audit row."""
+    from mlflow.exceptions import MlflowException
     version = int(version)
     try:
         client.get_model_version(name, str(version))

@@ -37,6 +37,7 @@ rebuilt runs to a throwaway store.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -46,16 +47,18 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import mlflow
-import mlflow.lightgbm
-from mlflow.exceptions import MlflowException
-from mlflow.models.signature import ModelSignature
-from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, Schema
 from pydantic import Field
+
+# mlflow is imported where a function talks to MLflow, not here: importing it takes ~2 s
+# (as long as the rest of the code location), and every process that loads the definitions
+# imports this module -- a run worker, each step worker (most steps never log to MLflow), a
+# code server, a sensor's evaluation.
+if TYPE_CHECKING:
+    import mlflow
+    from mlflow.tracking import MlflowClient
 
 from quant_assets import audit
 from quant_assets.instance import relax_local_sqlite
@@ -244,6 +247,7 @@ def registry_of(uri: str) -> Iterator[None]:
     sent every later client without an explicit registry, and every subprocess, to that store
     (a rebuild's throwaway store, a download's). There is no public getter of the unset
     global, hence the internal module attribute."""
+    import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
 
     before, before_env = registry_utils._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI")
@@ -342,6 +346,7 @@ class MlflowTracking(dg.ConfigurableResource):
     def _store(self) -> MlflowClient:
         """A client of the store this resource writes to (its registry too: a client without
         one takes the process's global registry URI, whatever set it last)."""
+        from mlflow.tracking import MlflowClient
         _prepare_process(self.tracking_uri)
         ensure_sqlite_store(self.tracking_uri, self.artifact_location)
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -358,6 +363,7 @@ class MlflowTracking(dg.ConfigurableResource):
     def _experiment_id(self) -> str:
         """Id of `experiment` in the store this resource writes to, created (with
         `artifact_location`) if missing."""
+        from mlflow.exceptions import MlflowException
         client = self._store()
         found = client.get_experiment_by_name(self.experiment)
         if found is None:
@@ -395,6 +401,8 @@ class MlflowTracking(dg.ConfigurableResource):
         module docstring. The last finished run of the same asset and partitions by another
         Dagster run is recorded as ``previous_run_id`` in the lineage (``explain`` it).
         """
+        import mlflow
+        import mlflow.lightgbm
         _prepare_process(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.lightgbm.autolog(disable=True)  # we log models explicitly, once
@@ -593,18 +601,21 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
         """Log the finite numeric entries of `metrics` to the active run; returns them."""
+        import mlflow
         clean = finite_metrics(metrics)
         if clean:
             mlflow.log_metrics(clean, step=step)
         return clean
 
     def log_text(self, text: str, artifact_file: str) -> None:
+        import mlflow
         mlflow.log_text(text, artifact_file)
 
     def log_texts(self, texts: Mapping[str, str]) -> None:
         """Log many small text artifacts (path -> text) in one call: written to a temporary
         folder and logged as a tree (a sweep batch's models: one store call, not one per
         file)."""
+        import mlflow
         with tempfile.TemporaryDirectory() as tmp:
             for name, text in texts.items():
                 path = Path(tmp) / name
@@ -617,6 +628,7 @@ class MlflowTracking(dg.ConfigurableResource):
         sweep's batch run: one step per trial, charted by MLflow like a curve); every point
         carries the run's start time, so a resumed run logging again writes the same rows.
         Returns the points logged."""
+        import mlflow
         from mlflow.entities import Metric
 
         run = mlflow.active_run()
@@ -633,6 +645,7 @@ class MlflowTracking(dg.ConfigurableResource):
         the active run (MLflow's chart of a metric's history: a learning curve); non-finite
         points are left out. Every point carries the run's start time, so a resumed run that
         logs its curves again writes the same rows, not a second history. Returns the points."""
+        import mlflow
         from mlflow.entities import Metric
 
         run = mlflow.active_run()
@@ -652,10 +665,12 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def log_table(self, frame: Any, artifact_file: str) -> None:
         """A polars frame as a CSV artifact (read in MLflow's artifact view)."""
+        import mlflow
         mlflow.log_text(frame.write_csv(), artifact_file)
 
     def log_image(self, png: bytes, artifact_file: str) -> None:
         """PNG bytes as an artifact (shown inline in MLflow's artifact view)."""
+        import mlflow
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name
             path.write_bytes(png)
@@ -664,6 +679,7 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
         """Log a JSON (or .yaml/.yml) artifact; values JSON-encoded with default=str."""
+        import mlflow
         if artifact_file.endswith((".yaml", ".yml")):
             mlflow.log_dict(json.loads(json.dumps(data, default=str)), artifact_file)
         else:
@@ -681,6 +697,10 @@ class MlflowTracking(dg.ConfigurableResource):
         its logged name (``lgbm-2023-07``) and its registered version's tag and description.
         """
         import lightgbm
+        import mlflow
+        import mlflow.lightgbm
+        from mlflow.models.signature import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema
 
         def log(name: str | None):
             booster = trained.booster()
@@ -717,6 +737,7 @@ class MlflowTracking(dg.ConfigurableResource):
         ``state.pt`` and the sha256 is the run tag ``quant.model_sha256``, as for LightGBM.
         Registered once per run, as `log_lgbm_model`.
         """
+        import mlflow
         import mlflow.pytorch  # torch is heavy: only when a sequence model is logged
         import torch
 
@@ -759,6 +780,7 @@ class MlflowTracking(dg.ConfigurableResource):
         """Log (and register) a model in the active run unless the run already registered a
         version of `registered_model_name`; record a new registration in the audit trail and
         name the version after its month (tag and description)."""
+        import mlflow
         run = mlflow.active_run()
         if run is None:
             raise RuntimeError("log a model inside an active run(...) block")
@@ -820,26 +842,35 @@ class MlflowTracking(dg.ConfigurableResource):
             return json.loads(Path(path).read_text())
 
 
-class _ReplayClient(MlflowClient):
-    """A read-only client of the real store whose aliases resolve to pinned versions (the
-    versions a logged run used, whatever the alias points to now)."""
+@functools.cache
+def _replay_client_class() -> type:
+    """The class below, defined on first use: it subclasses ``MlflowClient``, and mlflow is
+    imported only where a function talks to MLflow (see the imports at the top)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
-    def __init__(self, tracking_uri: str, pinned_aliases: Mapping[str, int]):
-        super().__init__(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        self._pins = dict(pinned_aliases)
+    class _ReplayClient(MlflowClient):
+        """A read-only client of the real store whose aliases resolve to pinned versions (the
+        versions a logged run used, whatever the alias points to now)."""
 
-    def get_model_version_by_alias(self, name: str, alias: str):
-        pinned = self._pins.get(f"{name}@{alias}")
-        if pinned is None:
-            return super().get_model_version_by_alias(name, alias)
-        return self.get_model_version(name, str(pinned))
+        def __init__(self, tracking_uri: str, pinned_aliases: Mapping[str, int]):
+            super().__init__(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self._pins = dict(pinned_aliases)
 
-    def _refuse(self, *args, **kwargs):
-        raise MlflowException("a rebuild only reads the real MLflow store")
+        def get_model_version_by_alias(self, name: str, alias: str):
+            pinned = self._pins.get(f"{name}@{alias}")
+            if pinned is None:
+                return super().get_model_version_by_alias(name, alias)
+            return self.get_model_version(name, str(pinned))
 
-    set_registered_model_alias = delete_registered_model_alias = _refuse
-    create_model_version = delete_model_version = set_model_version_tag = _refuse
-    create_run = set_terminated = set_tag = delete_tag = log_batch = _refuse
+        def _refuse(self, *args, **kwargs):
+            raise MlflowException("a rebuild only reads the real MLflow store")
+
+        set_registered_model_alias = delete_registered_model_alias = _refuse
+        create_model_version = delete_model_version = set_model_version_tag = _refuse
+        create_run = set_terminated = set_tag = delete_tag = log_batch = _refuse
+
+    return _ReplayClient
 
 
 class ReplayTracking(MlflowTracking):
@@ -852,9 +883,10 @@ class ReplayTracking(MlflowTracking):
 
     def client(self) -> MlflowClient:
         _prepare_process(self.source_uri)
-        return _ReplayClient(self.source_uri, self.pinned_aliases)
+        return _replay_client_class()(self.source_uri, self.pinned_aliases)
 
     def experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
         found = self.client().get_experiment_by_name(self.experiment)
         if found is None:
             raise MlflowException(f"no experiment {self.experiment!r} in {self.source_uri}")

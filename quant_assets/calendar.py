@@ -26,12 +26,15 @@ DST and half days, so it is an override for reproducing old runs and tests, not 
 
 Sessions are precomputed once per calendar (a sorted tuple, a set and the closes of
 1980..2035) so that the functions below are a set lookup or a bisection: features and
-labels call them in loops.
+labels call them in loops. A build is kept on disk (``QUANT_CALENDAR_CACHE``, see
+``_cache_file``), keyed by the exchange_calendars version, so that a new process reads it
+instead of importing pandas and exchange_calendars to build it again.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import os
 from collections import Counter
@@ -99,7 +102,20 @@ def sessions(calendar: str | None = None) -> Sessions:
 
 @lru_cache(maxsize=8)
 def _build(name: str) -> Sessions:
-    # imported here: pandas + exchange_calendars cost ~0.5 s, paid only when a calendar is used
+    path = _cache_file(name)
+    if path is not None:
+        cached = _read_cache(path, name)
+        if cached is not None:
+            return cached
+    built = _from_exchange_calendars(name)
+    if path is not None:
+        _write_cache(path, built)
+    return built
+
+
+def _from_exchange_calendars(name: str) -> Sessions:
+    # imported here: pandas + exchange_calendars cost ~0.5 s, paid only when a calendar is
+    # built (not when it comes from the cache)
     import exchange_calendars as xcals
 
     if name not in xcals.get_calendar_names(include_aliases=True):
@@ -122,24 +138,98 @@ def _build(name: str) -> Sessions:
             end = min(end, bound_max.date())
         cal = xcals.get_calendar(name, start=start.isoformat(), end=end.isoformat())
     days = tuple(d.date() for d in cal.sessions)
-    closes = {
-        d: c.to_pydatetime().astimezone(UTC)
-        for d, c in zip(days, cal.closes, strict=True)
-    }
-    tz = str(cal.tz)
+    closes = [c.to_pydatetime().astimezone(UTC) for c in cal.closes]
+    return _sessions(name, str(cal.tz), days, closes)
+
+
+def _sessions(name: str, tz: str, days: tuple[dt.date, ...], closes: list[dt.datetime]) -> Sessions:
+    """Sessions from the days and their UTC closes (a fresh build and the cache share it)."""
+    close_of = dict(zip(days, closes, strict=True))
     zone = ZoneInfo(tz)
-    local_close = Counter(c.astimezone(zone).time() for c in closes.values())
+    local_close = Counter(c.astimezone(zone).time() for c in closes)
     regular = local_close.most_common(1)[0][0]
-    special = {d: c for d, c in closes.items() if c != _regular_close_utc(d, regular, zone)}
+    special = {d: c for d, c in close_of.items() if c != _regular_close_utc(d, regular, zone)}
     return Sessions(
         name=name,
         tz=tz,
         days=days,
         day_set=frozenset(days),
-        closes=closes,
+        closes=close_of,
         regular_close=regular,
         special_closes=special,
     )
+
+
+# The on-disk cache of built sessions. Every process that loads the code location (a run
+# worker, each step worker, a code server) needs the sessions at import (partitions are built
+# from them), and building them costs ~1-1.5 s on a 2-core host: importing pandas and
+# exchange_calendars, then exchange_calendars' holiday rules. The cache holds exactly what
+# the build returned, keyed by calendar, span and exchange_calendars version (a new release
+# with new holidays is a new file), written whole or not at all (a rename).
+CALENDAR_CACHE_ENV = "QUANT_CALENDAR_CACHE"
+_CACHE_FORMAT = 1
+
+
+def _cache_file(name: str):
+    """The cache file of calendar ``name``; None when QUANT_CALENDAR_CACHE is ``off``.
+    Default folder: ``$XDG_CACHE_HOME/quant-assets/calendars`` (``~/.cache/...``)."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    setting = os.environ.get(CALENDAR_CACHE_ENV, "").strip()
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    if setting:
+        root = Path(setting)
+    else:
+        try:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        except RuntimeError:  # no home directory (a bare container user): no cache
+            return None
+        root = base / "quant-assets" / "calendars"
+    span = f"{CALENDAR_START:%Y%m%d}-{CALENDAR_END:%Y%m%d}"
+    return root / f"{name}-{span}-exchange_calendars-{version('exchange_calendars')}.json"
+
+
+def _read_cache(path, name: str) -> Sessions | None:
+    """The cached sessions, or None when the file is missing, unreadable or not this
+    calendar's (then it is rebuilt and written again)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != _CACHE_FORMAT or data.get("name") != name:
+            return None
+        days = tuple(dt.date.fromisoformat(d) for d in data["days"])
+        closes = [dt.datetime.fromtimestamp(t, UTC) for t in data["closes"]]
+        return _sessions(name, data["tz"], days, closes)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_cache(path, built: Sessions) -> None:
+    """Write the cache file whole (a temporary file renamed over it); a folder that cannot
+    be written leaves the cache off, nothing else."""
+    import json
+    import tempfile
+
+    data = {
+        "format": _CACHE_FORMAT, "name": built.name, "tz": built.tz,
+        "days": [d.isoformat() for d in built.days],
+        "closes": [built.closes[d].timestamp() for d in built.days],
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _regular_close_utc(day: dt.date, local: dt.time, zone: ZoneInfo) -> dt.datetime:

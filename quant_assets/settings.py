@@ -19,6 +19,7 @@ configuration: everything a local run writes lives under QUANT_HOME (./.quant).
 | QUANT_SEED | 7 | market simulator seed |
 | QUANT_MODEL_SEED | 11 | model training seed |
 | QUANT_CALENDAR | XNYS | exchange calendar (exchange_calendars name): sessions, partitions, horizons |
+| QUANT_CALENDAR_CACHE | $XDG_CACHE_HOME/quant-assets/calendars | folder of the built calendars' cache (keyed by exchange_calendars version); off: build in every process |
 | QUANT_CUTOFF_OFFSET | 0min | as-of cutoff of a session = its actual close + this offset (e.g. 30min, -15min, 1h30min) |
 | QUANT_CUTOFF_TIME | "" | override: a fixed UTC time of day HH:MM instead of the session rule (ignores DST and half days) |
 | QUANT_LABEL_HORIZON | 5 | label horizon h in trading days |

@@ -14,6 +14,8 @@ TEST_ENV = {
     "QUANT_N_INSTRUMENTS": "30",
     "QUANT_SEED": "7",
     "QUANT_ENV": "local",
+    # the built calendars' cache (quant_assets.calendar) inside the session's home, not ~/.cache
+    "QUANT_CALENDAR_CACHE": os.path.join(_HOME, "calendars"),
 }
 for _k, _v in TEST_ENV.items():
     os.environ[_k] = _v

@@ -177,3 +177,45 @@ def test_label_horizons_count_sessions():
     assert label_end(dt.date(2022, 11, 23), 1) == dt.date(2022, 11, 25)  # over Thanksgiving
     assert label_end(dt.date(2012, 10, 26), 2) == dt.date(2012, 11, 1)  # over Sandy
     assert label_end(dt.date(2018, 12, 4), 5) == dt.date(2018, 12, 12)  # over the 2018-12-05 closure
+
+
+@pytest.mark.parametrize("name", ["XNYS", "XLON", "XTKS"])
+def test_the_calendar_cache_gives_exactly_the_build(name, tmp_path, monkeypatch):
+    """A built calendar is written to QUANT_CALENDAR_CACHE and read back equal, field by
+    field (sessions, closes, half days), without building it again; the file is keyed by the
+    exchange_calendars version."""
+    from importlib.metadata import version
+
+    monkeypatch.setenv("QUANT_CALENDAR_CACHE", "off")
+    assert calendar._cache_file(name) is None
+    fresh = calendar._build.__wrapped__(name)
+    monkeypatch.setenv("QUANT_CALENDAR_CACHE", str(tmp_path))
+    path = calendar._cache_file(name)
+    assert path.parent == tmp_path and f"exchange_calendars-{version('exchange_calendars')}" in path.name
+    written = calendar._build.__wrapped__(name)  # builds and writes
+    assert path.exists() and written == fresh
+
+    def no_build(_name):
+        raise AssertionError("built again although the cache holds it")
+
+    monkeypatch.setattr(calendar, "_from_exchange_calendars", no_build)
+    cached = calendar._build.__wrapped__(name)
+    assert cached == fresh
+    assert cached.days == fresh.days and cached.closes == fresh.closes
+    assert cached.special_closes == fresh.special_closes and cached.regular_close == fresh.regular_close
+    assert all(c.tzinfo is not None and c.utcoffset() == dt.timedelta(0) for c in cached.closes.values())
+    if name == "XNYS":  # the day after Thanksgiving 2022 closed at 13:00 New York
+        assert cached.special_closes[dt.date(2022, 11, 25)] == dt.datetime(2022, 11, 25, 18, 0, tzinfo=UTC)
+
+
+def test_a_bad_calendar_cache_file_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANT_CALENDAR_CACHE", str(tmp_path))
+    fresh = calendar._build.__wrapped__("XNYS")
+    path = calendar._cache_file("XNYS")
+    good = path.read_text()
+    for bad in ("not json", '{"format": 1, "name": "XLON", "tz": "Europe/London", "days": [], "closes": []}',
+                good.replace('"format": 1', '"format": 0'), good[: len(good) // 2]):
+        path.write_text(bad)
+        assert calendar._build.__wrapped__("XNYS") == fresh
+        assert path.read_text() == good  # written again, whole
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left

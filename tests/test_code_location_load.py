@@ -48,3 +48,19 @@ def test_a_pickled_gru_loads_in_a_fresh_process(tmp_path):
         "print(sum(p.numel() for p in net.parameters()))", tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert int(out.stdout.strip()) == sum(p.numel() for p in net.parameters())
+
+
+def test_with_the_calendar_cached_loading_imports_neither_pandas_nor_exchange_calendars(tmp_path):
+    """The first process builds the trading calendar (pandas + exchange_calendars, ~1-1.5 s
+    on a 2-core host) and caches it; the next one reads it instead (quant_assets.calendar)."""
+    cache = tmp_path / "calendars"
+    code = ("import os, sys, quant_assets.definitions\n"
+            "print(','.join(m for m in ('pandas', 'exchange_calendars') if m in sys.modules))")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "QUANT_HOME": str(tmp_path),
+           "QUANT_CALENDAR_CACHE": str(cache)}
+    outs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300) for _ in range(2)]
+    assert all(o.returncode == 0 for o in outs), outs[0].stderr[-3000:] + outs[1].stderr[-3000:]
+    assert outs[0].stdout.strip() == "pandas,exchange_calendars"  # built: nothing cached yet
+    assert len(list(cache.iterdir())) == 1
+    assert outs[1].stdout.strip() == "", f"imported with the calendar cached: {outs[1].stdout.strip()}"

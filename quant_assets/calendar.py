@@ -36,10 +36,14 @@ from __future__ import annotations
 import bisect
 import contextlib
 import datetime as dt
+import json
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import version
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -170,12 +174,9 @@ CALENDAR_CACHE_ENV = "QUANT_CALENDAR_CACHE"
 _CACHE_FORMAT = 1
 
 
-def _cache_file(name: str):
+def _cache_file(name: str) -> Path | None:
     """The cache file of calendar ``name``; None when QUANT_CALENDAR_CACHE is ``off``.
     Default folder: ``$XDG_CACHE_HOME/quant-assets/calendars`` (``~/.cache/...``)."""
-    from importlib.metadata import version
-    from pathlib import Path
-
     setting = os.environ.get(CALENDAR_CACHE_ENV, "").strip()
     if setting.lower() in ("off", "0", "false", "no"):
         return None
@@ -191,11 +192,9 @@ def _cache_file(name: str):
     return root / f"{name}-{span}-exchange_calendars-{version('exchange_calendars')}.json"
 
 
-def _read_cache(path, name: str) -> Sessions | None:
+def _read_cache(path: Path, name: str) -> Sessions | None:
     """The cached sessions, or None when the file is missing, unreadable or not this
     calendar's (then it is rebuilt and written again)."""
-    import json
-
     try:
         data = json.loads(path.read_text())
         if data.get("format") != _CACHE_FORMAT or data.get("name") != name:
@@ -207,12 +206,9 @@ def _read_cache(path, name: str) -> Sessions | None:
         return None
 
 
-def _write_cache(path, built: Sessions) -> None:
+def _write_cache(path: Path, built: Sessions) -> None:
     """Write the cache file whole (a temporary file renamed over it); a folder that cannot
     be written leaves the cache off, nothing else."""
-    import json
-    import tempfile
-
     data = {
         "format": _CACHE_FORMAT, "name": built.name, "tz": built.tz,
         "days": [d.isoformat() for d in built.days],

@@ -401,7 +401,6 @@ class MlflowTracking(dg.ConfigurableResource):
         module docstring. The last finished run of the same asset and partitions by another
         Dagster run is recorded as ``previous_run_id`` in the lineage (``explain`` it).
         """
-        import mlflow
         import mlflow.lightgbm
         _prepare_process(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -697,7 +696,6 @@ class MlflowTracking(dg.ConfigurableResource):
         its logged name (``lgbm-2023-07``) and its registered version's tag and description.
         """
         import lightgbm
-        import mlflow
         import mlflow.lightgbm
         from mlflow.models.signature import ModelSignature
         from mlflow.types.schema import ColSpec, Schema
@@ -737,7 +735,6 @@ class MlflowTracking(dg.ConfigurableResource):
         ``state.pt`` and the sha256 is the run tag ``quant.model_sha256``, as for LightGBM.
         Registered once per run, as `log_lgbm_model`.
         """
-        import mlflow
         import mlflow.pytorch  # torch is heavy: only when a sequence model is logged
         import torch
 

@@ -120,12 +120,18 @@ def _batch(
     cfg: FeatureConfig,
 ) -> pl.DataFrame:
     serve = _views(batch, late, cfg.cutoff_time)
-    # Bars dated before the oldest market day of the batch's contexts are never read;
-    # dropping them keeps each batch's joins proportional to its contexts, not to the
-    # whole history. Exact: the market days of every context are unchanged.
-    context = pit.context_days(bars.lazy(), serve["as_of"].unique(), before=before, cutoff_time=cfg.cutoff_time)
+    # Each batch reads only the bars its contexts can see, so that its joins are
+    # proportional to its contexts, not to the whole history (a batch early in a ten-year
+    # range otherwise joined every later year: 1.4x slower). Both bounds are exact:
+    # - published after the cutoff of its last view: no view of the batch can read them
+    #   (compute_features drops the same rows for the whole call, up front);
+    # - dated before the oldest market day of its contexts: the market days of every
+    #   context are unchanged.
+    last_cutoff = pl.lit(serve["as_of"].max()).pipe(pit.cutoff_expr, cfg.cutoff_time)
+    known = bars.lazy().filter(pl.col("knowledge_time") <= last_cutoff)
+    context = pit.context_days(known, serve["as_of"].unique(), before=before, cutoff_time=cfg.cutoff_time)
     first = context.select(pl.col("date").min()).collect(engine=pit.ENGINE).item()
-    batch_bars = bars.lazy() if first is None else bars.lazy().filter(pl.col("date") >= first)
+    batch_bars = known if first is None else known.filter(pl.col("date") >= first)
     plan = _batch_plan(universe, batch_bars, actions.lazy(), funds, serve, needed, before, cfg)
     return plan.collect(engine=pit.ENGINE)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -216,6 +217,47 @@ def test_a_day_computed_in_a_batch_equals_the_day_computed_alone(case, pick):
     day = days[pick % len(days)]
     alone = features_of(tables, day, config)
     assert alone.equals(batch.filter(pl.col("date") == day)), day
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=CASES, batch_days=st.integers(1, 15))
+def test_small_batches_give_the_bits_of_one_batch(case, batch_days):
+    # each batch reads only the bars its own views can see (engine._batch): with many small
+    # batches in a call, a bar corrected after an early batch's last cutoff is cut from that
+    # batch and kept for the later ones; the days must still equal one batch (and so each
+    # day alone, above)
+    tables, _, config, _ = market_case(case)
+    days, batch = batch_of_case(case)
+    small = compute_features(tables["universe"], tables["market_bars"], tables["corporate_actions"],
+                             tables["fundamentals"], days, replace(config, batch_days=batch_days))
+    assert small.equals(batch)
+
+
+def test_each_batch_reads_only_the_bars_its_views_can_see(monkeypatch):
+    # why it matters: a batch early in a ten-year range joined every later year's bars
+    # (benchmarks/feature_backfill.py: 9.0 s -> 7.0 s for 500 instruments x 10 years)
+    from quant_assets.features import pit
+
+    seen: list[tuple[dt.date, dt.datetime]] = []  # (last view, newest bar read) per batch
+    panel = pit.pit_panel
+
+    def spy(market_bars, corporate_actions, dates, **kwargs):
+        newest = market_bars.lazy().select(pl.col("knowledge_time").max()).collect().item()
+        seen.append((max(dates), newest))
+        return panel(market_bars, corporate_actions, dates, **kwargs)
+
+    monkeypatch.setattr(pit, "pit_panel", spy)
+    tables, _, config, _ = market_case(0)
+    days, batch = batch_of_case(0)
+    out = compute_features(tables["universe"], tables["market_bars"], tables["corporate_actions"],
+                           tables["fundamentals"], days, replace(config, batch_days=10))
+    assert out.equals(batch)
+    assert len(seen) >= len(days) // 10
+    for last_view, newest in seen:
+        assert newest <= cutoff(last_view, config.cutoff_time), last_view
+    # and it cut something: the first batch read none of what the call's last days know
+    known = tables["market_bars"].filter(pl.col("knowledge_time") <= cutoff(days[-1], config.cutoff_time))
+    assert seen[0][1] < known["knowledge_time"].max()
 
 
 def test_fundamentals_computed_on_change_days_equal_every_day_computed():

@@ -245,8 +245,8 @@ def median_round(rounds: list[tuple[dict, dict]]) -> tuple[dict, dict, dict]:
         "b_cpu": statistics.median(b["cpu_s"] for _, b in rounds),
         "ratio_wall": statistics.median(b["wall_s"] / a["wall_s"] for a, b in rounds),
         "ratio_cpu": statistics.median(b["cpu_s"] / a["cpu_s"] for a, b in rounds),
-        "a_write": statistics.median(a["parquet_write_s"] for a, _ in rounds),
-        "ratio_saved": statistics.median(b["wall_s"] / (a["wall_s"] + a["parquet_write_s"]) for a, b in rounds),
+        "a_parquet_write": statistics.median(a["parquet_write_s"] for a, _ in rounds),
+        "ratio_to_a_with_parquet": statistics.median(b["wall_s"] / (a["wall_s"] + a["parquet_write_s"]) for a, b in rounds),
     }
     ordered = sorted(rounds, key=lambda r: r[1]["wall_s"])
     a, b = ordered[(len(ordered) - 1) // 2]
@@ -277,8 +277,8 @@ def report(rounds: list[tuple[dict, dict]], n_instruments: int, start: dt.date, 
         f"{b['reference_s']:.1f} s and market_bars {b['bars_s']:.1f} s before it, not counted)",
         f"ratio (b) / (a):                        {med['ratio_wall']:8.2f} wall {med['ratio_cpu']:8.2f} CPU"
         "  (median of the rounds' ratios)",
-        f"(not the target) (a) plus writing its frame to one Parquet file: {med['a_write']:.1f} s more; "
-        f"(b) / that {med['ratio_saved']:.2f}",
+        f"(not the target) (a) plus writing its frame to one Parquet file: {med['a_parquet_write']:.1f} s more; "
+        f"(b) / that {med['ratio_to_a_with_parquet']:.2f}",
         "rounds (a / b wall s): " + ", ".join(f"{ra['wall_s']:.1f} / {rb['wall_s']:.1f}" for ra, rb in rounds),
         f"runs: {len(b['runs'])}; rows written by (b) equal (a)'s: "
         f"{all(rb['rows'] == ra['rows'] for ra, rb in rounds)}",

@@ -86,9 +86,8 @@ def compute_features(
     if days.is_empty():
         return pl.DataFrame(schema=output_schema(selected))
     # rows published after the last cutoff can never be read: drop them once, up front
-    last_cutoff = pl.lit(days.max()).pipe(pit.cutoff_expr, cfg.cutoff_time)
     bars, actions, funds = (
-        pit.with_utc(t, "knowledge_time").filter(pl.col("knowledge_time") <= last_cutoff)
+        pit.with_utc(t, "knowledge_time").filter(_known_by(days.max(), cfg.cutoff_time))
         for t in (market_bars, corporate_actions, fundamentals)
     )
     before = context_before()
@@ -128,13 +127,18 @@ def _batch(
     #   (compute_features drops the same rows for the whole call, up front);
     # - dated before the oldest market day of its contexts: the market days of every
     #   context are unchanged.
-    last_cutoff = pl.lit(serve["as_of"].max()).pipe(pit.cutoff_expr, cfg.cutoff_time)
-    known = bars.lazy().filter(pl.col("knowledge_time") <= last_cutoff)
+    known = bars.lazy().filter(_known_by(serve["as_of"].max(), cfg.cutoff_time))
     context = pit.context_days(known, serve["as_of"].unique(), before=before, cutoff_time=cfg.cutoff_time)
     first = context.select(pl.col("date").min()).collect(engine=pit.ENGINE).item()
     batch_bars = known if first is None else known.filter(pl.col("date") >= first)
     plan = _batch_plan(universe, batch_bars, actions.lazy(), funds, serve, needed, before, cfg)
     return plan.collect(engine=pit.ENGINE)
+
+
+def _known_by(day: dt.date, cutoff_time: Cutoff) -> pl.Expr:
+    """Rows published by cutoff(day): all that any view up to ``day`` can read (the bound
+    of a whole call and of each batch; guard.py truncates on its own, to stay independent)."""
+    return pl.col("knowledge_time") <= pl.lit(day).pipe(pit.cutoff_expr, cutoff_time)
 
 
 def _late_rows(

@@ -86,9 +86,9 @@ def compute_features(
     if days.is_empty():
         return pl.DataFrame(schema=output_schema(selected))
     # rows published after the last cutoff can never be read: drop them once, up front
+    known = _known_by(days.max(), cfg.cutoff_time)
     bars, actions, funds = (
-        pit.with_utc(t, "knowledge_time").filter(_known_by(days.max(), cfg.cutoff_time))
-        for t in (market_bars, corporate_actions, fundamentals)
+        pit.with_utc(t, "knowledge_time").filter(known) for t in (market_bars, corporate_actions, fundamentals)
     )
     before = context_before()
     step = max(1, cfg.batch_days)
